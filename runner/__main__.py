@@ -1,0 +1,6 @@
+"""``python -m runner`` runs the command-line interface."""
+
+from runner.cli import main
+
+if __name__ == "__main__":
+    main()

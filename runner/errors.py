@@ -1,0 +1,102 @@
+"""Errors the runner raises, and the exit codes they become.
+
+The tree::
+
+    RunnerError
+     ├── ConfigError            bad settings, flags or environment        -> exit 2
+     ├── DependencyError        a dependency the whole cycle needs is down -> exit 3
+     │    └── RedisUnavailable  Redis refused, timed out or answered nonsense
+     └── AnalyzerError          one analysis went wrong (one symbol's result)
+          ├── TransientError    worth retrying: timeouts, 5xx, resets
+          │    └── RateLimited  429 / 503 with an optional Retry-After
+          ├── PermanentError    retrying cannot help: 400, 403, unknown symbol
+          │    └── AuthError    401 / 402: every call will fail, so the cycle fails fast
+          └── InvalidOutput     the answer did not validate (reason ``invalid_output``)
+
+Errors are translated where they enter the program (the Redis client wrapper, each analyzer),
+so the cycle only ever sees these types.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, as the design contract defines them."""
+
+    OK = 0
+    PARTIAL = 1
+    USAGE = 2
+    FAILED = 3
+
+
+class RunnerError(Exception):
+    """Base of every error the runner raises on purpose."""
+
+
+class ConfigError(RunnerError):
+    """Settings, flags or environment that cannot be used; the message is one line."""
+
+
+class DependencyError(RunnerError):
+    """A dependency the whole cycle needs is unavailable."""
+
+
+class RedisUnavailable(DependencyError):
+    """Redis could not be reached in time, or answered something unusable."""
+
+
+class AnalyzerError(RunnerError):
+    """One analysis failed. ``reason`` is the short machine-readable cause."""
+
+    reason = "error"
+    #: Whether this failure says something about the analyzer service as a whole (an outage),
+    #: and so counts toward the circuit breaker.
+    outage = False
+    #: Whether this failure belongs to the symbol itself, and so counts toward pausing it.
+    symbol_fault = False
+
+
+class TransientError(AnalyzerError):
+    """A failure worth retrying: timeout, connection reset, 5xx."""
+
+    reason = "transient"
+    outage = True
+
+
+class RateLimited(TransientError):
+    """The analyzer asked us to slow down; not an outage."""
+
+    reason = "rate_limited"
+    outage = False
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(AnalyzerError):
+    """A failure that retrying cannot fix (bad request, forbidden, unknown symbol)."""
+
+    reason = "permanent"
+
+
+class AuthError(PermanentError):
+    """Credentials refused or money exhausted: every call will fail the same way."""
+
+    reason = "auth"
+
+
+class InvalidOutput(AnalyzerError):
+    """The analyzer answered, but the answer did not validate."""
+
+    reason = "invalid_output"
+    symbol_fault = True
+
+
+class UnknownSymbol(PermanentError):
+    """The market source or analyzer does not know this symbol."""
+
+    reason = "unknown_symbol"
+    symbol_fault = True

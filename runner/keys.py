@@ -1,0 +1,119 @@
+"""Every Redis name the runner uses, in one place.
+
+A configurable prefix goes before every name. On Redis Cluster set it to a hash tag such as
+``{runner}:`` so that every key a script touches (including the heartbeat keys the lock scripts
+derive from a lock's owner) lives in one slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: How long a published signal id is remembered, so a re-run cannot publish it twice.
+SIGNAL_ID_TTL_SECONDS = 6 * 3600
+#: How many cycle summaries the history keeps.
+HISTORY_LENGTH = 200
+#: Slack added to the cycle lease beyond the cycle's own deadline and grace period.
+LEASE_SLACK_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis names for one deployment (prefix and publish names from the settings)."""
+
+    prefix: str = ""
+    stream_name: str = "signals:raw"
+    channel_name: str = "channel:raw-signals"
+    latest_name: str = "signals:latest"
+    lock_prefix: str = "signal:lock:"
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    # Published signals -------------------------------------------------------------------
+    @property
+    def stream(self) -> str:
+        return self._k(self.stream_name)
+
+    @property
+    def channel(self) -> str:
+        return self._k(self.channel_name)
+
+    @property
+    def latest(self) -> str:
+        return self._k(self.latest_name)
+
+    def published(self, signal_id: str) -> str:
+        """Marker that ``signal_id`` was published (idempotency)."""
+        return self._k(f"runner:published:{signal_id}")
+
+    # Locks, leases and liveness ----------------------------------------------------------
+    def lock(self, symbol: str) -> str:
+        return self._k(f"{self.lock_prefix}{symbol}")
+
+    @property
+    def lock_pattern(self) -> str:
+        return self._k(f"{self.lock_prefix}*")
+
+    def symbol_of_lock(self, key: str) -> str:
+        return key[len(self._k(self.lock_prefix)) :]
+
+    @property
+    def heartbeat_prefix(self) -> str:
+        """Lua scripts append the owner's instance id to this to find its heartbeat."""
+        return self._k("runner:heartbeat:")
+
+    def heartbeat(self, instance_id: str) -> str:
+        return f"{self.heartbeat_prefix}{instance_id}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.heartbeat_prefix}*"
+
+    def lease(self, shard: str) -> str:
+        """One cycle per shard at a time."""
+        return self._k(f"runner:lease:{shard}")
+
+    @property
+    def fencing(self) -> str:
+        """Counter every lock acquisition takes its fencing token from."""
+        return self._k("runner:fencing")
+
+    # Cross-run state ---------------------------------------------------------------------
+    @property
+    def kill_switch(self) -> str:
+        return self._k("runner:kill_switch")
+
+    def breaker(self, name: str) -> str:
+        return self._k(f"runner:breaker:{name}")
+
+    def backpressure(self, shard: str) -> str:
+        return self._k(f"runner:backpressure:{shard}")
+
+    @property
+    def latency(self) -> str:
+        """Recent analysis latencies, newest first, as ``<epoch>:<ms>``."""
+        return self._k("runner:latency")
+
+    @property
+    def paused(self) -> str:
+        return self._k("runner:paused")
+
+    @property
+    def stats(self) -> str:
+        """Per-symbol stats: symbol -> JSON."""
+        return self._k("runner:stats")
+
+    @property
+    def history(self) -> str:
+        """Cycle summaries, newest first."""
+        return self._k("runner:history")
+
+    @property
+    def counters(self) -> str:
+        """Cumulative metric totals: series -> value."""
+        return self._k("runner:metrics:counters")
+
+    def gauges(self, shard: str) -> str:
+        """Gauges of the shard's last cycle."""
+        return self._k(f"runner:metrics:gauges:{shard}")

@@ -1,0 +1,229 @@
+"""What people see at a terminal: progress, the cycle table, the status screen (rich)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from runner.models import Outcome, SymbolStatus
+
+STATUS_STYLE = {
+    "ok": "green",
+    "completed": "green",
+    "failed": "red",
+    "timeout": "yellow",
+    "partial": "yellow",
+    "locked": "cyan",
+    "rate_limited": "magenta",
+    "paused": "dim",
+    "not_started": "dim",
+    "skipped": "cyan",
+    "closed": "green",
+    "open": "red",
+    "half_open": "yellow",
+}
+ACTION_STYLE = {"BUY": "green", "SELL": "red", "HOLD": "white"}
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _styled(value: str) -> Text:
+    return Text(value, style=STATUS_STYLE.get(value, ""))
+
+
+def cycle_table(outcome: Outcome) -> Table:
+    """One row per selected symbol."""
+    table = Table(title=None, expand=False)
+    for col in ("symbol", "status", "action", "confidence", "price", "ms", "attempts", "reason"):
+        table.add_column(col, justify="right" if col in ("confidence", "price", "ms", "attempts") else "left")
+    signals = {s.symbol: s for s in outcome.signals}
+    for r in outcome.results:
+        sig = signals.get(r.symbol)
+        table.add_row(
+            r.symbol,
+            _styled(r.status.value),
+            Text(sig.action, style=ACTION_STYLE[sig.action]) if sig else Text("-", style="dim"),
+            f"{sig.confidence:.2f}" if sig else "",
+            f"{sig.price:.6g}" if sig and sig.price else "",
+            str(r.duration_ms) if r.status is not SymbolStatus.PAUSED else "",
+            str(r.attempts or ""),
+            r.reason or "",
+        )
+    return table
+
+
+def cycle_headline(outcome: Outcome) -> Text:
+    text = Text()
+    text.append(outcome.status.value.upper(), style=STATUS_STYLE.get(outcome.status.value, "bold"))
+    if outcome.skip_reason and outcome.status.value == "skipped":
+        text.append(f" ({outcome.skip_reason}) {outcome.skip_detail or ''}")
+    ok = sum(r.status is SymbolStatus.OK for r in outcome.results)
+    text.append(
+        f"  cycle {outcome.cycle_id} on {outcome.instance_id}  {ok}/{len(outcome.results)} ok, "
+        f"{len(outcome.signals)} signal(s){'' if outcome.published else ' (dry run: not published)'}, "
+        f"{outcome.duration_ms} ms, exit {outcome.exit_code}"
+    )
+    return text
+
+
+def print_cycle(console: Console, outcome: Outcome) -> None:
+    if outcome.results and outcome.status.value != "skipped":
+        console.print(cycle_table(outcome))
+    for w in outcome.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    console.print(cycle_headline(outcome))
+
+
+def _ago(epoch: float | None, now: float) -> str:
+    if not epoch:
+        return "-"
+    d = int(now - epoch)
+    return f"{d}s ago" if d < 120 else f"{d // 60}m ago"
+
+
+def _ts(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def sparkline(history: list[dict[str, Any]], width: int = 60) -> Text:
+    """Oldest to newest: bar height is duration, colour is the outcome."""
+    items = list(reversed(history[:width]))
+    text = Text()
+    if not items:
+        return text
+    top = max((h.get("duration_ms") or 0) for h in items) or 1
+    for h in items:
+        d = h.get("duration_ms") or 0
+        ch = SPARK[min(len(SPARK) - 1, int(d / top * (len(SPARK) - 1)))]
+        text.append(ch, style=STATUS_STYLE.get(str(h.get("status")), ""))
+    return text
+
+
+def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) -> Group:
+    """The whole status screen: why the last cycle did what it did, in one screen."""
+    now = datetime.now(UTC).timestamp()
+    parts: list[Any] = []
+    last = doc.get("last_cycle")
+    verdict = {0: ("healthy", "green"), 1: ("degraded", "yellow"), 3: ("unhealthy", "red")}[health_code]
+    head = Text()
+    head.append(verdict[0].upper(), style=f"bold {verdict[1]}")
+    if problems:
+        head.append("  " + "; ".join(problems))
+    parts.append(head)
+    if last:
+        line = Text("last cycle: ")
+        line.append(str(last.get("status")), style=STATUS_STYLE.get(str(last.get("status")), ""))
+        if last.get("skip_reason"):
+            line.append(f" ({last['skip_reason']}: {last.get('skip_detail') or ''})")
+        line.append(
+            f"  {last.get('cycle_id')} on {last.get('instance_id')} shard {last.get('shard')}, "
+            f"{_ago(_ts(last.get('started_at')), now)}, {last.get('duration_ms')} ms, "
+            f"{last.get('signals')} signal(s), exit {last.get('exit_code')}"
+        )
+        parts.append(line)
+        spark = Text("recent:     ")
+        spark.append_text(sparkline(doc.get("history") or []))
+        parts.append(spark)
+    b = doc["breaker"]
+    ks = doc["kill_switch"]
+    ad = doc["adaptive"]
+    state = Text("breaker: ")
+    state.append(b["state"], style=STATUS_STYLE.get(b["state"], ""))
+    state.append(f" ({b['failure_count']} failures)")
+    if b.get("next_probe_at"):
+        state.append(f", next probe {datetime.fromtimestamp(b['next_probe_at'], UTC):%H:%M:%S}Z")
+    state.append("   kill switch: ")
+    state.append("ON" if ks["on"] else "off", style="bold red" if ks["on"] else "green")
+    if ks["on"]:
+        state.append(f" by {ks.get('by')} {_ago(ks.get('at'), now)}: {ks.get('reason')}")
+    parts.append(state)
+    cool = (
+        ", ".join(
+            f"shard {k}: {v.get('cooldown_remaining', 0)} left, {v.get('consecutive_overruns', 0)} overruns"
+            for k, v in doc["cooldown"].items()
+        )
+        or "none"
+    )
+    parts.append(
+        Text(
+            f"adaptive: concurrency {ad['concurrency']}, timeout {ad['symbol_timeout_seconds']:.1f}s, "
+            f"p95 {ad['p95_ms']:.0f} ms, p99 {ad['p99_ms']:.0f} ms over {ad['samples']} samples"
+            f"{' (HIGH LATENCY)' if ad['high_latency'] else ''}   backpressure: {cool}"
+        )
+    )
+    sp = doc.get("spend") or {}
+    if sp.get("calls") or sp.get("budget_usd"):
+        budget = f" of ${sp['budget_usd']:.2f}" if sp.get("budget_usd") else ""
+        parts.append(Text(f"spend today: ${sp.get('usd', 0):.4f}{budget} over {sp.get('calls', 0)} call(s)"))
+    inst = (
+        ", ".join(
+            f"{i['instance_id']} ({len(i['cycles'])} cycle(s), ttl {i['ttl_seconds']}s)"
+            for i in doc["instances"]
+        )
+        or "none"
+    )
+    parts.append(Text(f"live instances: {inst}   stream length: {doc.get('stream_length', 0)}"))
+    if doc["locks"]:
+        t = Table(title="locks", title_justify="left")
+        for c in ("symbol", "owner", "cycle", "token", "age", "ttl", "owner alive"):
+            t.add_column(c)
+        for lk in doc["locks"]:
+            t.add_row(
+                lk["symbol"],
+                str(lk["owner"]),
+                str(lk["cycle_id"]),
+                str(lk["token"]),
+                f"{lk['age_seconds']}s",
+                f"{lk['ttl_seconds']}s",
+                Text("yes", style="green") if lk["owner_alive"] else Text("no (stale)", style="red"),
+            )
+        parts.append(t)
+    if doc["paused"]:
+        parts.append(
+            Text(
+                "paused: "
+                + ", ".join(f"{s} ({(v or {}).get('reason', '')})" for s, v in doc["paused"].items()),
+                style="yellow",
+            )
+        )
+    symbols = sorted(set(doc["symbols"]) | set(doc["latest"]))
+    if symbols:
+        t = Table(title="symbols", title_justify="left")
+        for c in ("symbol", "latest", "conf", "at", "runs", "ok %", "errors in a row", "avg ms", "last"):
+            t.add_column(
+                c, justify="right" if c in ("conf", "runs", "ok %", "errors in a row", "avg ms") else "left"
+            )
+        for s in symbols:
+            st = doc["symbols"].get(s, {})
+            sig = doc["latest"].get(s, {})
+            runs = int(st.get("runs") or 0)
+            okp = f"{100 * int(st.get('successes') or 0) / runs:.0f}" if runs else ""
+            action = str(sig.get("action") or "-")
+            t.add_row(
+                s,
+                Text(action, style=ACTION_STYLE.get(action, "dim")),
+                f"{sig['confidence']:.2f}" if "confidence" in sig else "",
+                str(sig.get("generated_at") or "")[11:19],
+                str(runs or ""),
+                okp,
+                str(st.get("consecutive_errors") if st else ""),
+                str(st.get("avg_ms") or ""),
+                Text(
+                    str(st.get("last_status") or ""), style=STATUS_STYLE.get(str(st.get("last_status")), "")
+                ),
+            )
+        parts.append(t)
+    return Group(*parts)
+
+
+def panel(title: str, body: Any) -> Panel:
+    return Panel(body, title=title, expand=False)

@@ -1,0 +1,237 @@
+"""``runner status``: everything an operator needs to know, read in one pipelined round trip,
+and the health verdict for ``--check`` (pure).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from runner import adaptive, breaker
+from runner.breaker import BreakerState
+from runner.config import Settings
+from runner.connection import redis_errors
+from runner.keys import Keys
+
+
+def _json(raw: Any) -> Any:
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+async def _scan(client: aioredis.Redis, pattern: str, limit: int = 5000) -> list[str]:
+    found: list[str] = []
+    async for key in client.scan_iter(match=pattern, count=500):
+        found.append(str(key))
+        if len(found) >= limit:
+            break
+    return sorted(found)
+
+
+async def _typed(client: aioredis.Redis, key: str, kind: str) -> bool:
+    return bool(await client.type(key) == kind)
+
+
+async def read_status(
+    client: aioredis.Redis, keys: Keys, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Collect the status document (the ``--json`` shape)."""
+    async with redis_errors("reading status"):
+        lock_keys = await _scan(client, keys.lock_pattern)
+        hb_keys = await _scan(client, keys.heartbeat_pattern)
+        bp_keys = await _scan(client, keys._k("runner:backpressure:*"))
+        spend_key = keys._k(f"runner:spend:{now:%Y-%m-%d}")
+        hashes = [
+            keys.breaker("llm_service"),
+            keys.kill_switch,
+            keys.paused,
+            keys.stats,
+            keys.latest,
+            spend_key,
+        ]
+        lists = [keys.history, keys.latency]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in [*lists, *hashes]:
+                pipe.type(key)
+            kinds = await pipe.execute()
+        # A key of the wrong type reads as empty here; the next cycle resets it with a warning.
+        expected = ["list"] * len(lists) + ["hash"] * len(hashes)
+        readable = {
+            k for k, kind, want in zip([*lists, *hashes], kinds, expected, strict=True) if kind == want
+        }
+        async with client.pipeline(transaction=False) as pipe:
+            for key, size in zip(lists, (59, 199), strict=True):
+                if key in readable:
+                    pipe.lrange(key, 0, size)
+                else:
+                    pipe.echo("")
+            for key in hashes:
+                if key in readable:
+                    pipe.hgetall(key)
+                else:
+                    pipe.echo("")
+            for key in lock_keys:
+                pipe.get(key)
+                pipe.ttl(key)
+            for key in hb_keys:
+                pipe.hgetall(key)
+                pipe.ttl(key)
+            for key in bp_keys:
+                pipe.hgetall(key)
+            pipe.xlen(keys.stream)
+            replies = await pipe.execute(raise_on_error=False)
+    it = iter(replies)
+    history_raw, latency_raw = next(it), next(it)
+    breaker_raw, kill_raw, paused_raw, stats_raw, latest_raw, spend_raw = (next(it) for _ in range(6))
+
+    def as_dict(x: Any) -> dict[str, str]:
+        return dict(x) if isinstance(x, dict) else {}
+
+    history = [h for h in (_json(x) for x in (history_raw or [])) if isinstance(h, dict)]
+    ts = now.timestamp()
+    try:
+        breaker_state = BreakerState.from_fields(as_dict(breaker_raw))
+    except ValueError:
+        breaker_state = BreakerState()
+    cfg = settings.circuit_breaker.llm_service
+    g = breaker.gate(breaker_state, ts, cfg)
+    samples = adaptive.parse_samples(latency_raw if isinstance(latency_raw, list) else [])
+    recent = adaptive.recent(samples, ts, settings.adaptive)
+    plan = adaptive.plan(recent, settings.adaptive, settings.parallel, settings.timeouts)
+    locks = []
+    for key in lock_keys:
+        value, ttl = next(it), next(it)
+        owner = _json(value) if isinstance(value, str) else None
+        owner = owner if isinstance(owner, dict) else {}
+        locks.append(
+            {
+                "symbol": keys.symbol_of_lock(key),
+                "owner": owner.get("instance_id"),
+                "cycle_id": owner.get("cycle_id"),
+                "pid": owner.get("pid"),
+                "token": owner.get("token"),
+                "age_seconds": round(ts - float(owner.get("acquired_at") or ts), 1),
+                "ttl_seconds": ttl if isinstance(ttl, int) else None,
+            }
+        )
+    instances: list[dict[str, Any]] = []
+    for key in hb_keys:
+        fields, ttl = as_dict(next(it)), next(it)
+        live = {c: e for c, e in ((c, _float(e)) for c, e in fields.items()) if e is not None and e >= ts}
+        instances.append(
+            {
+                "instance_id": key[len(keys.heartbeat_prefix) :],
+                "cycles": sorted(live),
+                "ttl_seconds": ttl if isinstance(ttl, int) else None,
+            }
+        )
+    for lock in locks:
+        alive = any(i["instance_id"] == lock["owner"] and lock["cycle_id"] in i["cycles"] for i in instances)
+        lock["owner_alive"] = alive
+    cooldown = {}
+    for key in bp_keys:
+        cooldown[key.rsplit(":", 1)[-1].replace("-", "/")] = as_dict(next(it))
+    stream_len = next(it)
+    stats = {
+        s: v for s, v in ((s, _json(raw)) for s, raw in as_dict(stats_raw).items()) if isinstance(v, dict)
+    }
+    latest = {
+        s: v for s, v in ((s, _json(raw)) for s, raw in as_dict(latest_raw).items()) if isinstance(v, dict)
+    }
+    paused = {
+        s: (_json(raw) if isinstance(_json(raw), dict) else {"reason": raw})
+        for s, raw in as_dict(paused_raw).items()
+    }
+    kill = as_dict(kill_raw)
+    spend = as_dict(spend_raw)
+    return {
+        "now": now.isoformat(),
+        "last_cycle": history[0] if history else None,
+        "history": history,
+        "breaker": {
+            "state": breaker_state.state,
+            "failure_count": breaker_state.failure_count,
+            "opened_at": breaker_state.opened_at,
+            "success_count": breaker_state.success_count,
+            "half_open_calls": breaker_state.half_open_calls,
+            "next_probe_at": g.retry_at,
+            "value": breaker.STATE_VALUE[breaker_state.state],
+        },
+        "breakers": {"llm_service": breaker_state.state},
+        "kill_switch": {
+            "on": kill.get("on") == "1",
+            "reason": kill.get("reason"),
+            "by": kill.get("by"),
+            "at": _float(kill.get("at")),
+        },
+        "cooldown": cooldown,
+        "adaptive": {
+            "concurrency": plan.concurrency,
+            "symbol_timeout_seconds": plan.symbol_timeout,
+            "p95_ms": plan.p95_ms,
+            "p99_ms": plan.p99_ms,
+            "high_latency": plan.high_latency,
+            "would_skip": plan.skip,
+            "samples": plan.samples,
+        },
+        "locks": locks,
+        "instances": instances,
+        "paused": paused,
+        "symbols": stats,
+        "latest": latest,
+        "stream_length": stream_len if isinstance(stream_len, int) else 0,
+        "spend": {
+            "usd": _float(spend.get("usd")) or 0.0,
+            "calls": int(_float(spend.get("calls")) or 0),
+            "budget_usd": settings.analyzer.daily_budget_usd,
+        },
+    }
+
+
+def _float(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, list[str]]:
+    """0 healthy, 1 degraded, 3 unhealthy, with the reasons (pure)."""
+    problems: list[tuple[int, str]] = []
+    last = doc.get("last_cycle")
+    if doc["kill_switch"]["on"]:
+        problems.append((1, f"kill switch on: {doc['kill_switch'].get('reason')}"))
+    if doc["breaker"]["state"] == "open":
+        problems.append((3, "circuit breaker open"))
+    elif doc["breaker"]["state"] == "half_open":
+        problems.append((1, "circuit breaker half-open"))
+    if any(int(v.get("cooldown_remaining") or 0) > 0 for v in doc["cooldown"].values()):
+        problems.append((1, "backpressure cooldown"))
+    if doc["paused"]:
+        problems.append((1, f"{len(doc['paused'])} symbol(s) paused"))
+    if last is None:
+        problems.append((1, "no cycle has run yet"))
+    else:
+        started = _parse(last.get("started_at"))
+        if started is not None and now - started > 5 * 60:
+            problems.append((3, f"last cycle started {int(now - started)}s ago"))
+        elif started is not None and now - started > 2 * 60:
+            problems.append((1, f"last cycle started {int(now - started)}s ago"))
+        if last.get("status") == "failed":
+            problems.append((3, "last cycle failed"))
+        elif last.get("status") == "partial":
+            problems.append((1, "last cycle partial"))
+    code = max((c for c, _ in problems), default=0)
+    return code, [m for _, m in problems]
+
+
+def _parse(iso: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
