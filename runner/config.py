@@ -150,7 +150,9 @@ class RateLimit(Section):
 
 
 class AnalyzerSettings(Section):
-    backend: Literal["builtin", "openai", "opencode"] = "builtin"
+    backend: Literal["builtin", "openai", "opencode", "plugin"] = "builtin"
+    #: For ``backend: plugin``: ``module:factory``, where ``factory(settings)`` returns an analyzer.
+    plugin: str | None = None
     model: str | None = None
     base_url: str = "https://openrouter.ai/api/v1"
     opencode_url: str | None = None

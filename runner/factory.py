@@ -14,9 +14,27 @@ def build_analyzer(settings: Settings) -> Analyzer:
         from runner.analyzers.builtin import BuiltinAnalyzer
 
         return BuiltinAnalyzer()
+    if backend == "plugin":
+        return _plugin(settings)
     raise ConfigError(
         f"autonomous_runner.analyzer.backend: {backend!r} is not available yet (got {backend!r})"
     )
+
+
+def _plugin(settings: Settings) -> Analyzer:
+    """Load ``module:factory`` and call ``factory(settings)``: bring your own analyzer."""
+    import importlib
+
+    spec = settings.analyzer.plugin or ""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"autonomous_runner.analyzer.plugin: must look like module:factory (got {spec!r})")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"autonomous_runner.analyzer.plugin: cannot load {spec!r} ({exc})") from None
+    analyzer: Analyzer = factory(settings)
+    return analyzer
 
 
 def build_market(settings: Settings) -> CandleSource:

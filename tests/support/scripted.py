@@ -1,0 +1,63 @@
+"""A plugin analyzer the CLI tests load with ``RUNNER_ANALYZER__BACKEND=plugin``.
+
+Its behaviour comes from environment variables, so a test can make a real ``runner cycle``
+subprocess slow, failing or wrong:
+
+* ``SCRIPTED_DELAY``: seconds each analysis takes (default 0)
+* ``SCRIPTED_DELAY_<BASE>``: the same for one symbol (``SCRIPTED_DELAY_ETH``)
+* ``SCRIPTED_FAIL``: comma-separated symbols that fail; ``SCRIPTED_FAIL_KIND``: transient
+  (default), invalid, auth or permanent
+* ``SCRIPTED_ACTION``: the action to answer (default HOLD)
+* ``SCRIPTED_LOG``: a file to which each started analysis appends ``<symbol>\\n``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from runner.analyzers.base import AnalysisRequest
+from runner.errors import AuthError, InvalidOutput, PermanentError, TransientError
+from runner.models import Analysis
+
+
+class ScriptedAnalyzer:
+    name = "scripted"
+    remote = False
+
+    async def analyze(self, request: AnalysisRequest) -> Analysis:
+        base = request.symbol.split("/")[0]
+        log_path = os.environ.get("SCRIPTED_LOG")
+        if log_path:
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(request.symbol + "\n")
+        delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
+        if delay:
+            await asyncio.sleep(delay)
+        failing = {s for s in os.environ.get("SCRIPTED_FAIL", "").split(",") if s}
+        if request.symbol in failing or "*" in failing:
+            kind = os.environ.get("SCRIPTED_FAIL_KIND", "transient")
+            if kind == "invalid":
+                raise InvalidOutput("confidence 7 is not in [0, 1]")
+            if kind == "auth":
+                raise AuthError("401 invalid API key")
+            if kind == "permanent":
+                raise PermanentError("400 bad request")
+            raise TransientError("503 service unavailable")
+        return Analysis(
+            symbol=request.symbol,
+            action=os.environ.get("SCRIPTED_ACTION", "HOLD"),  # type: ignore[arg-type]
+            confidence=0.5,
+            reasoning=f"scripted answer for {request.symbol}",
+            price=100.0,
+            analyzer=self.name,
+            model="scripted-1",
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make(settings: Any) -> ScriptedAnalyzer:
+    return ScriptedAnalyzer()
