@@ -1,0 +1,27 @@
+# make all = lint + types + tests. `bash .ci/run` does the same on a fresh machine, installing
+# what is missing first.
+PY ?= .venv/bin/python
+
+.PHONY: all install lint types test cycle clean
+
+all: lint types test
+
+install:
+	python3 -m venv .venv
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+
+lint:
+	$(PY) -m ruff check runner tests
+	$(PY) -m ruff format --check runner
+
+types:
+	$(PY) -m mypy
+
+test:
+	$(PY) -m pytest
+
+cycle:
+	.venv/bin/runner cycle && .venv/bin/runner status
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
