@@ -177,7 +177,9 @@ async def _cycle(
         task = bar.add_task("", total=None)
 
         def progress_cb(event: str, symbol: str, result: Any) -> None:
-            if event == "done":
+            if event == "plan":
+                bar.update(task, total=int(symbol))
+            elif event == "done":
                 bar.update(task, advance=1, description=symbol)
 
         bar.start()

@@ -288,6 +288,8 @@ async def run_cycle(
                     SymbolStatus.LOCKED,
                     f"held by {holder.get('instance_id', '?')} (cycle {holder.get('cycle_id', '?')})",
                 )
+        if progress:
+            progress("plan", str(len(runnable)), None)
         results.update(await _analyze_all(run, runnable, publisher, control, progress))
     finally:
         await heartbeat.stop()
@@ -695,7 +697,7 @@ async def _record(
         "counters": inc.values,
         "gauges": None,
         "lease_value": lease.value if lease else "",
-        "release_heartbeat": run is not None,
+        "release_heartbeat": True,
         "cycle_id": owner.cycle_id,
         "lock_values": lock_values,
         "breaker": breaker_payload,

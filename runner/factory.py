@@ -14,6 +14,14 @@ def build_analyzer(settings: Settings) -> Analyzer:
         from runner.analyzers.builtin import BuiltinAnalyzer
 
         return BuiltinAnalyzer()
+    if backend == "openai":
+        from runner.analyzers.openai import OpenAIAnalyzer
+
+        return OpenAIAnalyzer(settings)
+    if backend == "opencode":
+        from runner.analyzers.opencode import OpenCodeAnalyzer
+
+        return OpenCodeAnalyzer(settings)
     if backend == "plugin":
         return _plugin(settings)
     raise ConfigError(

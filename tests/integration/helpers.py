@@ -1,0 +1,107 @@
+"""Small helpers shared by the CLI integration tests (subprocesses against a real Redis)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.conftest import SCRIPTED, CliResult, cli_env
+
+#: Settings that keep every run short: a real TTL that must pass is 1-2 s, never minutes.
+FAST: dict[str, str] = {
+    "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "6",
+    "RUNNER_HEARTBEAT__TTL_SECONDS": "2",
+    "RUNNER_HEARTBEAT__INTERVAL_SECONDS": "0.5",
+    "RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS": "2",
+    "RUNNER_RETRY__DELAY_SECONDS": "0.01",
+}
+
+
+def scheduled_now(offset_minutes: int = 0) -> str:
+    """The current UTC minute (what the CronJob would pass), honoured by the runner within an hour."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=offset_minutes)
+    return now.strftime("%Y-%m-%dT%H:%M:00Z")
+
+
+def env_for(redis_url: str | None, state_dir: Path, *, scripted: bool = True, **extra: str) -> dict[str, str]:
+    """A clean runner environment with short timeouts, the scripted analyzer and a pinned minute."""
+    values: dict[str, str] = {**FAST, "RUNNER_SCHEDULED_AT": scheduled_now()}
+    if scripted:
+        values.update(SCRIPTED)
+    values.update(extra)
+    return cli_env(redis_url, state_dir, **values)
+
+
+def stream_signals(client: redis.Redis, stream: str = "signals:raw") -> list[dict[str, Any]]:
+    """Every signal document in the stream, oldest first (checks the two-field entry shape)."""
+    out = []
+    for _, fields in client.xrange(stream):
+        assert set(fields) == {"symbol", "signal"}, fields
+        doc = json.loads(fields["signal"])
+        assert doc["symbol"] == fields["symbol"]
+        out.append(doc)
+    return out
+
+
+def lock_keys(client: redis.Redis) -> list[str]:
+    return sorted(client.scan_iter(match="signal:lock:*"))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 30.0) -> CliResult:
+    """Wait for a started CLI process and collect its result (killing it if it hangs)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"runner did not exit within {timeout}s; stderr:\n{err}") from None
+    return CliResult(proc.returncode, out, err)
+
+
+def assert_one_error_line(result: CliResult, code: int) -> str:
+    """Exit ``code`` with exactly one stderr line ``runner: error: ...`` and no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == code, (result.code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("runner: error:"), lines[0]
+    return lines[0]
+
+
+def log_lines(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log records on stderr (lines that are not JSON are ignored)."""
+    out = []
+    for line in stderr.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
+
+
+def result_of(doc: dict[str, Any], symbol: str) -> dict[str, Any]:
+    """The per-symbol result for ``symbol`` in a cycle's JSON output."""
+    found = [r for r in doc["results"] if r["symbol"] == symbol]
+    assert len(found) == 1, doc["results"]
+    return found[0]
