@@ -19,8 +19,8 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,6 +55,7 @@ from runner.models import (
     decide_status,
 )
 from runner.publish import Pending, Publisher
+from runner.ratelimit import RateLimiter
 from runner.scheduler import SlidingWindow
 from runner.shards import Shard, select
 from runner.state import StateStore, lease_ttl
@@ -154,6 +155,10 @@ class _Run:
     latencies: list[tuple[float, float]] = field(default_factory=list)
     auth_failure: str | None = None
     rejected: int = 0
+    limiter: RateLimiter | None = None
+    spent_before: float = 0.0
+    spent_usd: float = 0.0
+    remote_calls: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -257,6 +262,10 @@ async def run_cycle(
         breaker_live=breaker_state,
         probes_left=probes_left,
         warnings=list(snap.warnings),
+        limiter=RateLimiter(deps.redis, keys, settings.rate_limit.requests_per_minute)
+        if deps.analyzer.remote and not dry_run
+        else None,
+        spent_before=snap.spend_usd,
     )
     heartbeat = Heartbeat(
         deps.redis, keys, owner, clock, settings.heartbeat.ttl_seconds, settings.heartbeat.interval_seconds
@@ -383,6 +392,9 @@ async def _analyze_all(
             return "shutdown"
         if run.auth_failure:
             return "auth_failed"
+        budget = settings.analyzer.daily_budget_usd
+        if budget is not None and run.spent_before + run.spent_usd >= budget:
+            return "budget"
         if run.breaker_live.state == "open":
             return "breaker_open"
         if run.probes_left is not None:
@@ -503,10 +515,19 @@ async def _analyze_one(run: _Run, symbol: str, symbol_timeout: float) -> SymbolR
                     cycle_id=run.owner.cycle_id,
                     attempt=attempts,
                 )
+                await _take_slot(run, symbol_timeout)
+                budget = min(symbol_timeout, run.deadline.remaining())
+                request = replace(request, timeout=budget)
                 call_began = clock.monotonic()
+                if deps.analyzer.remote:
+                    run.remote_calls += 1
                 try:
                     async with asyncio.timeout(budget):
                         analysis = check_symbol(request, await deps.analyzer.analyze(request))
+                except RateLimited as exc:
+                    if run.limiter is not None and exc.retry_after:
+                        await run.limiter.pause(clock.now().timestamp(), exc.retry_after)
+                    raise
                 except TimeoutError:
                     run.latencies.append((clock.now().timestamp(), budget * 1000))
                     raise AttemptTimeout(f"analysis took longer than {budget:.1f}s") from None
@@ -570,6 +591,8 @@ async def _analyze_one(run: _Run, symbol: str, symbol_timeout: float) -> SymbolR
             outage=True,
         )
 
+    if analysis.cost_usd:
+        run.spent_usd += analysis.cost_usd
     lock = run.locks.get(symbol)
     signal = Signal(
         id=signal_id(symbol, run.minute),
@@ -592,6 +615,20 @@ async def _analyze_one(run: _Run, symbol: str, symbol_timeout: float) -> SymbolR
         cost_usd=analysis.cost_usd,
     )
     return _result(symbol, SymbolStatus.OK, None, attempts=attempts, duration_ms=elapsed_ms(), signal=signal)
+
+
+async def _take_slot(run: _Run, symbol_timeout: float) -> None:
+    """Wait for a shared rate-limit slot, or raise ``RateLimited`` if none comes in time."""
+    if run.limiter is None:
+        return
+    min_attempt = min(symbol_timeout, 1.0)
+    granted, wait = await run.limiter.reserve(
+        run.deps.clock.now().timestamp(), run.deadline.remaining() - min_attempt
+    )
+    if not granted:
+        raise RateLimited(f"no rate-limit slot within the cycle deadline (next in {wait:.1f}s)", wait)
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 def _sleep_within(run: _Run) -> Callable[[float], Any]:
@@ -701,10 +738,14 @@ async def _record(
         "cycle_id": owner.cycle_id,
         "lock_values": lock_values,
         "breaker": breaker_payload,
+        "spend": {"usd": run.spent_usd if run else 0.0, "calls": run.remote_calls if run else 0},
     }
     try:
         result = await store.record(
-            payload, lock_keys=lock_keys, heartbeat_key=keys.heartbeat(owner.instance_id)
+            payload,
+            lock_keys=lock_keys,
+            heartbeat_key=keys.heartbeat(owner.instance_id),
+            spend_key=store.spend_key(datetime.fromtimestamp(now, UTC)),
         )
         for w in result.warnings:
             log.warning("%s", w)

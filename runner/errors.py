@@ -59,21 +59,22 @@ class AnalyzerError(RunnerError):
 
 
 class TransientError(AnalyzerError):
-    """A failure worth retrying: timeout, connection reset, 5xx."""
+    """A failure worth retrying: timeout, connection reset, 5xx (``retry_after`` if the server
+    said when to come back)."""
 
     reason = "transient"
     outage = True
 
-
-class RateLimited(TransientError):
-    """The analyzer asked us to slow down; not an outage."""
-
-    reason = "rate_limited"
-    outage = False
-
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(TransientError):
+    """The analyzer (or the shared rate limit) asked us to slow down; not an outage."""
+
+    reason = "rate_limited"
+    outage = False
 
 
 class PermanentError(AnalyzerError):

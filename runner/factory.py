@@ -50,4 +50,6 @@ def build_market(settings: Settings) -> CandleSource:
         from runner.market.synthetic import SyntheticSource
 
         return SyntheticSource()
-    raise ConfigError("autonomous_runner.market.source: 'exchange' is not available yet (got 'exchange')")
+    from runner.market.exchange import ExchangeSource
+
+    return ExchangeSource(settings.market.exchange_url, timeout=settings.timeouts.symbol_timeout_seconds)

@@ -19,7 +19,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from runner.clock import Deadline
-from runner.errors import RateLimited, TransientError
+from runner.errors import TransientError
 
 
 class stop_at_deadline(stop_base):
@@ -42,7 +42,7 @@ class wait_retry_after(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
             return max(exc.retry_after, 0.0)
         return float(self.fallback(retry_state))
 

@@ -91,7 +91,7 @@ return cjson.encode({
 )
 
 #: KEYS: history, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat,
-#:       breaker, then the lock keys still held.
+#:       breaker, today's spend, then the lock keys still held.
 #: ARGV[1]: JSON payload (see ``StateStore.record``).
 RECORD_SCRIPT = (
     HELPERS_LUA
@@ -164,9 +164,15 @@ end
 if p.release_heartbeat then
   if ensure(KEYS[9], 'hash', false) then redis.call('HDEL', KEYS[9], p.cycle_id) end
 end
+if present(p.spend) and (p.spend.usd > 0 or p.spend.calls > 0) then
+  ensure(KEYS[11], 'hash', false)
+  redis.call('HINCRBYFLOAT', KEYS[11], 'usd', p.spend.usd)
+  redis.call('HINCRBY', KEYS[11], 'calls', p.spend.calls)
+  redis.call('EXPIRE', KEYS[11], 3 * 86400)
+end
 local released = 0
-for i = 11, #KEYS do
-  if redis.call('GET', KEYS[i]) == p.lock_values[i - 10] then
+for i = 12, #KEYS do
+  if redis.call('GET', KEYS[i]) == p.lock_values[i - 11] then
     released = released + redis.call('DEL', KEYS[i])
   end
 end
@@ -329,6 +335,7 @@ class StateStore:
         *,
         lock_keys: list[str],
         heartbeat_key: str,
+        spend_key: str,
     ) -> RecordResult:
         """Write the cycle's results and release what it holds, in one script."""
         keys = [
@@ -342,6 +349,7 @@ class StateStore:
             self.keys.lease(self.shard),
             heartbeat_key,
             self.keys.breaker("llm_service"),
+            spend_key,
             *lock_keys,
         ]
         payload.setdefault("history_len", HISTORY_LENGTH)

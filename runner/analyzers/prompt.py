@@ -101,13 +101,15 @@ def validate_answer(data: Any, request: AnalysisRequest, **provenance: Any) -> A
     if data.get("symbol") != request.symbol:
         raise InvalidOutput(f"answer is about {data.get('symbol')!r}, asked for {request.symbol!r}"[:160])
     try:
-        return Analysis(
-            symbol=request.symbol,
-            action=data.get("action"),
-            confidence=float(confidence),
-            reasoning=reasoning,
-            price=data.get("price"),
-            **provenance,
+        return Analysis.model_validate(
+            {
+                "symbol": request.symbol,
+                "action": data.get("action"),
+                "confidence": float(confidence),
+                "reasoning": reasoning,
+                "price": data.get("price"),
+                **provenance,
+            }
         )
     except ValidationError as exc:
         first = exc.errors()[0]
