@@ -59,10 +59,12 @@ async def test_valid_structured_answer_becomes_an_analysis_with_provenance() -> 
     assert result.model == "vendor/model-a-0613"
     assert result.requested_model == "vendor/model-a"
     assert (result.tokens_in, result.tokens_out, result.cost_usd) == (812, 64, 0.00042)
-    assert result.prompt_hash and len(result.prompt_hash) == 16
+    assert result.prompt_hash
+    assert len(result.prompt_hash) == 16
     sent = json.loads(route.calls.last.request.content)
     assert sent["model"] == "vendor/model-a"
-    assert sent["temperature"] == 0.2 and sent["max_tokens"] == 300
+    assert sent["temperature"] == 0.2
+    assert sent["max_tokens"] == 300
     assert sent["response_format"]["type"] == "json_schema"
     assert sent["response_format"]["json_schema"]["strict"] is True
     assert sent["response_format"]["json_schema"]["schema"]["properties"]["action"]["enum"] == [

@@ -30,7 +30,8 @@ async def test_a_slot_beyond_the_longest_wait_is_refused_and_not_taken(fake_redi
     limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=6)  # one per 10 s
     assert (await limiter.reserve(now=0.0, max_wait=5))[0] is True
     granted, wait = await limiter.reserve(now=0.0, max_wait=5)
-    assert granted is False and wait == 10.0
+    assert granted is False
+    assert wait == 10.0
     # The refused reservation took nothing: the next caller still gets the 10 s slot.
     assert await limiter.reserve(now=0.0, max_wait=20) == (True, 10.0)
 
@@ -51,7 +52,8 @@ async def test_a_retry_after_pauses_everyone_sharing_the_limit(fake_redis: Any) 
     b = RateLimiter(fake_redis, Keys(), requests_per_minute=600)
     await a.pause(now=100.0, seconds=30)
     granted, wait = await b.reserve(now=100.0, max_wait=60)
-    assert granted and wait == 30.0
+    assert granted
+    assert wait == 30.0
     granted, _ = await b.reserve(now=100.0, max_wait=10)
     assert granted is False
 
