@@ -113,6 +113,10 @@ def cycle(
     shard: Annotated[
         str | None, typer.Option("--shard", help="This run's share of the symbols, I/N.")
     ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option("--metrics-file", help="Also write the metrics as a node_exporter textfile."),
+    ] = None,
 ) -> None:
     """Run one cycle and exit 0 (completed or skipped), 1 (partial), 2 (usage) or 3 (failed)."""
     from runner.shards import parse_shard
@@ -131,7 +135,7 @@ def cycle(
     _setup_logs(settings)
     machine = json_out or not sys.stdout.isatty()
     try:
-        outcome = run_async(lambda: _cycle(settings, chosen, shard_value, no_publish, machine))
+        outcome = run_async(lambda: _cycle(settings, chosen, shard_value, no_publish, machine, metrics_file))
     except typer.Exit as exc:
         if machine and exc.exit_code == ExitCode.FAILED:
             print(json.dumps({"status": "failed", "exit_code": 3, "error": "see stderr"}))
@@ -140,7 +144,12 @@ def cycle(
 
 
 async def _cycle(
-    settings: Settings, symbols: list[str] | None, shard: Any, dry_run: bool, machine: bool
+    settings: Settings,
+    symbols: list[str] | None,
+    shard: Any,
+    dry_run: bool,
+    machine: bool,
+    metrics_file: Path | None = None,
 ) -> Any:
     from rich.console import Console
 
@@ -193,6 +202,7 @@ async def _cycle(
             dry_run=dry_run,
             control=control,
             progress=progress_cb,
+            metrics_file=str(metrics_file) if metrics_file else None,
         )
     finally:
         if bar is not None:

@@ -26,11 +26,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from runner import adaptive, breaker, logs, retries
+from runner import adaptive, breaker, logs, metrics, retries
 from runner.analyzers.base import AnalysisRequest, Analyzer, check_symbol
 from runner.breaker import BreakerState, Event
 from runner.clock import Clock, Deadline, iso_ms, minute_floor
-from runner.config import Settings
+from runner.config import Settings, redact_url
 from runner.errors import (
     AnalyzerError,
     AuthError,
@@ -44,7 +44,7 @@ from runner.guards import Decision, decide
 from runner.keys import Keys
 from runner.locks import Heartbeat, LockManager, LockResult, Owner
 from runner.market.base import CandleSource
-from runner.metrics import Increments
+from runner.metrics import Increments, series
 from runner.models import (
     Analysis,
     CycleStatus,
@@ -58,7 +58,7 @@ from runner.publish import Pending, Publisher
 from runner.ratelimit import RateLimiter
 from runner.scheduler import SlidingWindow
 from runner.shards import Shard, select
-from runner.state import StateStore, lease_ttl
+from runner.state import RecordResult, StateStore, lease_ttl
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class _Run:
     auth_failure: str | None = None
     rejected: int = 0
     limiter: RateLimiter | None = None
+    samples: list[adaptive.Sample] = field(default_factory=list)
     spent_before: float = 0.0
     spent_usd: float = 0.0
     remote_calls: int = 0
@@ -171,6 +172,7 @@ async def run_cycle(
     dry_run: bool = False,
     control: Control | None = None,
     progress: Callable[[str, str, SymbolResult | None], None] | None = None,
+    metrics_file: str | None = None,
 ) -> Outcome:
     """Run one cycle and describe what happened. Raises only ``RedisUnavailable``."""
     clock = deps.clock
@@ -232,7 +234,8 @@ async def run_cycle(
             warnings=list(snap.warnings),
             results=[_result(s, SymbolStatus.PAUSED, "paused") for s in paused],
         )
-        await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
+        record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
+        await _push_metrics(settings, shard, outcome, None, decision, record, minute, metrics_file)
         return outcome
 
     probes_left: int | None = None
@@ -244,7 +247,8 @@ async def run_cycle(
         if probes_left == 0:
             detail = "circuit breaker half-open: every probe call is taken by another run"
             outcome = finish(CycleStatus.SKIPPED, ExitCode.OK, skip_reason="breaker_open", skip_detail=detail)
-            await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
+            record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
+            await _push_metrics(settings, shard, outcome, None, decision, record, minute, metrics_file)
             return outcome
         log.info("circuit breaker half-open: probing with %d call(s)", probes_left)
 
@@ -266,6 +270,7 @@ async def run_cycle(
         if deps.analyzer.remote and not dry_run
         else None,
         spent_before=snap.spend_usd,
+        samples=snap.samples,
     )
     heartbeat = Heartbeat(
         deps.redis, keys, owner, clock, settings.heartbeat.ttl_seconds, settings.heartbeat.interval_seconds
@@ -341,7 +346,8 @@ async def run_cycle(
         },
     )
     if not dry_run:
-        await _record(store, settings, keys, owner, outcome, run, lease, snap, decision)
+        record = await _record(store, settings, keys, owner, outcome, run, lease, snap, decision)
+        await _push_metrics(settings, shard, outcome, run, decision, record, minute, metrics_file)
     return outcome
 
 
@@ -648,7 +654,7 @@ async def _record(
     lease: LockResult | None,
     snap: Any,
     decision: Decision,
-) -> None:
+) -> RecordResult | None:
     """Write the outcome and release what the run holds; a failure here is a warning."""
     now = datetime.fromisoformat(outcome.started_at.replace("Z", "+00:00")).timestamp()
     inc = Increments()
@@ -732,7 +738,7 @@ async def _record(
         "latency_keep": max(settings.adaptive.latency_window_size * 5, 50),
         "backpressure": backpressure_fields,
         "counters": inc.values,
-        "gauges": None,
+        "last_success": now if any(r.status is SymbolStatus.OK for r in outcome.results) else None,
         "lease_value": lease.value if lease else "",
         "release_heartbeat": True,
         "cycle_id": owner.cycle_id,
@@ -757,11 +763,83 @@ async def _record(
             log.warning("%s", msg)
             outcome.warnings.append(msg)
         if run is not None and breaker_payload is not None and not result.breaker_saved:
-            await _save_breaker_retry(store, settings, run, result.breaker)
+            result.breaker = await _save_breaker_retry(store, settings, run, result.breaker)
     except RedisUnavailable as exc:
         msg = f"could not record the cycle: {exc}"
         log.warning("%s", msg)
         outcome.warnings.append(msg)
+        return None
+    return result
+
+
+def cycle_gauges(
+    outcome: Outcome, run: _Run | None, decision: Decision, record: RecordResult, minute: datetime
+) -> dict[str, float]:
+    """The gauges describing the cycle that just ended (pure)."""
+    started = datetime.fromisoformat(outcome.started_at.replace("Z", "+00:00")).timestamp()
+    state = record.breaker.state if record.breaker else "closed"
+    p95 = decision.plan.p95_ms
+    if run is not None and run.latencies:
+        fresh = [adaptive.Sample(at, ms) for at, ms in sorted(run.latencies, reverse=True)]
+        window = adaptive.recent(fresh + run.samples, started, run.settings.adaptive)
+        p95 = adaptive.percentile(window, 0.95)
+    gauges = {
+        "signals_generated_last_cycle": float(len(outcome.signals)),
+        "active_locks": float(sum(1 for lr in run.locks.values() if lr.owned) if run else 0),
+        "symbols_processing": float(sum(1 for r in outcome.results if r.attempts)),
+        series("circuit_breaker_state", {"breaker": "llm_service", "state": state}): breaker.STATE_VALUE[
+            state
+        ],
+        "adaptive_batch_size": float(decision.plan.concurrency),
+        "current_p95_latency_ms": float(p95),
+        "autonomous_runner_last_cycle_timestamp": started,
+        "autonomous_runner_start_lag_seconds": max(0.0, started - minute.timestamp()),
+        "autonomous_runner_last_cycle_exit_code": float(outcome.exit_code),
+    }
+    if record.last_success is not None:
+        gauges["autonomous_runner_last_success_timestamp"] = record.last_success
+    return gauges
+
+
+async def _push_metrics(
+    settings: Settings,
+    shard: Shard,
+    outcome: Outcome,
+    run: _Run | None,
+    decision: Decision,
+    record: RecordResult | None,
+    minute: datetime,
+    metrics_file: str | None,
+) -> None:
+    """Push the totals and gauges (about 2 s at most); a failure is a warning, never the cycle's."""
+    url = settings.metrics.pushgateway_url
+    if record is None or not (url or metrics_file):
+        return
+    reg = metrics.registry(record.counters, cycle_gauges(outcome, run, decision, record, minute))
+    if metrics_file:
+        try:
+            metrics.write_textfile(metrics_file, reg)
+        except OSError as exc:
+            _warn(outcome, f"could not write the metrics file {metrics_file}: {exc.strerror or exc}")
+    if url:
+        timeout = settings.metrics.push_timeout_seconds
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(metrics.push, url, settings.metrics.job, shard.key, reg, timeout),
+                timeout + 0.5,
+            )
+        except Exception as exc:  # the gateway is optional: never fail a cycle over it
+            _warn(outcome, f"metrics push to {redact_url(url)} failed: {_short(exc)}")
+
+
+def _warn(outcome: Outcome, message: str) -> None:
+    log.warning("%s", message)
+    outcome.warnings.append(message)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
 
 
 def _fields(state: BreakerState) -> dict[str, str]:
@@ -772,15 +850,16 @@ def _fields(state: BreakerState) -> dict[str, str]:
 
 async def _save_breaker_retry(
     store: StateStore, settings: Settings, run: _Run, fresh: BreakerState | None
-) -> None:
+) -> BreakerState:
     cfg = settings.circuit_breaker.llm_service
     state = fresh or BreakerState()
     for _ in range(5):
         new = breaker.replay(state, run.events, cfg)
         saved, state = await store.save_breaker(state.version, new)
         if saved:
-            return
+            return state
     log.warning("circuit breaker busy: this cycle's %d outcome(s) were not counted", len(run.events))
+    return state
 
 
 def _reason_label(r: SymbolResult) -> str:

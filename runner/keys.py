@@ -109,11 +109,10 @@ class Keys:
         """Cycle summaries, newest first."""
         return self._k("runner:history")
 
-    @property
-    def counters(self) -> str:
-        """Cumulative metric totals: series -> value."""
-        return self._k("runner:metrics:counters")
+    def counters(self, shard: str) -> str:
+        """Cumulative metric totals of one shard (series -> value); each shard pushes its own."""
+        return self._k(f"runner:metrics:counters:{shard}")
 
     def gauges(self, shard: str) -> str:
-        """Gauges of the shard's last cycle."""
+        """Gauges that must outlive a run (the last success) of one shard."""
         return self._k(f"runner:metrics:gauges:{shard}")

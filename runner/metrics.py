@@ -7,7 +7,14 @@ computes what one cycle adds (pure); ``state.py`` applies it atomically and retu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 #: Histogram bucket bounds per metric.
 BUCKETS: dict[str, tuple[float, ...]] = {
@@ -56,3 +63,127 @@ class Increments:
     ) -> None:
         for v in values:
             self.observe(name, v, labels)
+
+
+# Exposition -----------------------------------------------------------------------------------
+
+#: Counter families and their help text (stored with ``_total``; prometheus-client adds it back).
+COUNTERS: dict[str, str] = {
+    "signal_generation": "Signals generated, by symbol and action.",
+    "signal_generation_skipped": "Symbols not turned into a signal, by symbol and reason.",
+    "cycle_failures": "Cycles in which no symbol succeeded.",
+    "cycles": "Cycles that ran, by status.",
+    "cycles_skipped": "Cycles skipped by a guard, by reason.",
+    "cycles_skipped_circuit_open": "Cycles skipped because the circuit breaker was open.",
+    "cycles_skipped_high_latency": "Cycles skipped because p99 latency was too high.",
+    "stale_locks_recovered": "Stale symbol locks taken over, by symbol and reason.",
+    "circuit_breaker_rejected": "Calls or cycles refused by an open circuit breaker.",
+    "backpressure_cooldowns": "Backpressure cooldowns started.",
+}
+
+#: Counters without labels: exposed as 0 before their first increment.
+UNLABELLED = frozenset(
+    {"cycle_failures", "cycles_skipped_circuit_open", "cycles_skipped_high_latency", "backpressure_cooldowns"}
+)
+
+HISTOGRAMS: dict[str, str] = {
+    "cycle_duration_seconds": "Duration of cycles that ran.",
+    "symbol_processing_duration_seconds": "Time to analyze one symbol, retries included.",
+    "llm_latency_ms": "Latency of one analyzer call in milliseconds.",
+}
+
+GAUGES: dict[str, str] = {
+    "signals_generated_last_cycle": "Signals published by the last cycle.",
+    "active_locks": "Symbol locks the last cycle held.",
+    "symbols_processing": "Symbols the last cycle analyzed.",
+    "circuit_breaker_state": "Circuit breaker state: 0 closed, 0.5 half-open, 1 open.",
+    "adaptive_batch_size": "Concurrency the last cycle used.",
+    "current_p95_latency_ms": "p95 analyzer latency over the recent window.",
+    "autonomous_runner_last_cycle_timestamp": "When the last cycle started (epoch seconds).",
+    "autonomous_runner_last_success_timestamp": "When the last cycle with a signal started (epoch seconds).",
+    "autonomous_runner_start_lag_seconds": "Seconds between the scheduled minute and the start.",
+    "autonomous_runner_last_cycle_exit_code": "Exit code of the last cycle.",
+}
+
+_SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_series(text: str) -> tuple[str, dict[str, str]] | None:
+    """``name{k="v"}`` -> (name, labels); None for anything else."""
+    match = _SERIES.match(text)
+    if not match:
+        return None
+    labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(match.group(2) or "")}
+    return match.group(1), labels
+
+
+class TotalsCollector(Collector):
+    """Exposes totals read from Redis as counters, histograms and gauges."""
+
+    def __init__(self, counters: Mapping[str, float], gauges: Mapping[str, float]) -> None:
+        self.counters = counters
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for key, value in {**self.counters, **self.gauges}.items():
+            parsed = parse_series(key)
+            if parsed is not None:
+                by_name.setdefault(parsed[0], []).append((parsed[1], float(value)))
+        for family, help_text in COUNTERS.items():
+            rows = by_name.get(f"{family}_total", [])
+            names = sorted({k for labels, _ in rows for k in labels})
+            metric = CounterMetricFamily(family, help_text, labels=names)
+            for labels, value in rows:
+                metric.add_metric([labels.get(n, "") for n in names], value)
+            if not rows and family in UNLABELLED:
+                metric.add_metric([], 0.0)  # so rate() and ratios see a zero, not an absent series
+            yield metric
+        for family, help_text in HISTOGRAMS.items():
+            yield from _histograms(family, help_text, by_name)
+        for family, help_text in GAUGES.items():
+            rows = by_name.get(family, [])
+            if not rows:
+                continue
+            names = sorted({k for labels, _ in rows for k in labels})
+            gauge = GaugeMetricFamily(family, help_text, labels=names)
+            for labels, value in rows:
+                gauge.add_metric([labels.get(n, "") for n in names], value)
+            yield gauge
+
+
+def _histograms(
+    family: str, help_text: str, by_name: Mapping[str, list[tuple[dict[str, str], float]]]
+) -> Iterator[Metric]:
+    groups: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for labels, value in by_name.get(f"{family}_bucket", []):
+        rest = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
+        groups.setdefault(rest, {"buckets": {}, "sum": 0.0})["buckets"][labels.get("le", "+Inf")] = value
+    for labels, value in by_name.get(f"{family}_sum", []):
+        groups.setdefault(tuple(sorted(labels.items())), {"buckets": {}, "sum": 0.0})["sum"] = value
+    names = sorted({k for rest in groups for k, _ in rest})
+    metric = HistogramMetricFamily(family, help_text, labels=names)
+    bounds = [_fmt(b) for b in BUCKETS[family]] + ["+Inf"]
+    for rest, data in groups.items():
+        labels = dict(rest)
+        buckets = [(b, data["buckets"].get(b, 0.0)) for b in bounds]
+        metric.add_metric([labels.get(n, "") for n in names], buckets, data["sum"])
+    yield metric
+
+
+def registry(counters: Mapping[str, float], gauges: Mapping[str, float]) -> CollectorRegistry:
+    """A registry holding exactly these totals and gauges."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TotalsCollector(counters, gauges))
+    return reg
+
+
+def push(url: str, job: str, shard: str, reg: CollectorRegistry, timeout: float) -> None:
+    """``PUT`` the registry to the Pushgateway, grouped by job and shard (never by pod)."""
+    push_to_gateway(url, job=job, registry=reg, grouping_key={"shard": shard}, timeout=timeout)
+
+
+def write_textfile(path: str, reg: CollectorRegistry) -> None:
+    """The same exposition as a node_exporter textfile (written atomically)."""
+    write_to_textfile(path, reg)

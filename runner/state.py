@@ -154,10 +154,9 @@ if present(p.backpressure) then
 end
 ensure(KEYS[6], 'hash', false)
 for k, v in pairs(p.counters) do redis.call('HINCRBYFLOAT', KEYS[6], k, v) end
-if present(p.gauges) then
-  redis.call('DEL', KEYS[7])
-  for k, v in pairs(p.gauges) do redis.call('HSET', KEYS[7], k, v) end
-end
+ensure(KEYS[7], 'hash', false)
+if present(p.last_success) then redis.call('HSET', KEYS[7], 'last_success', p.last_success) end
+local last_success = redis.call('HGET', KEYS[7], 'last_success')
 if p.lease_value ~= '' and redis.call('GET', KEYS[8]) == p.lease_value then
   redis.call('DEL', KEYS[8])
 end
@@ -184,6 +183,7 @@ return cjson.encode({
   paused_now = paused_now,
   released = released,
   counters = redis.call('HGETALL', KEYS[6]),
+  last_success = last_success,
   breaker_saved = breaker_saved,
   breaker = redis.call('HGETALL', KEYS[10]),
   warnings = warnings,
@@ -241,6 +241,7 @@ class RecordResult:
     counters: dict[str, float] = field(default_factory=dict)
     breaker: BreakerState | None = None
     breaker_saved: bool = True
+    last_success: float | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -344,7 +345,7 @@ class StateStore:
             self.keys.paused,
             self.keys.latency,
             self.keys.backpressure(self.shard),
-            self.keys.counters,
+            self.keys.counters(self.shard),
             self.keys.gauges(self.shard),
             self.keys.lease(self.shard),
             heartbeat_key,
@@ -371,6 +372,7 @@ class StateStore:
             counters=counters,
             breaker=current,
             breaker_saved=bool(data.get("breaker_saved")),
+            last_success=_float_or_none(data.get("last_success")),
             warnings=[str(w) for w in data.get("warnings") or []],
         )
 
@@ -428,6 +430,13 @@ class StateStore:
             if saved:
                 return state
         return state
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _version(fields: dict[str, str]) -> int:
