@@ -671,8 +671,9 @@ async def _record(
             inc.inc("cycles_skipped_high_latency_total")
         if outcome.skip_reason == "cooldown" and lease is not None:
             backpressure_fields = adaptive.after_skip_for_cooldown(snap.backpressure).to_fields()
+    published = {s.id for s in outcome.signals}
     for r in outcome.results:
-        if r.status is SymbolStatus.OK and r.signal is not None:
+        if r.status is SymbolStatus.OK and r.signal is not None and r.signal.id in published:
             inc.inc("signal_generation_total", {"symbol": r.symbol, "action": r.signal.action})
         elif r.status not in (SymbolStatus.OK,):
             inc.inc("signal_generation_skipped_total", {"symbol": r.symbol, "reason": _reason_label(r)})

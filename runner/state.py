@@ -433,6 +433,8 @@ class StateStore:
 
 
 def _float_or_none(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):  # Lua's nil arrives as false
+        return None
     try:
         return float(value)
     except (TypeError, ValueError):

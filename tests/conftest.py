@@ -152,3 +152,57 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 SCRIPTED = {"RUNNER_ANALYZER__BACKEND": "plugin", "RUNNER_ANALYZER__PLUGIN": "tests.support.scripted:make"}
+
+
+@dataclass
+class Pushgateway:
+    """A prometheus-pushgateway of our own, persisting nothing."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        """Every sample the gateway serves: name -> {sorted label items: value}."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:  # noqa: S310 - loopback
+            text = response.read().decode()
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
+    def wipe(self) -> None:
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}/api/v1/admin/wipe", method="PUT")
+        with urllib.request.urlopen(request, timeout=5):  # noqa: S310 - loopback
+            pass
+
+
+@pytest.fixture(scope="session")
+def pushgateway_server() -> Iterator[Pushgateway]:
+    binary = require_binary("prometheus-pushgateway")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=", "--web.enable-admin-api"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    yield Pushgateway(port, proc)
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def pushgateway(pushgateway_server: Pushgateway) -> Pushgateway:
+    """The session's gateway, emptied before each test."""
+    pushgateway_server.wipe()
+    return pushgateway_server
