@@ -182,7 +182,7 @@ class Pushgateway:
     def wipe(self) -> None:
         import urllib.request
 
-        request = urllib.request.Request(f"{self.url}/api/v1/admin/wipe", method="PUT")
+        request = urllib.request.Request(f"{self.url}/api/v1/admin/wipe", method="PUT")  # noqa: S310 - loopback
         with urllib.request.urlopen(request, timeout=5):  # noqa: S310 - loopback
             pass
 
