@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -119,7 +120,7 @@ def cycle(
     ] = None,
 ) -> None:
     """Run one cycle and exit 0 (completed or skipped), 1 (partial), 2 (usage) or 3 (failed)."""
-    from runner.shards import parse_shard
+    from runner.shards import from_environment
 
     chosen = None
     if symbols is not None:
@@ -127,11 +128,11 @@ def cycle(
             chosen = parse_symbols(symbols)
         except ConfigError as exc:
             fail(str(exc), ExitCode.USAGE)
+    settings = settings_or_exit(config)
     try:
-        shard_value = parse_shard(shard) if shard else None
+        shard_value = from_environment(shard, settings.shards, os.environ)
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
-    settings = settings_or_exit(config)
     _setup_logs(settings)
     machine = json_out or not sys.stdout.isatty()
     try:
@@ -219,6 +220,30 @@ async def _cycle(
     else:
         render.print_cycle(console, outcome)
     return outcome
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address for the health and metrics endpoints.")
+    ] = "0.0.0.0",  # noqa: S104 - a pod serves its probes on all interfaces
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port for the endpoints.")] = 8080,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="This process's share of the symbols, I/N.")
+    ] = None,
+) -> None:
+    """Run cycles on the configured cron schedule, with /health, /health/ready and /metrics."""
+    from runner.serve import Service
+    from runner.shards import from_environment
+
+    settings = settings_or_exit(config)
+    try:
+        shard_value = from_environment(shard, settings.shards, os.environ)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    _setup_logs(settings)
+    run_async(lambda: Service(settings, shard_value).run(host, port))
 
 
 @app.command()

@@ -235,6 +235,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: The minute this run was scheduled for (the CronJob's scheduled timestamp).
     scheduled_at: str | None = None
+    #: The Job's name; a CronJob's Job name ends in its scheduled time in minutes since the epoch.
+    job_name: str | None = None
+    #: How many shards split the symbols; with ``JOB_COMPLETION_INDEX`` it picks this pod's shard.
+    shards: PositiveInt = 1
     parallel: Parallel = Parallel()
     timeouts: Timeouts = Timeouts()
     locks: Locks = Locks()
@@ -250,6 +254,16 @@ class Settings(BaseSettings):
     publish: Publish = Publish()
     metrics: MetricsSettings = MetricsSettings()
     maintenance_windows: list[Annotated[str, AfterValidator(_check_window)]] = Field(default_factory=list)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from croniter import croniter
+
+        # Five fields as in Kubernetes; `runner serve` also takes croniter's sixth (seconds).
+        if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
+            raise ValueError(f"must be a five-field cron expression, got {value!r}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from runner import adaptive, breaker, logs, metrics, retries
@@ -119,14 +120,27 @@ def resolve_instance_id(settings: Settings) -> str:
 
 
 def scheduled_minute(settings: Settings, now: datetime) -> datetime:
-    """The minute this run was scheduled for: the CronJob's timestamp if given, else now's."""
+    """The minute this run was scheduled for.
+
+    The CronJob's scheduled timestamp if given, else the minute encoded at the end of the Job's
+    name (``<cronjob>-<minutes since the epoch>``), else now's minute. A value more than an
+    hour away from now is ignored (it cannot be this run's).
+    """
+    candidates: list[datetime] = []
     if settings.scheduled_at:
         try:
             parsed = datetime.fromisoformat(settings.scheduled_at.replace("Z", "+00:00"))
-            if parsed.tzinfo is not None and abs((now - parsed).total_seconds()) < 3600:
-                return minute_floor(parsed)
+            if parsed.tzinfo is not None:
+                candidates.append(parsed)
         except ValueError:
-            pass
+            log.warning("ignoring RUNNER_SCHEDULED_AT=%r: not an ISO 8601 timestamp", settings.scheduled_at)
+    if settings.job_name:
+        tail = settings.job_name.rsplit("-", 1)[-1]
+        if tail.isdigit():
+            candidates.append(datetime.fromtimestamp(int(tail) * 60, UTC))
+    for candidate in candidates:
+        if abs((now - candidate).total_seconds()) < 3600:
+            return minute_floor(candidate.astimezone(UTC))
     return minute_floor(now)
 
 
@@ -173,6 +187,7 @@ async def run_cycle(
     control: Control | None = None,
     progress: Callable[[str, str, SymbolResult | None], None] | None = None,
     metrics_file: str | None = None,
+    on_metrics: Callable[[CollectorRegistry], None] | None = None,
 ) -> Outcome:
     """Run one cycle and describe what happened. Raises only ``RedisUnavailable``."""
     clock = deps.clock
@@ -235,7 +250,9 @@ async def run_cycle(
             results=[_result(s, SymbolStatus.PAUSED, "paused") for s in paused],
         )
         record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
-        await _push_metrics(settings, shard, outcome, None, decision, record, minute, metrics_file)
+        await _push_metrics(
+            settings, shard, outcome, None, decision, record, minute, metrics_file, on_metrics
+        )
         return outcome
 
     probes_left: int | None = None
@@ -248,7 +265,9 @@ async def run_cycle(
             detail = "circuit breaker half-open: every probe call is taken by another run"
             outcome = finish(CycleStatus.SKIPPED, ExitCode.OK, skip_reason="breaker_open", skip_detail=detail)
             record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
-            await _push_metrics(settings, shard, outcome, None, decision, record, minute, metrics_file)
+            await _push_metrics(
+                settings, shard, outcome, None, decision, record, minute, metrics_file, on_metrics
+            )
             return outcome
         log.info("circuit breaker half-open: probing with %d call(s)", probes_left)
 
@@ -347,7 +366,7 @@ async def run_cycle(
     )
     if not dry_run:
         record = await _record(store, settings, keys, owner, outcome, run, lease, snap, decision)
-        await _push_metrics(settings, shard, outcome, run, decision, record, minute, metrics_file)
+        await _push_metrics(settings, shard, outcome, run, decision, record, minute, metrics_file, on_metrics)
     return outcome
 
 
@@ -811,12 +830,15 @@ async def _push_metrics(
     record: RecordResult | None,
     minute: datetime,
     metrics_file: str | None,
+    on_metrics: Callable[[CollectorRegistry], None] | None,
 ) -> None:
     """Push the totals and gauges (about 2 s at most); a failure is a warning, never the cycle's."""
     url = settings.metrics.pushgateway_url
-    if record is None or not (url or metrics_file):
+    if record is None or not (url or metrics_file or on_metrics):
         return
     reg = metrics.registry(record.counters, cycle_gauges(outcome, run, decision, record, minute))
+    if on_metrics is not None:
+        on_metrics(reg)
     if metrics_file:
         try:
             metrics.write_textfile(metrics_file, reg)

@@ -45,6 +45,28 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
+def from_environment(flag: str | None, shards: int, environ: Mapping[str, str]) -> Shard:
+    """``--shard I/N`` if given; else ``JOB_COMPLETION_INDEX`` of ``shards`` (an Indexed Job);
+    else everything. Raises ``ConfigError``."""
+    if flag:
+        return parse_shard(flag)
+    index = environ.get("JOB_COMPLETION_INDEX")
+    if index is not None and index != "":
+        if not index.isdigit():
+            raise ConfigError(f"JOB_COMPLETION_INDEX: must be a whole number (got {index!r})")
+        if int(index) >= shards:
+            raise ConfigError(
+                f"JOB_COMPLETION_INDEX: {index} is not below RUNNER_SHARDS={shards}; "
+                "set RUNNER_SHARDS to the Job's completions"
+            )
+        return Shard(int(index), shards)
+    if shards > 1:
+        raise ConfigError(
+            f"RUNNER_SHARDS: {shards} shards need --shard I/N or JOB_COMPLETION_INDEX (got neither)"
+        )
+    return Shard(0, 1)
+
+
 def select(
     candidates: list[str],
     paused: Mapping[str, str],
