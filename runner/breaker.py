@@ -103,8 +103,11 @@ def claim_probes(s: BreakerState, wanted: int, now: float, cfg: BreakerConfig) -
     if not g.allow or g.probes is None:
         return s, 0
     granted = min(wanted, g.probes)
-    if s.state == "open" or s.half_open_calls >= cfg.half_open_max_calls:
+    if s.state == "open":
         s = replace(s, state="half_open", half_open_calls=0, success_count=0, half_open_at=now)
+    elif s.half_open_calls >= cfg.half_open_max_calls:
+        # The earlier probers never reported back: hand out new probes, keep any successes.
+        s = replace(s, half_open_calls=0, half_open_at=now)
     return replace(s, half_open_calls=s.half_open_calls + granted), granted
 
 

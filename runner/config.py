@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -62,7 +62,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 
 def validate_symbol(symbol: str) -> str:
     """A symbol is ``BASE/QUOTE`` in upper-case letters and digits."""
-    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+    if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
         raise ValueError(f"symbol must look like BASE/QUOTE in upper-case letters and digits, got {symbol!r}")
     return symbol
 
@@ -118,6 +118,15 @@ class Breaker(Section):
     recovery_timeout_seconds: PositiveFloat = 60.0
     half_open_max_calls: PositiveInt = 3
     success_threshold: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _closable(self) -> Breaker:
+        if self.success_threshold > self.half_open_max_calls:
+            raise ValueError(
+                "success_threshold must be <= half_open_max_calls, or a half-open breaker can never "
+                f"close (got {self.success_threshold} > {self.half_open_max_calls})"
+            )
+        return self
 
 
 class CircuitBreakers(Section):
@@ -211,7 +220,7 @@ class MetricsSettings(Section):
 
 
 def _check_window(value: str) -> str:
-    if not isinstance(value, str) or not WINDOW_RE.match(value):
+    if not isinstance(value, str) or not WINDOW_RE.fullmatch(value):
         raise ValueError(f"maintenance window must look like HH:MM-HH:MM (UTC), got {value!r}")
     return value
 
@@ -282,7 +291,7 @@ class Settings(BaseSettings):
     def _instance(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not INSTANCE_RE.match(value):
+        if not INSTANCE_RE.fullmatch(value):
             raise ValueError(f"instance id must be letters, digits and . _ : - (at most 128), got {value!r}")
         return value
 
@@ -392,8 +401,8 @@ def _describe(error: Mapping[str, Any], secret_fields: set[str]) -> str:
     if error["type"] == "extra_forbidden":
         return f"{field}: unknown setting"
     shown = "***" if error["loc"] and error["loc"][-1] in secret_fields else error.get("input")
-    if error["type"] in ("value_error", "assertion_error") or "got " in msg:
-        return f"{field}: {msg}"
+    if error["type"] in ("value_error", "assertion_error"):
+        return f"{field}: {msg}"  # our own validators already name the bad value
     return f"{field}: {msg} (got {shown!r})"
 
 
@@ -430,18 +439,17 @@ def parse_symbols(text: str) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with any credentials masked: ``redis://user:***@host:6379/0``.
+
+    Works on the raw text (everything between ``://`` and the last ``@``), so a password that
+    is not URL-encoded, or a URL that does not parse, still never shows.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    credentials, _, location = rest.rpartition("@")
+    user = credentials.split(":", 1)[0] if ":" in credentials else ""
+    return f"{scheme}://{user}:***@{location}"
 
 
 def public_view(settings: Settings) -> dict[str, Any]:
@@ -450,8 +458,14 @@ def public_view(settings: Settings) -> dict[str, Any]:
     for section, key in (("analyzer", "api_key"), ("analyzer", "opencode_password")):
         if data[section][key] is not None:
             data[section][key] = "***"
-    if data["redis"]["url"]:
-        data["redis"]["url"] = redact_url(data["redis"]["url"])
+    for section, key in (
+        ("redis", "url"),
+        ("metrics", "pushgateway_url"),
+        ("analyzer", "opencode_url"),
+        ("analyzer", "base_url"),
+    ):
+        if data[section][key]:
+            data[section][key] = redact_url(data[section][key])
     return data
 
 

@@ -691,6 +691,10 @@ async def _record(
         if outcome.skip_reason == "cooldown" and lease is not None:
             backpressure_fields = adaptive.after_skip_for_cooldown(snap.backpressure).to_fields()
     published = {s.id for s in outcome.signals}
+    analyzed = [r for r in outcome.results if r.attempts]
+    # Every symbol answered garbage: the model is broken (an outage for the breaker), and no
+    # symbol is to blame, so none is paused for it.
+    model_broken = len(analyzed) >= 2 and all((r.reason or "").startswith("invalid_output") for r in analyzed)
     for r in outcome.results:
         if r.status is SymbolStatus.OK and r.signal is not None and r.signal.id in published:
             inc.inc("signal_generation_total", {"symbol": r.symbol, "action": r.signal.action})
@@ -705,7 +709,7 @@ async def _record(
                     "status": r.status.value,
                     "reason": r.reason or "",
                     "duration_ms": r.duration_ms,
-                    "fault": r.symbol_fault,
+                    "fault": r.symbol_fault and not model_broken,
                     "at": now,
                     "action": r.signal.action if r.signal else None,
                 }
@@ -741,9 +745,8 @@ async def _record(
         if lease is not None:
             backpressure_fields = bp.to_fields()
         events = list(run.events)
-        work = [r for r in outcome.results if r.attempts]
-        if work and all(r.reason and r.reason.startswith("invalid_output") for r in work):
-            events.append((Event.FAILURE, now))  # the model itself is broken, not one symbol
+        if model_broken:
+            events.append((Event.FAILURE, now))
         if events:
             new = breaker.replay(run.breaker_base, events, settings.circuit_breaker.llm_service)
             breaker_payload = {"expected": run.breaker_base.version, "fields": _fields(new)}

@@ -50,7 +50,7 @@ def parse_window(text: str) -> tuple[time, time]:
 
 def in_maintenance(windows: list[str], now: datetime) -> str | None:
     """The window ``now`` (UTC) falls in, if any; windows may cross midnight."""
-    t = now.time().replace(tzinfo=None)
+    t = now.astimezone(UTC).time().replace(tzinfo=None)
     for text in windows:
         start, end = parse_window(text)
         inside = start <= t < end if start <= end else (t >= start or t < end)

@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+BACKSLASH, NEWLINE = chr(92), chr(10)
+
 #: Histogram bucket bounds per metric.
 BUCKETS: dict[str, tuple[float, ...]] = {
     "cycle_duration_seconds": (1, 2, 5, 10, 20, 30, 45, 50, 55, 60, 90),
@@ -28,11 +30,30 @@ def series(name: str, labels: Mapping[str, str] | None = None) -> str:
     """``name{k="v",...}`` with labels in sorted order and values escaped."""
     if not labels:
         return name
-    inner = ",".join(
-        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in sorted(labels.items())
-    )
+    inner = ",".join(f'{k}="{escape_label(str(v))}"' for k, v in sorted(labels.items()))
     return f"{name}{{{inner}}}"
+
+
+def escape_label(value: str) -> str:
+    """Label-value escaping of the Prometheus text format (backslash, quote, newline)."""
+    return (
+        value.replace(BACKSLASH, BACKSLASH * 2)
+        .replace('"', BACKSLASH + '"')
+        .replace(NEWLINE, BACKSLASH + "n")
+    )
+
+
+def unescape_label(value: str) -> str:
+    """The inverse of ``escape_label``."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == BACKSLASH and i + 1 < len(value):
+            out.append(NEWLINE if value[i + 1] == "n" else value[i + 1])
+            i += 2
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
 
 
 def _fmt(bound: float) -> str:
@@ -114,7 +135,7 @@ def parse_series(text: str) -> tuple[str, dict[str, str]] | None:
     match = _SERIES.match(text)
     if not match:
         return None
-    labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(match.group(2) or "")}
+    labels = {k: unescape_label(v) for k, v in _LABEL.findall(match.group(2) or "")}
     return match.group(1), labels
 
 

@@ -61,10 +61,9 @@ class SlidingWindow(Generic[T, R]):
             self.max_in_flight = max(self.max_in_flight, len(self.in_flight))
             if self.on_start is not None:
                 self.on_start(item)
-            try:
-                result = await self.work(item)
-            finally:
-                self.in_flight.discard(item)
+            # On cancellation the item stays in ``in_flight`` so that ``run`` accounts for it.
+            result = await self.work(item)
+            self.in_flight.discard(item)
             self._finish(item, result)
 
     async def run(self, items: list[T], cancelled_reason: str = "deadline") -> dict[T, R]:
