@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from pydantic import ValidationError
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from runner.breaker import BreakerState, Event, claim_probes, gate, replay, transition
 from runner.config import Breaker
@@ -16,7 +16,9 @@ CFG = Breaker(failure_threshold=3, recovery_timeout_seconds=60, half_open_max_ca
 T0 = 1_800_000_000.0
 
 
-ONE_FAILURE = Breaker(failure_threshold=1, recovery_timeout_seconds=60, half_open_max_calls=3, success_threshold=2)
+ONE_FAILURE = Breaker(
+    failure_threshold=1, recovery_timeout_seconds=60, half_open_max_calls=3, success_threshold=2
+)
 
 
 def fail_times(s: BreakerState, n: int, now: float = T0) -> BreakerState:

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from runner.analyzers.base import AnalysisRequest
 from runner.analyzers.fake import FakeAnalyzer
 from runner.clock import Clock, FrozenClock, SystemClock
