@@ -8,7 +8,6 @@ run can be reproduced offline.
 from __future__ import annotations
 
 import math
-import random
 import zlib
 from datetime import datetime, timedelta
 
@@ -18,21 +17,34 @@ from runner.market.base import Candle
 _BASE_PRICES = {"BTC": 65000.0, "ETH": 3100.0, "SOL": 150.0, "DOGE": 0.15}
 
 
+_MASK = (1 << 64) - 1
+
+
 def _seed(symbol: str) -> int:
     return zlib.crc32(symbol.encode())
 
 
-def _close(symbol: str, minute_index: int) -> float:
-    seed = _seed(symbol)
-    base = _BASE_PRICES.get(symbol.split("/")[0], 1.0 + (seed % 5000) / 10.0)
-    phase = (seed % 1000) / 1000 * 2 * math.pi
+def _unit(key: int) -> float:
+    """A uniform number in [0, 1) from ``key`` (splitmix64): fast and the same everywhere."""
+    x = (key + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return ((x ^ (x >> 31)) >> 11) / 9007199254740992.0
+
+
+def _normal(key: int) -> float:
+    """A standard-normal-ish number (Irwin-Hall of four uniforms, rescaled)."""
+    total = _unit(key) + _unit(key + 1) + _unit(key + 2) + _unit(key + 3)
+    return (total - 2.0) * 1.7320508075688772
+
+
+def _close(seed: int, base: float, phase: float, minute_index: int) -> float:
     wave = (
         0.020 * math.sin(minute_index / 47.0 + phase)
         + 0.010 * math.sin(minute_index / 13.0 + 2 * phase)
         + 0.004 * math.sin(minute_index / 5.0 + 3 * phase)
     )
-    noise = random.Random(seed * 1_000_003 + minute_index).gauss(0.0, 0.0015)
-    return base * math.exp(wave + noise)
+    return base * math.exp(wave + 0.0015 * _normal(seed * 1_000_003 + minute_index * 8))
 
 
 class SyntheticSource:
@@ -43,21 +55,25 @@ class SyntheticSource:
     async def candles(self, symbol: str, until: datetime, count: int) -> list[Candle]:
         last = minute_floor(until)
         last_index = int(last.timestamp() // 60)
+        seed = _seed(symbol)
+        base = _BASE_PRICES.get(symbol.split("/")[0], 1.0 + (seed % 5000) / 10.0)
+        phase = (seed % 1000) / 1000 * 2 * math.pi
+        first = last_index - count + 1
+        closes = [_close(seed, base, phase, i) for i in range(first - 1, last_index + 1)]
         out: list[Candle] = []
-        for offset in range(count - 1, -1, -1):
-            index = last_index - offset
-            close = _close(symbol, index)
-            prev = _close(symbol, index - 1)
-            rng = random.Random(_seed(symbol) ^ index)
-            spread = abs(close - prev) + close * 0.0008 * rng.random()
+        for k in range(count):
+            index = first + k
+            prev, close = closes[k], closes[k + 1]
+            jitter = _unit(seed * 7_000_003 + index * 8 + 5)
+            spread = abs(close - prev) + close * 0.0008 * jitter
             out.append(
                 Candle(
-                    start=last - timedelta(minutes=offset),
+                    start=last - timedelta(minutes=count - 1 - k),
                     open=prev,
                     high=max(prev, close) + spread / 2,
                     low=min(prev, close) - spread / 2,
                     close=close,
-                    volume=round(1000 + 500 * rng.random(), 3),
+                    volume=round(1000 + 500 * _unit(seed * 7_000_003 + index * 8 + 6), 3),
                 )
             )
         return out

@@ -1,0 +1,850 @@
+"""The deployment files, checked offline: the Dockerfile, and every manifest under k8s/.
+
+Every Kubernetes object under k8s/ (the files as written, and each kustomization as rendered)
+validates against the Kubernetes OpenAPI schemas shipped by ``kubernetes-validate``, in strict
+mode (an unknown field is an error). Custom resources (a PrometheusRule, say) have no schema
+there: they only have to parse.
+
+The kustomizations are rendered by the small renderer below, which knows exactly the kustomize
+features k8s/ uses (resources, JSON 6902 patches, ``$patch: delete``, configMapGenerator with
+kustomize's own name hash, images) and refuses any other. Where ``kubectl`` is installed, its
+``kubectl kustomize`` output must equal the renderer's, object for object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from runner.config import ROOT_KEY, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+KUSTOMIZATIONS = ("base", "sharded", "service", "dev")
+#: The oldest Kubernetes release with every field used here generally available (Indexed Jobs'
+#: backoffLimitPerIndex: 1.33), and the newest release kubernetes-validate has schemas for.
+KUBE_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
+
+RUNNER_IMAGE = "tradestream/autonomous-runner"
+SECRET_NAME = "autonomous-runner"
+CONFIG_MOUNT = "/etc/autonomous-runner"
+#: Seconds from the Job's start to the runner's deadline clock starting (scheduling, container
+#: start, imports, Redis connection), and from the deadline to the exit (publish, release,
+#: record, a 2 s push).
+STARTUP_BUDGET = 5
+WIND_DOWN_BUDGET = 5
+SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL", re.IGNORECASE)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_docs(path: Path) -> list[Any]:
+    """Every document of a YAML file (or the one of a JSON file), empty ones left out."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return [json.loads(text)]
+    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+
+
+def is_object(doc: Any) -> bool:
+    return isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".json"))
+
+
+def key(doc: dict[str, Any]) -> tuple[str, str]:
+    return doc["kind"], doc["metadata"]["name"]
+
+
+# --- a small kustomize -------------------------------------------------------------------------
+
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "patches", "configMapGenerator", "images"}
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """Render ``directory/kustomization.yaml`` as kustomize does, for the features k8s/ uses."""
+    docs, _ = _build(directory.resolve())
+    return docs
+
+
+def _build(directory: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    spec = load_docs(directory / "kustomization.yaml")[0]
+    unknown = set(spec) - KUSTOMIZATION_FIELDS
+    assert not unknown, f"{directory}: kustomize fields this test cannot render: {sorted(unknown)}"
+    docs: list[dict[str, Any]] = []
+    renames: dict[str, str] = {}
+    for entry in spec.get("resources", []):
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            sub_docs, sub_renames = _build(path)
+            docs += sub_docs
+            renames.update(sub_renames)
+        else:
+            # kustomize's load restrictor: a file resource must be in or below the kustomization.
+            assert path.is_relative_to(directory), f"{directory}: {entry} is outside the kustomization"
+            docs += [doc for doc in load_docs(path) if is_object(doc)]
+    generated: list[dict[str, Any]] = []
+    for generator in spec.get("configMapGenerator", []):
+        assert set(generator) <= {"name", "files"}, f"{directory}: unsupported generator options {generator}"
+        data = {}
+        for item in generator["files"]:
+            data_key, _, file_name = item.rpartition("=")
+            data[data_key or Path(file_name).name] = (directory / file_name).read_text(encoding="utf-8")
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data}
+        generated.append(cm)
+        docs.append(cm)
+    for patch in spec.get("patches", []):
+        docs = _apply_patch(directory, patch, docs)
+    for image in spec.get("images", []):
+        for container in _containers(docs):
+            _set_image(container, image)
+    for cm in generated:
+        name = cm["metadata"]["name"]
+        renames[name] = f"{name}-{kustomize_hash(cm)}"
+        cm["metadata"]["name"] = renames[name]
+    for doc in docs:
+        _rename_config_map_refs(doc, renames)
+    return docs, renames
+
+
+def kustomize_hash(cm: dict[str, Any]) -> str:
+    """kustomize's name suffix of a generated ConfigMap (api/hasher): sha256 of Go's JSON of
+    {data, kind, name}, its first 10 hex digits with 0 1 3 a e mapped to g h k m t. kustomize
+    looks the name up as the single key "metadata/name", finds nothing and hashes "" for it."""
+    encoded = json.dumps(
+        {"data": cm.get("data", {}), "kind": "ConfigMap", "name": ""},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):  # as Go's json.Marshal
+        encoded = encoded.replace(char, escaped)
+    return hashlib.sha256(encoded.encode()).hexdigest()[:10].translate(str.maketrans("013ae", "ghkmt"))
+
+
+def _group_version(doc: dict[str, Any]) -> tuple[str, str]:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    return group, version
+
+
+def _targets(doc: dict[str, Any], target: dict[str, Any]) -> bool:
+    assert set(target) <= {"group", "version", "kind", "name"}, f"unsupported patch target {target}"
+    group, version = _group_version(doc)
+    actual = {"group": group, "version": version, "kind": doc["kind"], "name": doc["metadata"]["name"]}
+    return all(actual[k] == v for k, v in target.items())
+
+
+def _apply_patch(directory: Path, entry: dict[str, Any], docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    assert set(entry) <= {"patch", "path", "target"}, f"{directory}: unsupported patch entry {entry}"
+    text = entry["patch"] if "patch" in entry else (directory / entry["path"]).read_text(encoding="utf-8")
+    body = yaml.safe_load(text)
+    if isinstance(body, list):  # JSON 6902
+        matched = [i for i, doc in enumerate(docs) if _targets(doc, entry["target"])]
+        assert matched, f"{directory}: patch target {entry['target']} matches nothing"
+        for i in matched:
+            docs[i] = json_patch(docs[i], body)
+        return docs
+    if isinstance(body, dict) and body.get("$patch") == "delete":
+        kept = [doc for doc in docs if key(doc) != (body["kind"], body["metadata"]["name"])]
+        assert len(kept) == len(docs) - 1, f"{directory}: nothing to delete for {body}"
+        return kept
+    raise AssertionError(f"{directory}: only JSON 6902 patches and `$patch: delete` are rendered here")
+
+
+def _pointer(path: str) -> list[str]:
+    assert path.startswith("/"), path
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 add, remove and replace."""
+    doc = copy.deepcopy(doc)
+    for op in operations:
+        *parents, last = _pointer(op["path"])
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if op["op"] == "add":
+            if isinstance(node, list):
+                node.insert(len(node) if last == "-" else int(last), op["value"])
+            else:
+                node[last] = op["value"]
+        elif op["op"] == "remove":
+            del node[int(last) if isinstance(node, list) else last]
+        elif op["op"] == "replace":
+            index: Any = int(last) if isinstance(node, list) else last
+            assert isinstance(node, list) or last in node, f"replace of a missing {op['path']}"
+            node[index] = op["value"]
+        else:
+            raise AssertionError(f"unsupported JSON patch op {op['op']}")
+    return doc
+
+
+def _containers(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("containers", "initContainers") and isinstance(v, list):
+                yield from v
+            else:
+                yield from _containers(v)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _containers(item)
+
+
+def image_name(image: str) -> str:
+    """The image reference without its tag or digest."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def _set_image(container: dict[str, Any], image: dict[str, Any]) -> None:
+    assert set(image) <= {"name", "newName", "newTag", "digest"}, f"unsupported image entry {image}"
+    if image_name(container["image"]) != image["name"]:
+        return
+    new = image.get("newName", image["name"])
+    if "digest" in image:
+        new += "@" + image["digest"]
+    elif "newTag" in image:
+        new += ":" + str(image["newTag"])
+    else:
+        new += container["image"][len(image["name"]) :]
+    container["image"] = new
+
+
+def _rename_config_map_refs(node: Any, renames: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("configMap", "configMapRef", "configMapKeyRef") and isinstance(v, dict):
+                v["name"] = renames.get(v.get("name", ""), v.get("name"))
+            _rename_config_map_refs(v, renames)
+    elif isinstance(node, list):
+        for item in node:
+            _rename_config_map_refs(item, renames)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+    out = {}
+    for name in KUSTOMIZATIONS:
+        docs = kustomize(K8S / name)
+        by_key = {key(doc): doc for doc in docs}
+        assert len(by_key) == len(docs), f"k8s/{name}: two objects share a kind and name"
+        out[name] = by_key
+    return out
+
+
+def only(docs: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for (k, _), doc in docs.items() if k == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return workload["spec"]["template"]["spec"]
+
+
+def runner_container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod_spec(workload)["containers"] if c["name"] == "runner"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    names = [e["name"] for e in container.get("env", [])]
+    assert len(names) == len(set(names)), f"duplicate env names in {container['name']}: {names}"
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def runner_workloads(rendered: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, doc)
+        for name in ("base", "sharded", "service")
+        for doc in rendered[name].values()
+        if doc["kind"] in ("CronJob", "Deployment")
+    ]
+
+
+# --- schema validation -------------------------------------------------------------------------
+
+
+def validate(doc: dict[str, Any], where: str) -> None:
+    """Strict schema validation against every version in KUBE_VERSIONS; custom resources parse."""
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(
+                f"{where}: {doc['kind']}/{doc['metadata'].get('name')} against Kubernetes "
+                f"{exc.version}: {path}: {exc.message}",
+                pytrace=False,
+            )
+        except kubernetes_validate.SchemaNotFoundError:
+            group, _ = _group_version(doc)
+            # Only a custom resource may lack a schema: a misspelt built-in kind must not slip by.
+            no_schema = f"{where}: no schema for {doc['apiVersion']} {doc['kind']} (a misspelt kind?)"
+            assert "." in group, no_schema
+            assert not group.endswith(".k8s.io"), no_schema
+            assert doc.get("metadata", {}).get("name"), f"{where}: {doc['kind']} without a name"
+            return
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_every_file_under_k8s_parses_and_its_objects_validate(path: Path) -> None:
+    docs = load_docs(path)
+    assert docs, f"{path} is empty"
+    if path.name == "kustomization.yaml":
+        assert docs[0]["kind"] == "Kustomization"
+        return
+    for doc in docs:
+        if is_object(doc):
+            validate(doc, str(path.relative_to(ROOT)))
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_each_kustomization_renders_objects_that_validate(
+    name: str, rendered: dict[str, dict[tuple[str, str], dict[str, Any]]]
+) -> None:
+    assert rendered[name], f"k8s/{name} renders nothing"
+    for doc in rendered[name].values():
+        validate(doc, f"k8s/{name} (rendered)")
+
+
+def kubectl_kustomize_available() -> bool:
+    if not shutil.which("kubectl"):
+        return False
+    probe = subprocess.run(["kubectl", "kustomize", "--help"], capture_output=True, timeout=60, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not kubectl_kustomize_available(), reason="kubectl (with kustomize) is not installed")
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_the_renderer_agrees_with_kubectl_kustomize(
+    name: str, rendered: dict[str, dict[tuple[str, str], dict[str, Any]]]
+) -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / name)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    theirs = {key(doc): doc for doc in yaml.safe_load_all(out) if doc}
+    assert theirs == rendered[name]
+
+
+# --- the CronJob -------------------------------------------------------------------------------
+
+
+def pod_settings(
+    rendered: dict[str, Any], workload: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The settings the pod's runner sees: the mounted ConfigMap's config.yaml, the container's
+    literal env, stand-ins for the Secret's values and the downward API."""
+    container = runner_container(workload)
+    config_path = write_mounted_config(rendered, workload, tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RUNNER_") or name in (
+            "REDIS_URL",
+            "INSTANCE_ID",
+            "LOG_LEVEL",
+            "MAX_SYMBOLS",
+            "OPENROUTER_API_KEY",
+            "OPENCODE_URL",
+            "OPENCODE_SERVER_PASSWORD",
+            "PUSHGATEWAY_URL",
+        ):
+            monkeypatch.delenv(name)
+    stand_ins = {
+        "redis-url": "redis://redis:6379/0",
+        "openrouter-api-key": "test-key",
+        "opencode-server-password": "test-password",
+    }
+    for name, entry in env_of(container).items():
+        if "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            monkeypatch.setenv(name, stand_ins[entry["valueFrom"]["secretKeyRef"]["key"]])
+    monkeypatch.setenv("INSTANCE_ID", "autonomous-runner-29383142-abcde")
+    monkeypatch.setenv("RUNNER_CONFIG", str(config_path))
+    return load_settings()
+
+
+def write_mounted_config(rendered: dict[str, Any], workload: dict[str, Any], tmp_path: Path) -> Path:
+    """Follow RUNNER_CONFIG to the volume mounted there and its ConfigMap; write that file out."""
+    container = runner_container(workload)
+    config = env_of(container)["RUNNER_CONFIG"]["value"]
+    (mount,) = [m for m in container["volumeMounts"] if config.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+    cm_name = volume["configMap"]["name"]
+    docs = next(d for d in rendered.values() if ("ConfigMap", cm_name) in d)
+    data = docs[("ConfigMap", cm_name)]["data"]
+    file_key = config[len(mount["mountPath"].rstrip("/")) + 1 :]
+    assert file_key in data, f"RUNNER_CONFIG={config}, but ConfigMap {cm_name} has {sorted(data)}"
+    path = tmp_path / file_key
+    path.write_text(data[file_key], encoding="utf-8")
+    return path
+
+
+def test_the_cronjob_runs_one_cycle_a_minute(rendered: dict[str, Any]) -> None:
+    cron = only(rendered["base"], "CronJob")
+    spec = cron["spec"]
+    assert spec["schedule"] == "*/1 * * * *"
+    assert spec["timeZone"] == "Etc/UTC"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["startingDeadlineSeconds"] < 60
+    assert spec["successfulJobsHistoryLimit"] == 3
+    assert spec["failedJobsHistoryLimit"] == 3
+    assert not spec.get("suspend", False)
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0
+    assert pod_spec(cron)["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    rules = job["podFailurePolicy"]["rules"]
+    fail_on_2 = [r for r in rules if r["action"] == "FailJob" and "onExitCodes" in r]
+    assert any(
+        r["onExitCodes"].get("containerName") == "runner"
+        and r["onExitCodes"]["operator"] == "In"
+        and 2 in r["onExitCodes"]["values"]
+        for r in fail_on_2
+    ), "exit 2 (configuration error) must fail the Job at once"
+    # The runner decides retries by itself: no other exit code may fail the Job early or be ignored.
+    for rule in rules:
+        if "onExitCodes" in rule:
+            assert rule["onExitCodes"]["values"] == [2]
+    container = runner_container(cron)
+    assert container["args"][0] == "cycle"
+    assert "command" not in container
+    assert container["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_the_deadlines_let_the_runner_finish_first(
+    rendered: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """activeDeadlineSeconds (from the Job's start) >= the runner's total_timeout_seconds (from its
+    process's start) + start-up + wind-down, and < 60 (the next minute); the grace period before
+    SIGKILL >= the runner's graceful shutdown + wind-down."""
+    for name in ("base", "sharded"):
+        cron = only(rendered[name], "CronJob")
+        settings = pod_settings(rendered, cron, tmp_path, monkeypatch)
+        active = cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+        grace = pod_spec(cron)["terminationGracePeriodSeconds"]
+        total = settings.timeouts.total_timeout_seconds
+        shutdown = settings.graceful_shutdown.timeout_seconds
+        assert active < 60, f"{name}: activeDeadlineSeconds {active} runs into the next minute"
+        assert active >= total + STARTUP_BUDGET + WIND_DOWN_BUDGET, (
+            f"{name}: activeDeadlineSeconds {active} < total_timeout_seconds {total} + "
+            f"{STARTUP_BUDGET} s start-up + {WIND_DOWN_BUDGET} s wind-down: Kubernetes' deadline comes first"
+        )
+        assert grace >= shutdown + WIND_DOWN_BUDGET, (
+            f"{name}: terminationGracePeriodSeconds {grace} < "
+            f"graceful_shutdown {shutdown} + {WIND_DOWN_BUDGET}"
+        )
+        assert settings.timeouts.symbol_timeout_max_seconds < total
+
+
+def test_the_cronjob_pod_knows_its_identity_and_minute(rendered: dict[str, Any]) -> None:
+    env = env_of(runner_container(only(rendered["base"], "CronJob")))
+    assert env["INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["RUNNER_SCHEDULED_AT"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/cronjob-scheduled-timestamp']"
+    )
+    assert env["RUNNER_JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['batch.kubernetes.io/job-name']"
+    )
+    assert env["RUNNER_CONFIG"]["value"] == f"{CONFIG_MOUNT}/config.yaml"
+    assert "REDIS_URL" in env
+    assert env["PUSHGATEWAY_URL"]["value"].startswith("http")
+
+
+def test_the_pods_run_restricted(rendered: dict[str, Any]) -> None:
+    dockerfile_user = final_stage_user()
+    workloads = runner_workloads(rendered) + [
+        ("dev", doc) for doc in rendered["dev"].values() if doc["kind"] == "Deployment"
+    ]
+    assert len(workloads) == 5
+    for name, workload in workloads:
+        where = f"k8s/{name} {workload['kind']}/{workload['metadata']['name']}"
+        spec = pod_spec(workload)
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert pod["runAsUser"] > 0, where
+        assert pod["runAsGroup"] > 0, where
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in sc["capabilities"], where
+            resources = container["resources"]
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[part]), f"{where}: {part}"
+            assert container["imagePullPolicy"] == "IfNotPresent", where
+            assert ":" in container["image"], f"{where}: untagged image"
+            assert not container["image"].endswith(":latest"), where
+        if name != "dev":
+            assert (pod["runAsUser"], pod["runAsGroup"]) == dockerfile_user, f"{where}: not the image's USER"
+            assert pod["fsGroup"] == pod["runAsGroup"], where
+            assert spec["serviceAccountName"] == "autonomous-runner", where
+            container = runner_container(workload)
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be an emptyDir"
+            assert "configMap" in volumes[mounts[CONFIG_MOUNT]], where
+
+
+def test_every_runner_pod_runs_the_same_pinned_image(rendered: dict[str, Any]) -> None:
+    images = {runner_container(doc)["image"] for _, doc in runner_workloads(rendered)}
+    assert len(images) == 1, f"the kustomizations name different runner images: {images}"
+    (image,) = images
+    assert image_name(image) == RUNNER_IMAGE
+
+
+def secret_like_env(rendered: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, docs in rendered.items():
+        for doc in docs.values():
+            for container in _containers(doc):
+                for entry in container.get("env", []):
+                    yield f"k8s/{name} {doc['kind']}/{doc['metadata']['name']} {container['name']}", entry
+
+
+def test_secrets_come_only_from_the_secret(rendered: dict[str, Any]) -> None:
+    example = load_docs(K8S / "base" / "secret.example.yaml")[0]
+    secret_keys = set(example["stringData"])
+    seen = set()
+    for where, entry in secret_like_env(rendered):
+        if SECRET_NAME_RE.search(entry["name"]):
+            ref = entry.get("valueFrom", {}).get("secretKeyRef")
+            assert "value" not in entry, f"{where}: {entry['name']} must come from a secretKeyRef"
+            assert ref, f"{where}: {entry['name']} must come from a secretKeyRef"
+        if "value" in entry and "://" in entry["value"]:
+            assert urlsplit(entry["value"]).password is None, f"{where}: {entry['name']} has a password"
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == SECRET_NAME, where
+            assert ref["key"] in secret_keys, f"{where}: key {ref['key']} is not in secret.example.yaml"
+            seen.add(entry["name"])
+    assert {"REDIS_URL", "OPENROUTER_API_KEY", "OPENCODE_SERVER_PASSWORD"} <= seen
+    for name, docs in rendered.items():
+        assert not [k for k in docs if k[0] == "Secret"], (
+            f"k8s/{name} renders a Secret: create it out of band"
+        )
+
+
+def test_the_secret_example_holds_placeholders_only() -> None:
+    path = K8S / "base" / "secret.example.yaml"
+    (example,) = load_docs(path)
+    assert key(example) == ("Secret", SECRET_NAME)
+    assert "data" not in example
+    for name, value in example["stringData"].items():
+        assert "REPLACE_ME" in value, f"{name}: not a placeholder"
+    assert "kubectl create secret generic autonomous-runner" in path.read_text(encoding="utf-8")
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        assert "secret.example.yaml" not in json.dumps(load_docs(kustomization)[0]), kustomization
+
+
+# --- the ConfigMap -----------------------------------------------------------------------------
+
+
+def test_the_configmap_config_loads_as_the_runners_settings(rendered: dict[str, Any], tmp_path: Path) -> None:
+    cm = only(rendered["base"], "ConfigMap")
+    assert cm["metadata"]["name"].startswith("autonomous-runner-config-")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"], encoding="utf-8")
+    assert list(yaml.safe_load(path.read_text(encoding="utf-8"))) == [ROOT_KEY]
+    settings = load_settings(path, environ={})
+    assert settings.schedule == only(rendered["base"], "CronJob")["spec"]["schedule"]
+    assert settings.timezone == "UTC"
+    assert len(settings.symbols) == 20
+    assert settings.redis.url is None
+    assert settings.analyzer.api_key is None
+
+
+def test_the_pod_environment_and_config_build_the_analyzer(
+    rendered: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.factory import build_analyzer, build_market
+
+    settings = pod_settings(rendered, only(rendered["base"], "CronJob"), tmp_path, monkeypatch)
+    assert settings.instance_id == "autonomous-runner-29383142-abcde"
+    assert settings.redis.url == "redis://redis:6379/0"
+    assert settings.metrics.pushgateway_url == "http://pushgateway:9091"
+    analyzer = build_analyzer(settings)
+    market = build_market(settings)
+
+    async def close() -> None:
+        for thing in (analyzer, market):
+            closer = getattr(thing, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    asyncio.run(close())
+
+
+# --- the overlays ------------------------------------------------------------------------------
+
+
+def test_the_sharded_overlay_is_an_indexed_job_of_runner_shards(rendered: dict[str, Any]) -> None:
+    base = only(rendered["base"], "CronJob")
+    sharded = only(rendered["sharded"], "CronJob")
+    job = sharded["spec"]["jobTemplate"]["spec"]
+    shards = int(env_of(runner_container(sharded))["RUNNER_SHARDS"]["value"])
+    assert job["completionMode"] == "Indexed"
+    assert job["completions"] == job["parallelism"] == shards > 1
+    # One shard's failure fails its index only; no Job-wide limit that would stop the others.
+    assert job["backoffLimitPerIndex"] == 0
+    assert "backoffLimit" not in job
+    assert job.get("maxFailedIndexes", shards) <= shards
+    assert job["podFailurePolicy"] == base["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]
+    # Apart from those, the overlay is the base.
+    same = copy.deepcopy(sharded)
+    for field in ("completionMode", "completions", "parallelism", "backoffLimitPerIndex", "maxFailedIndexes"):
+        same["spec"]["jobTemplate"]["spec"].pop(field, None)
+    same["spec"]["jobTemplate"]["spec"]["backoffLimit"] = 0
+    runner_container(same)["env"] = [e for e in runner_container(same)["env"] if e["name"] != "RUNNER_SHARDS"]
+    assert same == base
+    assert set(rendered["sharded"]) == set(rendered["base"])
+
+
+def test_the_service_overlay_serves_health_and_metrics(
+    rendered: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["service"]
+    assert not [k for k in docs if k[0] == "CronJob"], "service mode must not also run the CronJob"
+    deployment = only(docs, "Deployment")
+    service = only(docs, "Service")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = pod_spec(deployment)
+    container = runner_container(deployment)
+    assert container["args"] == ["serve", "--port", "8080"]
+    assert "command" not in container
+    (port,) = container["ports"]
+    assert port["containerPort"] == 8080
+    assert port["name"] == "http"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in (8080, "http")
+    settings = pod_settings(rendered, deployment, tmp_path, monkeypatch)
+    assert (
+        pod["terminationGracePeriodSeconds"] >= settings.graceful_shutdown.timeout_seconds + WIND_DOWN_BUDGET
+    )
+    assert env_of(container)["INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["name"] == "http"
+    assert service_port["port"] == 8080
+    assert service_port["targetPort"] in (8080, "http")
+    # A breaker that opens makes the pod unready: its /metrics must stay reachable all the same.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    # the base's ConfigMap and ServiceAccount come along
+    assert ("ServiceAccount", "autonomous-runner") in docs
+    assert any(k[0] == "ConfigMap" for k in docs)
+
+
+def test_the_dev_dependencies_are_redis_and_a_pushgateway(rendered: dict[str, Any]) -> None:
+    docs = rendered["dev"]
+    assert {k for k in docs} == {
+        ("Deployment", "redis"),
+        ("Service", "redis"),
+        ("Deployment", "pushgateway"),
+        ("Service", "pushgateway"),
+    }
+    redis = docs[("Deployment", "redis")]
+    (container,) = pod_spec(redis)["containers"]
+    assert container["image"] == "redis:7-alpine"
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data_dir = args[args.index("--dir") + 1]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == data_dir]
+    (volume,) = [v for v in pod_spec(redis)["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+    (gateway,) = pod_spec(docs[("Deployment", "pushgateway")])["containers"]
+    assert image_name(gateway["image"]) == "prom/pushgateway"
+    # What the runner's manifests expect in the same namespace is what dev provides.
+    url = urlsplit(env_of(runner_container(only(rendered["base"], "CronJob")))["PUSHGATEWAY_URL"]["value"])
+    assert [p["port"] for p in docs[("Service", url.hostname)]["spec"]["ports"]] == [url.port]
+    assert [p["port"] for p in docs[("Service", "redis")]["spec"]["ports"]] == [6379]
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        instruction, _, args = line.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    assert not pending, "the Dockerfile ends in a continuation"
+    return out
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for instruction, args in dockerfile_instructions():
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, args))
+    return stages
+
+
+def dockerfile_args() -> dict[str, str]:
+    """Global ARG defaults (before the first FROM)."""
+    out = {}
+    for instruction, args in dockerfile_instructions():
+        if instruction == "FROM":
+            break
+        if instruction == "ARG":
+            name, _, default = args.partition("=")
+            out[name] = default
+    return out
+
+
+def base_image(from_args: str) -> str:
+    image = from_args.split()[0]
+    for name, value in dockerfile_args().items():
+        image = image.replace("${" + name + "}", value).replace("$" + name, value)
+    return image
+
+
+def final_stage_user() -> tuple[int, int]:
+    users = [args for instruction, args in dockerfile_stages()[-1] if instruction == "USER"]
+    assert users, "the final stage sets no USER: it would run as root"
+    user, _, group = users[-1].partition(":")
+    numeric = f"USER {users[-1]}: use a numeric uid:gid (runAsNonRoot can check only that)"
+    assert user.isdigit(), numeric
+    assert group.isdigit(), numeric
+    assert int(user) != 0
+    assert int(group) != 0
+    return int(user), int(group)
+
+
+def test_the_dockerfile_is_multi_stage_and_runs_runner_as_a_non_root_user() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "builder and final stages"
+    builder, final = stages[0], stages[-1]
+    assert " AS " in builder[0][1].upper()
+    builder_name = builder[0][1].split()[-1]
+    assert base_image(builder[0][1]) == base_image(final[0][1]) == "python:3.11-slim"
+    builder_runs = " ".join(args for instruction, args in builder if instruction == "RUN")
+    assert re.search(r"pip install[^&]*-c constraints\.txt \.", builder_runs), "pinned install of the project"
+    final_text = " ".join(args for _, args in final)
+    for tool in ("gcc", "g++", "build-essential", "make ", "clang", "-dev "):
+        assert tool not in final_text, f"{tool!r} in the final stage"
+    assert not [args for instruction, args in final if instruction == "RUN" and "pip install" in args]
+    copies = [args for instruction, args in final if instruction == "COPY"]
+    assert copies
+    assert all(f"--from={builder_name}" in c for c in copies), "the final stage copies only the venv"
+    final_stage_user()
+    final_map = {instruction: args for instruction, args in final}
+    assert json.loads(final_map["ENTRYPOINT"]) == ["runner"], "exec form, so SIGTERM reaches the runner"
+    assert json.loads(final_map["CMD"]) == ["cycle"]
+    assert final_map["STOPSIGNAL"] == "SIGTERM"
+    env = dict(
+        item.split("=", 1)
+        for instruction, args in final
+        if instruction == "ENV"
+        for item in shlex.split(args)
+    )
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert "/opt/venv/bin" in env["PATH"]
+    labels = " ".join(args for instruction, args in final if instruction == "LABEL")
+    assert "org.opencontainers.image.title" in labels
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        regex = re.escape(body).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, c) for c in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_the_build_context_holds_what_the_build_copies_and_nothing_else() -> None:
+    builder = dockerfile_stages()[0]
+    sources = [
+        src
+        for instruction, args in builder
+        if instruction == "COPY"
+        for src in shlex.split(args)[:-1]
+        if not src.startswith("--")
+    ]
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+        assert not dockerignore_excludes(src), f"COPY {src}: excluded by .dockerignore"
+    assert not dockerignore_excludes("runner/cli.py")
+    # The build reads pyproject's readme (package metadata) and pins with constraints.txt.
+    readme = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["readme"]
+    assert {readme, "pyproject.toml", "constraints.txt", "runner"} <= {s.rstrip("/") for s in sources}
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/conftest.py",
+        "runner/__pycache__/cli.cpython-311.pyc",
+        "k8s/base/cronjob.yaml",
+        ".env",
+        ".hypothesis/examples/x",
+    ):
+        assert dockerignore_excludes(path), f"{path} would be sent to the build"
+
+
+def test_the_manifests_pass_arguments_to_the_images_entrypoint(rendered: dict[str, Any]) -> None:
+    """ENTRYPOINT ["runner"]: the pods give a subcommand in args and never replace the command."""
+    for _, workload in runner_workloads(rendered):
+        container = runner_container(workload)
+        assert "command" not in container
+        assert container["args"][0] in ("cycle", "serve")
