@@ -152,9 +152,6 @@ async def _cycle(
     machine: bool,
     metrics_file: Path | None = None,
 ) -> Any:
-    from rich.console import Console
-
-    from runner import render
     from runner.clock import SystemClock
     from runner.connection import open_redis
     from runner.cycle import Control, Deps, run_cycle
@@ -169,10 +166,10 @@ async def _cycle(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, control.stop)
-    console = Console(stderr=False)
     progress_cb = None
     bar: Any = None
     if not machine:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(
@@ -218,7 +215,11 @@ async def _cycle(
     if machine:
         print(outcome.model_dump_json(exclude={"stats"}))
     else:
-        render.print_cycle(console, outcome)
+        from rich.console import Console
+
+        from runner import render
+
+        render.print_cycle(Console(), outcome)
     return outcome
 
 

@@ -21,10 +21,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from runner import adaptive, breaker, logs, metrics, retries
@@ -46,6 +45,9 @@ from runner.keys import Keys
 from runner.locks import Heartbeat, LockManager, LockResult, Owner
 from runner.market.base import CandleSource
 from runner.metrics import Increments, series
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 from runner.models import (
     Analysis,
     CycleStatus,
@@ -202,6 +204,7 @@ async def run_cycle(
     minute = scheduled_minute(settings, started)
     keys = keys_for(settings)
     store = StateStore(deps.redis, keys, shard.key)
+    exporting = bool(settings.metrics.pushgateway_url or metrics_file or on_metrics)
 
     def finish(status: CycleStatus, code: ExitCode, **kw: Any) -> Outcome:
         return Outcome(
@@ -249,7 +252,7 @@ async def run_cycle(
             warnings=list(snap.warnings),
             results=[_result(s, SymbolStatus.PAUSED, "paused") for s in paused],
         )
-        record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
+        record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision, exporting)
         await _push_metrics(
             settings, shard, outcome, None, decision, record, minute, metrics_file, on_metrics
         )
@@ -264,7 +267,9 @@ async def run_cycle(
         if probes_left == 0:
             detail = "circuit breaker half-open: every probe call is taken by another run"
             outcome = finish(CycleStatus.SKIPPED, ExitCode.OK, skip_reason="breaker_open", skip_detail=detail)
-            record = await _record(store, settings, keys, owner, outcome, None, lease, snap, decision)
+            record = await _record(
+                store, settings, keys, owner, outcome, None, lease, snap, decision, exporting
+            )
             await _push_metrics(
                 settings, shard, outcome, None, decision, record, minute, metrics_file, on_metrics
             )
@@ -365,7 +370,7 @@ async def run_cycle(
         },
     )
     if not dry_run:
-        record = await _record(store, settings, keys, owner, outcome, run, lease, snap, decision)
+        record = await _record(store, settings, keys, owner, outcome, run, lease, snap, decision, exporting)
         await _push_metrics(settings, shard, outcome, run, decision, record, minute, metrics_file, on_metrics)
     return outcome
 
@@ -673,6 +678,7 @@ async def _record(
     lease: LockResult | None,
     snap: Any,
     decision: Decision,
+    want_counters: bool = False,
 ) -> RecordResult | None:
     """Write the outcome and release what the run holds; a failure here is a warning."""
     now = datetime.fromisoformat(outcome.started_at.replace("Z", "+00:00")).timestamp()
@@ -768,6 +774,7 @@ async def _record(
         "lock_values": lock_values,
         "breaker": breaker_payload,
         "spend": {"usd": run.spent_usd if run else 0.0, "calls": run.remote_calls if run else 0},
+        "want_counters": want_counters,
     }
     try:
         result = await store.record(
@@ -842,16 +849,18 @@ async def _push_metrics(
     reg = metrics.registry(record.counters, cycle_gauges(outcome, run, decision, record, minute))
     if on_metrics is not None:
         on_metrics(reg)
+    from runner import exposition
+
     if metrics_file:
         try:
-            metrics.write_textfile(metrics_file, reg)
+            exposition.write_textfile(metrics_file, reg)
         except OSError as exc:
             _warn(outcome, f"could not write the metrics file {metrics_file}: {exc.strerror or exc}")
     if url:
         timeout = settings.metrics.push_timeout_seconds
         try:
             await asyncio.wait_for(
-                asyncio.to_thread(metrics.push, url, settings.metrics.job, shard.key, reg, timeout),
+                asyncio.to_thread(exposition.push, url, settings.metrics.job, shard.key, reg, timeout),
                 timeout + 0.5,
             )
         except Exception as exc:  # the gateway is optional: never fail a cycle over it

@@ -27,7 +27,7 @@ from runner.clock import SystemClock, iso_ms
 from runner.config import Settings
 from runner.connection import RedisHandle, open_redis
 from runner.cycle import Control, Deps, keys_for, resolve_instance_id, run_cycle
-from runner.errors import RedisUnavailable
+from runner.errors import ConfigError, RedisUnavailable
 from runner.factory import build_analyzer, build_market
 from runner.models import Outcome
 from runner.shards import Shard
@@ -60,6 +60,10 @@ class Service:
     """The scheduler loop and the HTTP endpoints around ``run_cycle``."""
 
     def __init__(self, settings: Settings, shard: Shard) -> None:
+        if not croniter.is_valid(settings.schedule):
+            raise ConfigError(
+                f"autonomous_runner.schedule: not a valid cron expression (got {settings.schedule!r})"
+            )
         self.settings = settings
         self.shard = shard
         self.state = ServiceState(instance_id=resolve_instance_id(settings))

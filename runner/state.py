@@ -182,7 +182,7 @@ end
 return cjson.encode({
   paused_now = paused_now,
   released = released,
-  counters = redis.call('HGETALL', KEYS[6]),
+  counters = p.want_counters and redis.call('HGETALL', KEYS[6]) or {},
   last_success = last_success,
   breaker_saved = breaker_saved,
   breaker = redis.call('HGETALL', KEYS[10]),

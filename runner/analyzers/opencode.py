@@ -1,0 +1,422 @@
+"""An LLM agent behind an OpenCode server (``opencode serve``), one session per analysis.
+
+Per symbol: ``POST /session`` (always with a title: an untitled session costs an extra model
+call to name it), then ``POST /session/{id}/message`` to the configured agent and model with
+``format: json_schema`` and every tool but ``StructuredOutput`` switched off for the message. The
+call blocks until the run ends; the reply's ``info.structured`` (or, failing that, its text
+parts) is validated with ``prompt.validate_answer``. Finally the session is deleted.
+
+OpenCode reports model failures as HTTP 200 with ``info.error`` set; they are mapped here:
+
+* ``APIError``: 429 -> ``RateLimited`` (Retry-After kept), 401/402 -> ``AuthError``, 408/5xx
+  or no status -> ``TransientError``, other 4xx -> ``PermanentError``;
+* ``ProviderAuthError`` -> ``AuthError``; ``StructuredOutputError`` and
+  ``MessageOutputLengthError`` -> ``InvalidOutput``; ``ContextOverflowError`` and
+  ``ContentFilterError`` -> ``PermanentError``; anything else -> ``TransientError``.
+
+HTTP errors of the OpenCode server itself: 401 (wrong or missing ``OPENCODE_SERVER_PASSWORD``)
+-> ``AuthError``, so the cycle fails fast; 429 -> ``RateLimited``; 5xx, connection errors and
+timeouts -> ``TransientError`` (a 500 on the prompt is first checked against ``GET /agent`` and
+``GET /config/providers``: an unknown agent or model is a ``PermanentError`` that says so).
+
+OpenCode retries failing providers by itself for a long time and waits for a silent model for
+minutes, so every request gets at most what is left of ``request.timeout``. A call that did not
+end normally (timeout, cancellation, error) aborts the run (``POST /session/{id}/abort``: a
+deleted session's run otherwise goes on) and then deletes the session, in a task shielded from
+cancellation with its own short timeout; ``aclose()`` waits for such tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import httpx
+
+from runner import __version__
+from runner.analyzers.base import AnalysisRequest
+from runner.analyzers.prompt import (
+    SIGNAL_SCHEMA,
+    SYSTEM_PROMPT,
+    parse_answer,
+    prompt_hash,
+    user_prompt,
+    validate_answer,
+)
+from runner.config import Settings, redact_url
+from runner.errors import (
+    AnalyzerError,
+    AuthError,
+    ConfigError,
+    InvalidOutput,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+from runner.models import Analysis
+
+log = logging.getLogger(__name__)
+
+#: The user name of OpenCode's basic auth (``OPENCODE_SERVER_USERNAME`` on the server side).
+USERNAME = "opencode"
+#: The tool OpenCode adds for ``format: json_schema``; the only one the agent may use.
+STRUCTURED_TOOL = "StructuredOutput"
+#: Seconds for aborting and deleting a session after a call that did not end normally.
+CLEANUP_SECONDS = 3.0
+#: Seconds for the abort alone, so that the delete still gets its turn.
+ABORT_SECONDS = 1.5
+CONNECT_SECONDS = 5.0
+
+
+def retry_after_seconds(value: Any) -> float | None:
+    """``Retry-After`` as seconds (the delta-seconds form; an HTTP date counts as unknown)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _short(text: Any, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def error_from_info(error: Any) -> AnalyzerError:
+    """The runner error for an ``info.error`` object in an OpenCode reply."""
+    if not isinstance(error, dict):
+        return TransientError(f"OpenCode reported an error: {_short(error)}")
+    name = str(error.get("name") or "UnknownError")
+    raw = error.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    message = _short(data.get("message") or name)
+    if name == "ProviderAuthError":
+        return AuthError(f"provider {data.get('providerID', '?')} refused the credentials: {message}")
+    if name == "APIError":
+        status = data.get("statusCode")
+        text = f"model API error{f' HTTP {status}' if status else ''}: {message}"
+        if status == 429:
+            headers = data.get("responseHeaders")
+            retry_after = headers.get("retry-after") if isinstance(headers, dict) else None
+            return RateLimited(text, retry_after_seconds(retry_after))
+        if status in (401, 402):
+            return AuthError(text)
+        if isinstance(status, int) and 400 <= status < 500 and status != 408:
+            return PermanentError(text)
+        return TransientError(text)
+    if name in ("StructuredOutputError", "MessageOutputLengthError"):
+        return InvalidOutput(f"{name}: {message}")
+    if name in ("ContextOverflowError", "ContentFilterError"):
+        return PermanentError(f"{name}: {message}")
+    if name == "MessageAbortedError":
+        return TransientError(f"the OpenCode run was aborted: {message}")
+    return TransientError(f"OpenCode {name}: {message}")
+
+
+def _body_message(response: httpx.Response) -> str:
+    """The message of an OpenCode error body (``{"name", "data": {"message"}}`` or ``{"message"}``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return _short(response.text) or response.reason_phrase
+    if isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, dict) and data.get("message"):
+            return _short(data["message"])
+        if body.get("message"):
+            return _short(body["message"])
+        if body.get("_tag"):
+            return _short(body["_tag"])
+    return _short(body)
+
+
+def text_of(parts: Any) -> str:
+    """The model's text in a reply's parts (synthetic and ignored parts left out)."""
+    if not isinstance(parts, list):
+        return ""
+    texts = [
+        p["text"]
+        for p in parts
+        if isinstance(p, dict)
+        and p.get("type") == "text"
+        and isinstance(p.get("text"), str)
+        and not p.get("synthetic")
+        and not p.get("ignored")
+    ]
+    return "\n".join(texts).strip()
+
+
+class OpenCodeAnalyzer:
+    """Sends each symbol to an OpenCode agent; see the module docstring."""
+
+    name = "opencode"
+    remote = True
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        cfg = settings.analyzer
+        url = (cfg.opencode_url or "").strip()
+        if not url:
+            raise ConfigError(
+                "autonomous_runner.analyzer.opencode_url: required for the opencode backend "
+                "(set OPENCODE_URL, e.g. http://opencode:4096; got nothing)"
+            )
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port, parts = None, parts._replace(netloc="")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                "autonomous_runner.analyzer.opencode_url: must be an http:// or https:// URL "
+                f"with a host (got {redact_url(url)!r})"
+            )
+        model = (cfg.model or "").strip()
+        provider_id, _, model_id = model.partition("/")
+        if not provider_id or not model_id:
+            raise ConfigError(
+                "autonomous_runner.analyzer.model: the opencode backend needs provider/model, "
+                f"e.g. openrouter/openai/gpt-4o-mini (got {cfg.model!r})"
+            )
+        if not cfg.agent:
+            raise ConfigError("autonomous_runner.analyzer.agent: must name an OpenCode agent (got '')")
+        password = cfg.opencode_password.get_secret_value() if cfg.opencode_password else ""
+        username = USERNAME
+        if parts.username is not None or parts.password is not None:
+            # Credentials in the URL work too, but never travel in it (nor into logs).
+            username = unquote(parts.username or "") or USERNAME
+            password = password or unquote(parts.password or "")
+        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if port:
+            netloc = f"{netloc}:{port}"
+        self.base_url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self.model = model
+        self.provider_id, self.model_id = provider_id, model_id
+        self.agent = cfg.agent
+        self.has_password = bool(password)
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=httpx.BasicAuth(username, password) if password else None,
+            headers={"User-Agent": f"autonomous-runner/{__version__}"},
+            timeout=httpx.Timeout(settings.timeouts.symbol_timeout_seconds, connect=CONNECT_SECONDS),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    # --- the analysis ------------------------------------------------------------------------
+
+    async def analyze(self, request: AnalysisRequest) -> Analysis:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+        user = user_prompt(request)
+        provenance: dict[str, Any] = {
+            "analyzer": self.name,
+            "requested_model": self.model,
+            "prompt_hash": prompt_hash(SYSTEM_PROMPT, user),
+        }
+        session_id: str | None = None
+        finished = False
+        try:
+            session_id = await self._create_session(request, deadline)
+            reply = await self._prompt(session_id, user, deadline)
+            finished = True  # the run ended on the server, whatever the answer says
+            return self._interpret(reply, request, provenance)
+        finally:
+            if session_id is not None:
+                await self._cleanup(session_id, abort=not finished)
+
+    def _session_title(self, request: AnalysisRequest) -> str:
+        title = f"signal {request.symbol} {request.scheduled_minute:%Y-%m-%dT%H:%M}Z"
+        if request.cycle_id:
+            title += f" cycle {request.cycle_id}"
+        if request.attempt > 1:
+            title += f" attempt {request.attempt}"
+        return title
+
+    async def _create_session(self, request: AnalysisRequest, deadline: float) -> str:
+        response = await self._request(
+            "POST", "/session", deadline, json={"title": self._session_title(request)}
+        )
+        if response.status_code != 200:
+            raise self._http_error(response, "creating a session", vanished=False)
+        body = self._json(response, "creating a session")
+        session_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(session_id, str) or not session_id:
+            raise TransientError("OpenCode created a session without an id")
+        log.debug("opencode session %s for %s", session_id, request.symbol)
+        return session_id
+
+    async def _prompt(self, session_id: str, user: str, deadline: float) -> dict[str, Any]:
+        body = {
+            "agent": self.agent,
+            "model": {"providerID": self.provider_id, "modelID": self.model_id},
+            "system": SYSTEM_PROMPT,
+            "parts": [{"type": "text", "text": user}],
+            "format": {"type": "json_schema", "schema": SIGNAL_SCHEMA},
+            # Whatever the agent allows, this message may only answer.
+            "tools": {"*": False, STRUCTURED_TOOL: True},
+        }
+        response = await self._request("POST", f"/session/{session_id}/message", deadline, json=body)
+        if response.status_code == 500:
+            raise await self._diagnose(response, deadline)
+        if response.status_code != 200:
+            # a 404 here: the session vanished under us; a new attempt makes a new one
+            raise self._http_error(response, "sending the prompt", vanished=True)
+        reply = self._json(response, "sending the prompt")
+        if not isinstance(reply, dict) or not isinstance(reply.get("info"), dict):
+            raise TransientError("OpenCode answered the prompt without a message")
+        return reply
+
+    def _interpret(
+        self, reply: dict[str, Any], request: AnalysisRequest, provenance: dict[str, Any]
+    ) -> Analysis:
+        info: dict[str, Any] = reply["info"]
+        provider, model = info.get("providerID"), info.get("modelID")
+        provenance["model"] = f"{provider}/{model}" if provider and model else self.model
+        tokens = info.get("tokens")
+        if isinstance(tokens, dict):
+            provenance["tokens_in"] = _count(tokens.get("input"))
+            provenance["tokens_out"] = _count(tokens.get("output"))
+        cost = info.get("cost")
+        # OpenCode prices tokens from its model table; 0 means "unknown price" as often as "free".
+        if isinstance(cost, int | float) and not isinstance(cost, bool) and cost > 0:
+            provenance["cost_usd"] = float(cost)
+        error = info.get("error")
+        text = text_of(reply.get("parts"))
+        if error:
+            failure = error_from_info(error)
+            if isinstance(failure, InvalidOutput) and text and info.get("structured") is None:
+                try:  # no tool call, but the text may still be the JSON object asked for
+                    return parse_answer(text, request, **provenance)
+                except InvalidOutput as exc:
+                    raise InvalidOutput(f"{failure} and the text answer is unusable: {exc}") from None
+            raise failure
+        if info.get("structured") is not None:
+            return validate_answer(info["structured"], request, **provenance)
+        return parse_answer(text, request, **provenance)
+
+    async def _diagnose(self, response: httpx.Response, deadline: float) -> AnalyzerError:
+        """A 500 on the prompt: an unknown agent or model, or a server fault?"""
+        message = _body_message(response)
+        try:
+            agents = await self._request("GET", "/agent", deadline)
+            listed = agents.json() if agents.status_code == 200 else None
+            if isinstance(listed, list) and listed:
+                names = {a.get("name") for a in listed if isinstance(a, dict)}
+                if self.agent not in names:
+                    return PermanentError(f"the OpenCode server has no agent {self.agent!r}")
+            providers = await self._request("GET", "/config/providers", deadline)
+            if providers.status_code == 200:
+                known = {
+                    p.get("id"): p.get("models") or {}
+                    for p in providers.json().get("providers", [])
+                    if isinstance(p, dict)
+                }
+                if self.provider_id not in known:
+                    return PermanentError(f"the OpenCode server has no provider {self.provider_id!r}")
+                if self.model_id not in known[self.provider_id]:
+                    return PermanentError(f"the OpenCode server has no model {self.model!r}")
+        except (AnalyzerError, ValueError, AttributeError, TypeError):
+            pass
+        return TransientError(f"OpenCode HTTP 500 sending the prompt: {message}")
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, deadline: float, **kwargs: Any) -> httpx.Response:
+        """One request that takes at most what is left before ``deadline``.
+
+        httpx's read timeout restarts with every chunk, so the whole call is bounded by
+        ``asyncio.timeout`` as well.
+        """
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TransientError(f"no time left for {method} {path}")
+        timeout = httpx.Timeout(remaining, connect=min(CONNECT_SECONDS, remaining))
+        try:
+            async with asyncio.timeout(remaining):
+                return await self.client.request(method, path, timeout=timeout, **kwargs)
+        except (TimeoutError, httpx.TimeoutException):
+            raise TransientError(
+                f"no answer from the OpenCode server within {remaining:.1f}s ({method} {_route(path)})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise TransientError(
+                f"cannot reach the OpenCode server at {self.base_url}: {type(exc).__name__}"
+            ) from None
+
+    def _http_error(self, response: httpx.Response, doing: str, *, vanished: bool) -> AnalyzerError:
+        status = response.status_code
+        if status == 401:
+            if self.has_password:
+                return AuthError(
+                    "the OpenCode server refused our credentials (HTTP 401): check OPENCODE_SERVER_PASSWORD"
+                )
+            return AuthError(
+                "the OpenCode server requires a password (HTTP 401): set OPENCODE_SERVER_PASSWORD"
+            )
+        message = f"OpenCode HTTP {status} {doing}: {_body_message(response)}"[:300]
+        if status == 429:
+            return RateLimited(message, retry_after_seconds(response.headers.get("retry-after")))
+        if status == 408 or status >= 500 or (status == 404 and vanished):
+            return TransientError(message)
+        return PermanentError(message)
+
+    @staticmethod
+    def _json(response: httpx.Response, doing: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise TransientError(f"OpenCode answered {doing} with a body that is not JSON") from None
+
+    # --- clean-up ----------------------------------------------------------------------------
+
+    async def _cleanup(self, session_id: str, *, abort: bool) -> None:
+        """Abort (if the run may still be going) and delete the session, whatever happens to us.
+
+        Runs as its own task with its own timeout, shielded: a cancelled analysis still removes
+        its session. If we are cancelled again while waiting, the task goes on and ``aclose``
+        waits for it.
+        """
+        task = asyncio.get_running_loop().create_task(self._remove(session_id, abort))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
+    async def _remove(self, session_id: str, abort: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLEANUP_SECONDS
+        if abort:
+            try:
+                response = await self._request(
+                    "POST", f"/session/{session_id}/abort", min(deadline, loop.time() + ABORT_SECONDS)
+                )
+                if response.status_code != 200:
+                    log.warning(
+                        "could not abort OpenCode session %s: HTTP %d", session_id, response.status_code
+                    )
+            except AnalyzerError as exc:
+                log.warning("could not abort OpenCode session %s: %s", session_id, exc)
+        try:
+            response = await self._request("DELETE", f"/session/{session_id}", deadline)
+            if response.status_code not in (200, 404):
+                log.warning("could not delete OpenCode session %s: HTTP %d", session_id, response.status_code)
+        except AnalyzerError as exc:
+            log.warning("could not delete OpenCode session %s: %s", session_id, exc)
+
+    async def aclose(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=CLEANUP_SECONDS + 1)
+        await self.client.aclose()
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _route(path: str) -> str:
+    """The path with the session id left out, for messages."""
+    return "/".join("{id}" if p.startswith("ses") else p for p in path.split("/"))
