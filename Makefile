@@ -2,7 +2,7 @@
 # what is missing first.
 PY ?= .venv/bin/python
 
-.PHONY: all install lint types test cycle clean
+.PHONY: all install lint types test cycle clean bench
 
 all: lint types test
 
@@ -25,3 +25,6 @@ cycle:
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+
+bench:
+	$(PY) -m bench
