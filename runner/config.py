@@ -176,7 +176,8 @@ class AnalyzerSettings(Section):
 
 class Market(Section):
     source: Literal["synthetic", "exchange"] = "synthetic"
-    candles: Annotated[int, Field(ge=30, le=1000)] = 100
+    #: One-minute candles per symbol: the built-in analyzer needs 35 (EMA21 + RSI14).
+    candles: Annotated[int, Field(ge=35, le=720)] = 60
     exchange_url: str = "https://api.kraken.com"
 
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
@@ -58,6 +59,7 @@ from runner.errors import (
 from runner.models import Analysis
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The user name of OpenCode's basic auth (``OPENCODE_SERVER_USERNAME`` on the server side).
 USERNAME = "opencode"
@@ -203,7 +205,9 @@ class OpenCodeAnalyzer:
             transport=transport,
             follow_redirects=False,
         )
-        self._cleanups: set[asyncio.Task[None]] = set()
+        #: Session creations and clean-ups that must finish even if their analysis is cancelled.
+        self._background: set[asyncio.Task[Any]] = set()
+        self._auth_reported = False
 
     # --- the analysis ------------------------------------------------------------------------
 
@@ -219,10 +223,17 @@ class OpenCodeAnalyzer:
         session_id: str | None = None
         finished = False
         try:
-            session_id = await self._create_session(request, deadline)
+            session_id = await self._start_session(request, deadline)
             reply = await self._prompt(session_id, user, deadline)
             finished = True  # the run ended on the server, whatever the answer says
             return self._interpret(reply, request, provenance)
+        except AuthError as exc:
+            # Every call will fail the same way and the cycle stops starting symbols: say it
+            # once, clearly, on the log (the per-symbol results carry it too).
+            if not self._auth_reported:
+                self._auth_reported = True
+                log.error("%s", exc)
+            raise
         finally:
             if session_id is not None:
                 await self._cleanup(session_id, abort=not finished)
@@ -234,6 +245,29 @@ class OpenCodeAnalyzer:
         if request.attempt > 1:
             title += f" attempt {request.attempt}"
         return title
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _start_session(self, request: AnalysisRequest, deadline: float) -> str:
+        """Create the session; if we are cancelled meanwhile, delete it once it exists.
+
+        The server may have created it already when the cancellation lands, and then only the
+        reply would tell us its id: so the creation runs as its own (shielded) task.
+        """
+        creating = self._spawn(self._create_session(request, deadline))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(self._remove_when_created)
+            raise
+
+    def _remove_when_created(self, creating: asyncio.Task[str]) -> None:
+        if not creating.cancelled() and creating.exception() is None:
+            self._spawn(self._remove(creating.result(), abort=False))
 
     async def _create_session(self, request: AnalysisRequest, deadline: float) -> str:
         response = await self._request(
@@ -379,10 +413,7 @@ class OpenCodeAnalyzer:
         its session. If we are cancelled again while waiting, the task goes on and ``aclose``
         waits for it.
         """
-        task = asyncio.get_running_loop().create_task(self._remove(session_id, abort))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(self._spawn(self._remove(session_id, abort)))
 
     async def _remove(self, session_id: str, abort: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -406,8 +437,10 @@ class OpenCodeAnalyzer:
             log.warning("could not delete OpenCode session %s: %s", session_id, exc)
 
     async def aclose(self) -> None:
-        if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=CLEANUP_SECONDS + 1)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=CLEANUP_SECONDS + 1)
+            if self._background:  # a creation still waiting for its reply: its clean-up too
+                await asyncio.wait(set(self._background), timeout=CLEANUP_SECONDS)
         await self.client.aclose()
 
 
@@ -419,4 +452,4 @@ def _count(value: Any) -> int | None:
 
 def _route(path: str) -> str:
     """The path with the session id left out, for messages."""
-    return "/".join("{id}" if p.startswith("ses") else p for p in path.split("/"))
+    return "/".join("{id}" if p.startswith("ses_") else p for p in path.split("/"))

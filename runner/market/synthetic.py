@@ -24,18 +24,20 @@ def _seed(symbol: str) -> int:
     return zlib.crc32(symbol.encode())
 
 
-def _unit(key: int) -> float:
-    """A uniform number in [0, 1) from ``key`` (splitmix64): fast and the same everywhere."""
+def _units(key: int) -> tuple[float, float]:
+    """Two uniform numbers in [0, 1) from ``key`` (splitmix64): fast and the same everywhere."""
     x = (key + 0x9E3779B97F4A7C15) & _MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return ((x ^ (x >> 31)) >> 11) / 9007199254740992.0
+    x ^= x >> 31
+    return (x >> 32) / 4294967296.0, (x & 0xFFFFFFFF) / 4294967296.0
 
 
 def _normal(key: int) -> float:
-    """A standard-normal-ish number (Irwin-Hall of four uniforms, rescaled)."""
-    total = _unit(key) + _unit(key + 1) + _unit(key + 2) + _unit(key + 3)
-    return (total - 2.0) * 1.7320508075688772
+    """A roughly standard-normal number (sum of four uniforms, rescaled to unit variance)."""
+    a, b = _units(key)
+    c, d = _units(key + 1)
+    return (a + b + c + d - 2.0) * 1.7320508075688772
 
 
 def _close(seed: int, base: float, phase: float, minute_index: int) -> float:
@@ -64,7 +66,7 @@ class SyntheticSource:
         for k in range(count):
             index = first + k
             prev, close = closes[k], closes[k + 1]
-            jitter = _unit(seed * 7_000_003 + index * 8 + 5)
+            jitter, size = _units(seed * 7_000_003 + index * 8 + 5)
             spread = abs(close - prev) + close * 0.0008 * jitter
             out.append(
                 Candle(
@@ -73,7 +75,7 @@ class SyntheticSource:
                     high=max(prev, close) + spread / 2,
                     low=min(prev, close) - spread / 2,
                     close=close,
-                    volume=round(1000 + 500 * _unit(seed * 7_000_003 + index * 8 + 6), 3),
+                    volume=round(1000 + 500 * size, 3),
                 )
             )
         return out

@@ -540,6 +540,7 @@ def payload(owner: Owner = ME, **changes: Any) -> dict[str, Any]:
         "lock_values": [],
         "breaker": None,
         "spend": None,
+        "want_counters": True,
     }
     base.update(changes)
     return base
