@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -159,7 +160,7 @@ async def _cycle(
 
     handle = await open_redis(settings)
     if handle.embedded is not None:
-        print(f"runner: using {handle.description}; set REDIS_URL to use a server", file=sys.stderr)
+        logging.getLogger("runner").info("using %s; set REDIS_URL to use a server", handle.description)
     analyzer = build_analyzer(settings)
     market = build_market(settings)
     control = Control(grace_seconds=settings.graceful_shutdown.timeout_seconds)

@@ -415,6 +415,7 @@ def load_settings(
 ) -> Settings:
     """Build the effective settings, or raise ``ConfigError`` with one line."""
     env = os.environ if environ is None else environ
+    _check_prefixed(os.environ)
     path = config_file or (Path(env["RUNNER_CONFIG"]) if env.get("RUNNER_CONFIG") else None)
     file_values = read_config_file(path, env) if path else {}
     tokens = (_FILE_VALUES.set(file_values), _ALIAS_VALUES.set(_alias_values(env)))
@@ -425,6 +426,20 @@ def load_settings(
     finally:
         _FILE_VALUES.reset(tokens[0])
         _ALIAS_VALUES.reset(tokens[1])
+
+
+#: ``RUNNER_*`` variables that are not settings.
+NOT_SETTINGS = frozenset({"RUNNER_CONFIG", "RUNNER_STATE_DIR"})
+
+
+def _check_prefixed(environ: Mapping[str, str]) -> None:
+    """A ``RUNNER_*`` variable that names no setting is a typo: say so instead of ignoring it."""
+    for name in sorted(environ):
+        if not name.startswith("RUNNER_") or name in NOT_SETTINGS:
+            continue
+        field = name[len("RUNNER_") :].split("__", 1)[0].lower()
+        if field not in Settings.model_fields:
+            raise ConfigError(f"{name}: unknown setting (no setting is called {field!r})")
 
 
 def parse_symbols(text: str) -> list[str]:

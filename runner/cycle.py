@@ -330,7 +330,7 @@ async def run_cycle(
             progress("plan", str(len(runnable)), None)
         results.update(await _analyze_all(run, runnable, publisher, control, progress))
     finally:
-        await heartbeat.stop()
+        await heartbeat.stop(within=settings.redis.socket_timeout_seconds + 1)
         if not dry_run:
             await publisher.close()
     if publisher.errors:
@@ -369,10 +369,31 @@ async def run_cycle(
             "probes": probes_left,
         },
     )
+    _log_outcome(outcome)
     if not dry_run:
         record = await _record(store, settings, keys, owner, outcome, run, lease, snap, decision, exporting)
         await _push_metrics(settings, shard, outcome, run, decision, record, minute, metrics_file, on_metrics)
     return outcome
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    """One line for the logs: how the cycle ended and, if not well, which symbols and why."""
+    ok = sum(r.status is SymbolStatus.OK for r in outcome.results)
+    line = (
+        f"cycle {outcome.status.value}: {ok}/{len(outcome.results)} ok, "
+        f"{len(outcome.signals)} signal(s) published in {outcome.duration_ms} ms"
+    )
+    trouble = [r for r in outcome.results if r.status not in (SymbolStatus.OK, SymbolStatus.PAUSED)]
+    if trouble:
+        line += "; " + "; ".join(f"{r.symbol} {r.status.value} ({r.reason})" for r in trouble[:10])
+        if len(trouble) > 10:
+            line += f"; and {len(trouble) - 10} more"
+    level = (
+        logging.INFO
+        if outcome.status is CycleStatus.COMPLETED or outcome.status is CycleStatus.SKIPPED
+        else logging.WARNING
+    )
+    log.log(level, "%s", line)
 
 
 def keys_for(settings: Settings) -> Keys:
@@ -761,6 +782,7 @@ async def _record(
             inc.inc("circuit_breaker_rejected_total", {"breaker": "llm_service"}, run.rejected)
     payload = {
         "summary": _summary_json(outcome),
+        "last": outcome.model_dump_json(exclude={"stats"}),
         "symbols": updates,
         "pause_after": settings.adaptive.pause_after_failures,
         "latency": latency,

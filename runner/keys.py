@@ -109,6 +109,11 @@ class Keys:
         """Cycle summaries, newest first."""
         return self._k("runner:history")
 
+    @property
+    def last_cycle(self) -> str:
+        """The full outcome of the last cycle (the ``runner cycle --json`` document)."""
+        return self._k("runner:last_cycle")
+
     def counters(self, shard: str) -> str:
         """Cumulative metric totals of one shard (series -> value); each shard pushes its own."""
         return self._k(f"runner:metrics:counters:{shard}")

@@ -208,6 +208,7 @@ class Heartbeat:
         self.ttl = ttl_seconds
         self.interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.failures = 0
 
     def expiry(self) -> float:
@@ -221,24 +222,34 @@ class Heartbeat:
             await pipe.execute()
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        # Stopped by an event, not by cancellation: a cancel that lands while redis-py finishes
+        # a call can be swallowed on Python 3.11, and an un-stoppable heartbeat keeps a dead
+        # cycle's locks looking alive.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            if self._stopping.is_set():
+                return
             try:
                 await self.beat()
                 self.failures = 0
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # a missed beat is a warning; the TTL covers the gap
                 self.failures += 1
                 log.warning("heartbeat refresh failed: %s", exc)
 
     def start(self) -> None:
         """Start refreshing in the background (the first beat is written by the begin step)."""
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="heartbeat")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, within: float = 3.0) -> None:
+        """Stop refreshing; waits at most ``within`` seconds, then abandons the task."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), within)
+        except TimeoutError:
+            task.cancel()
+            log.warning("heartbeat did not stop within %.0fs; abandoned", within)

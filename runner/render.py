@@ -78,6 +78,11 @@ def print_cycle(console: Console, outcome: Outcome) -> None:
     console.print(cycle_headline(outcome))
 
 
+def _count(signals: Any) -> int:
+    """The last cycle's signals: a list in the full document, a number in a summary."""
+    return len(signals) if isinstance(signals, list) else int(signals or 0)
+
+
 def _ago(epoch: float | None, now: float) -> str:
     if not epoch:
         return "-"
@@ -127,9 +132,19 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
         line.append(
             f"  {last.get('cycle_id')} on {last.get('instance_id')} shard {last.get('shard')}, "
             f"{_ago(_ts(last.get('started_at')), now)}, {last.get('duration_ms')} ms, "
-            f"{last.get('signals')} signal(s), exit {last.get('exit_code')}"
+            f"{_count(last.get('signals'))} signal(s), exit {last.get('exit_code')}"
         )
         parts.append(line)
+        trouble = [r for r in last.get("results") or [] if r.get("status") not in ("ok", "paused")]
+        for r in trouble[:8]:
+            row = Text(f"  {r.get('symbol')} ")
+            row.append(str(r.get("status")), style=STATUS_STYLE.get(str(r.get("status")), ""))
+            row.append(f" {r.get('reason') or ''}"[:140])
+            parts.append(row)
+        if len(trouble) > 8:
+            parts.append(Text(f"  ... and {len(trouble) - 8} more (runner status --json)"))
+        for w in (last.get("warnings") or [])[:3]:
+            parts.append(Text(f"  warning: {w}"[:160], style="yellow"))
         spark = Text("recent:     ")
         spark.append_text(sparkline(doc.get("history") or []))
         parts.append(spark)

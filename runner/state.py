@@ -91,7 +91,7 @@ return cjson.encode({
 )
 
 #: KEYS: history, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat,
-#:       breaker, today's spend, then the lock keys still held.
+#:       breaker, today's spend, last cycle, then the lock keys still held.
 #: ARGV[1]: JSON payload (see ``StateStore.record``).
 RECORD_SCRIPT = (
     HELPERS_LUA
@@ -103,6 +103,10 @@ if present(p.summary) then
   ensure(KEYS[1], 'list', false)
   redis.call('LPUSH', KEYS[1], p.summary)
   redis.call('LTRIM', KEYS[1], 0, p.history_len - 1)
+end
+if present(p.last) then
+  ensure(KEYS[12], 'string', false)
+  redis.call('SET', KEYS[12], p.last)
 end
 ensure(KEYS[2], 'hash', false)
 ensure(KEYS[3], 'hash', false)
@@ -170,8 +174,8 @@ if present(p.spend) and (p.spend.usd > 0 or p.spend.calls > 0) then
   redis.call('EXPIRE', KEYS[11], 3 * 86400)
 end
 local released = 0
-for i = 12, #KEYS do
-  if redis.call('GET', KEYS[i]) == p.lock_values[i - 11] then
+for i = 13, #KEYS do
+  if redis.call('GET', KEYS[i]) == p.lock_values[i - 12] then
     released = released + redis.call('DEL', KEYS[i])
   end
 end
@@ -351,6 +355,7 @@ class StateStore:
             heartbeat_key,
             self.keys.breaker("llm_service"),
             spend_key,
+            self.keys.last_cycle,
             *lock_keys,
         ]
         payload.setdefault("history_len", HISTORY_LENGTH)

@@ -84,6 +84,7 @@ async def read_status(
             for key in bp_keys:
                 pipe.hgetall(key)
             pipe.xlen(keys.stream)
+            pipe.get(keys.last_cycle)
             replies = await pipe.execute(raise_on_error=False)
     it = iter(replies)
     history_raw, latency_raw = next(it), next(it)
@@ -137,6 +138,7 @@ async def read_status(
     for key in bp_keys:
         cooldown[key.rsplit(":", 1)[-1].replace("-", "/")] = as_dict(next(it))
     stream_len = next(it)
+    last_full = _json(next(it))
     stats = {
         s: v for s, v in ((s, _json(raw)) for s, raw in as_dict(stats_raw).items()) if isinstance(v, dict)
     }
@@ -151,7 +153,8 @@ async def read_status(
     spend = as_dict(spend_raw)
     return {
         "now": now.isoformat(),
-        "last_cycle": history[0] if history else None,
+        # The full ``runner cycle --json`` document of the last cycle, else its summary.
+        "last_cycle": last_full if isinstance(last_full, dict) else (history[0] if history else None),
         "history": history,
         "breaker": {
             "state": breaker_state.state,

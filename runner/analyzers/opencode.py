@@ -67,8 +67,8 @@ USERNAME = "opencode"
 STRUCTURED_TOOL = "StructuredOutput"
 #: Seconds for aborting and deleting a session after a call that did not end normally.
 CLEANUP_SECONDS = 3.0
-#: Seconds for the abort alone, so that the delete still gets its turn.
-ABORT_SECONDS = 1.5
+#: Seconds for the aborts alone, so that the delete still gets its turn.
+ABORT_SECONDS = 2.0
 CONNECT_SECONDS = 5.0
 
 
@@ -221,11 +221,18 @@ class OpenCodeAnalyzer:
             "prompt_hash": prompt_hash(SYSTEM_PROMPT, user),
         }
         session_id: str | None = None
+        sending: asyncio.Task[httpx.Response] | None = None
         finished = False
         try:
             session_id = await self._start_session(request, deadline)
-            reply = await self._prompt(session_id, user, deadline)
-            finished = True  # the run ended on the server, whatever the answer says
+            # The prompt runs as its own task: if we are cancelled, it is not cut off at once
+            # but aborted on the server first (see ``_remove``).
+            sending = self._spawn(
+                self._request("POST", f"/session/{session_id}/message", deadline, json=self._prompt(user))
+            )
+            response = await asyncio.shield(sending)
+            finished = True  # the server answered: its run is over, whatever the answer says
+            reply = await self._reply(response, deadline)
             return self._interpret(reply, request, provenance)
         except AuthError as exc:
             # Every call will fail the same way and the cycle stops starting symbols: say it
@@ -236,7 +243,7 @@ class OpenCodeAnalyzer:
             raise
         finally:
             if session_id is not None:
-                await self._cleanup(session_id, abort=not finished)
+                await self._cleanup(session_id, sending=None if finished else sending, abort=not finished)
 
     def _session_title(self, request: AnalysisRequest) -> str:
         title = f"signal {request.symbol} {request.scheduled_minute:%Y-%m-%dT%H:%M}Z"
@@ -282,8 +289,8 @@ class OpenCodeAnalyzer:
         log.debug("opencode session %s for %s", session_id, request.symbol)
         return session_id
 
-    async def _prompt(self, session_id: str, user: str, deadline: float) -> dict[str, Any]:
-        body = {
+    def _prompt(self, user: str) -> dict[str, Any]:
+        return {
             "agent": self.agent,
             "model": {"providerID": self.provider_id, "modelID": self.model_id},
             "system": SYSTEM_PROMPT,
@@ -292,7 +299,8 @@ class OpenCodeAnalyzer:
             # Whatever the agent allows, this message may only answer.
             "tools": {"*": False, STRUCTURED_TOOL: True},
         }
-        response = await self._request("POST", f"/session/{session_id}/message", deadline, json=body)
+
+    async def _reply(self, response: httpx.Response, deadline: float) -> dict[str, Any]:
         if response.status_code == 500:
             raise await self._diagnose(response, deadline)
         if response.status_code != 200:
@@ -406,31 +414,55 @@ class OpenCodeAnalyzer:
 
     # --- clean-up ----------------------------------------------------------------------------
 
-    async def _cleanup(self, session_id: str, *, abort: bool) -> None:
+    async def _cleanup(
+        self, session_id: str, *, abort: bool, sending: asyncio.Task[httpx.Response] | None = None
+    ) -> None:
         """Abort (if the run may still be going) and delete the session, whatever happens to us.
 
         Runs as its own task with its own timeout, shielded: a cancelled analysis still removes
         its session. If we are cancelled again while waiting, the task goes on and ``aclose``
         waits for it.
         """
-        await asyncio.shield(self._spawn(self._remove(session_id, abort)))
+        await asyncio.shield(self._spawn(self._remove(session_id, abort, sending)))
 
-    async def _remove(self, session_id: str, abort: bool) -> None:
+    async def _remove(
+        self, session_id: str, abort: bool, sending: asyncio.Task[httpx.Response] | None = None
+    ) -> None:
+        """Abort until the prompt call returns (its run is then over), then delete the session.
+
+        One abort is not always enough: a prompt that reaches the server just after the abort
+        starts a run anyway, and a deleted session's run goes on until the model answers. So
+        while our prompt call is still open, abort again until the server ends it.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + CLEANUP_SECONDS
-        if abort:
-            try:
-                response = await self._request(
-                    "POST", f"/session/{session_id}/abort", min(deadline, loop.time() + ABORT_SECONDS)
-                )
-                if response.status_code != 200:
-                    log.warning(
-                        "could not abort OpenCode session %s: HTTP %d", session_id, response.status_code
-                    )
-            except AnalyzerError as exc:
-                log.warning("could not abort OpenCode session %s: %s", session_id, exc)
+        started = loop.time()
+        abort_until = started + ABORT_SECONDS
         try:
-            response = await self._request("DELETE", f"/session/{session_id}", deadline)
+            while abort:
+                try:
+                    response = await self._request(
+                        "POST", f"/session/{session_id}/abort", min(abort_until, loop.time() + 1.0)
+                    )
+                    if response.status_code != 200:
+                        log.warning(
+                            "could not abort OpenCode session %s: HTTP %d", session_id, response.status_code
+                        )
+                except AnalyzerError as exc:
+                    log.warning("could not abort OpenCode session %s: %s", session_id, exc)
+                if sending is None or sending.done():
+                    break
+                await asyncio.wait([sending], timeout=max(0.0, min(0.25, abort_until - loop.time())))
+                if sending.done() or loop.time() >= abort_until:
+                    break
+        finally:
+            if sending is not None:
+                if sending.done():
+                    if not sending.cancelled():
+                        sending.exception()  # seen: it belongs to a call that was given up
+                else:
+                    sending.cancel()
+        try:
+            response = await self._request("DELETE", f"/session/{session_id}", started + CLEANUP_SECONDS)
             if response.status_code not in (200, 404):
                 log.warning("could not delete OpenCode session %s: HTTP %d", session_id, response.status_code)
         except AnalyzerError as exc:
