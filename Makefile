@@ -11,7 +11,7 @@ install:
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 
 lint:
-	$(PY) -m ruff check runner tests
+	$(PY) -m ruff check runner tests bench
 	$(PY) -m ruff format --check runner
 
 types:

@@ -149,7 +149,10 @@ async def measure_schedule(server: Server, durations: list[float], concurrency: 
         return hold(req)
 
     settings = settings_for(
-        {"parallel": {"max_concurrent": concurrency, "min_concurrent": 1}, "timeouts": {"symbol_timeout_seconds": 1.0}}
+        {
+            "parallel": {"max_concurrent": concurrency, "min_concurrent": 1},
+            "timeouts": {"symbol_timeout_seconds": 1.0},
+        }
     )
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
@@ -241,6 +244,35 @@ print(json.dumps({"signals": len(symbols)}))
 """
 
 
+MINIMAL_ASYNC = r"""
+import asyncio, json, os, time
+import redis.asyncio as aioredis
+
+async def main():
+    r = aioredis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+    symbols = json.loads(os.environ["SYMBOLS"])
+    minute = time.strftime("%Y-%m-%dT%H:%M", time.gmtime())
+    async with r.pipeline(transaction=False) as p:
+        for s in symbols:
+            p.set(f"signal:lock:{s}", "owner", nx=True, ex=90)
+        await p.execute()
+    async with r.pipeline(transaction=True) as p:
+        for s in symbols:
+            doc = json.dumps({"id": f"{s}:{minute}", "symbol": s, "action": "HOLD", "confidence": 0.5})
+            p.set(f"runner:published:{s}:{minute}", "1", nx=True, ex=21600)
+            p.xadd("signals:raw", {"symbol": s, "signal": doc}, maxlen=10000, approximate=True)
+            p.publish("channel:raw-signals", doc)
+            p.hset("signals:latest", s, doc)
+            p.delete(f"signal:lock:{s}")
+        p.lpush("runner:history", json.dumps({"signals": len(symbols)}))
+        await p.execute()
+    await r.aclose()
+    print(json.dumps({"signals": len(symbols)}))
+
+asyncio.run(main())
+"""
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -262,7 +294,7 @@ def runner_env(server: Server, extra: dict[str, str] | None = None) -> dict[str,
 def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
     names = symbols(20)
     env = runner_env(server, {"RUNNER_SYMBOLS": json.dumps(names), "SYMBOLS": json.dumps(names)})
-    runner_times, minimal_times = [], []
+    runner_times, minimal_times, async_times = [], [], []
     for _ in range(runs):
         server.flush()
         wall, _, proc = timed([sys.executable, "-m", "runner", "cycle", "--json"], env)
@@ -272,18 +304,40 @@ def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
         wall, _, proc = timed([sys.executable, "-c", MINIMAL], env)
         assert proc.returncode == 0, proc.stderr
         minimal_times.append(wall)
+        server.flush()
+        wall, _, proc = timed([sys.executable, "-c", MINIMAL_ASYNC], env)
+        assert proc.returncode == 0, proc.stderr
+        async_times.append(wall)
     imports = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import runner.cli"], capture_output=True, text=True, check=True
+        [sys.executable, "-X", "importtime", "-c", "import runner.cli"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
-    total_us = max(int(line.split("|")[1]) for line in imports.splitlines() if line.startswith("import time:") and "|" in line and line.split("|")[1].strip().isdigit())
+    total_us = max(
+        int(line.split("|")[1])
+        for line in imports.splitlines()
+        if line.startswith("import time:") and "|" in line and line.split("|")[1].strip().isdigit()
+    )
     help_imports = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "runner", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-X", "importtime", "-m", "runner", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
-    heavy = sorted({m for m in ("httpx", "runner.analyzers", "redis", "prometheus_client", "tenacity") if f" {m}\n" in help_imports + "\n" or f"| {m}" in help_imports})
+    heavy = sorted(
+        {
+            m
+            for m in ("httpx", "runner.analyzers", "redis", "prometheus_client", "tenacity")
+            if f" {m}\n" in help_imports + "\n" or f"| {m}" in help_imports
+        }
+    )
     return {
         "runner_s": statistics.median(runner_times),
         "minimal_s": statistics.median(minimal_times),
         "ratio": statistics.median(runner_times) / statistics.median(minimal_times),
+        "minimal_async_s": statistics.median(async_times),
+        "ratio_async": statistics.median(runner_times) / statistics.median(async_times),
         "import_cli_ms": total_us / 1000,
         "help_imports": heavy,
     }
@@ -326,7 +380,14 @@ async def rate_limit_run(server: Server, rpm: int, window: float, duration: floa
     names = symbols(400)
     total = min(50.0, duration)
     settings = settings_for(
-        {"rate_limit": {"requests_per_minute": rpm}, "timeouts": {"total_timeout_seconds": total, "symbol_timeout_seconds": 5, "symbol_timeout_max_seconds": 5}}
+        {
+            "rate_limit": {"requests_per_minute": rpm},
+            "timeouts": {
+                "total_timeout_seconds": total,
+                "symbol_timeout_seconds": 5,
+                "symbol_timeout_max_seconds": 5,
+            },
+        }
     )
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     started = time.monotonic()
@@ -385,7 +446,9 @@ def check(ok: bool) -> str:
 
 
 def render(results: dict[str, Any], runs: int, quick: bool) -> str:
-    m, s, rt, o, sc, rl = (results[k] for k in ("machine", "scheduling", "round_trips", "overhead", "scale", "rate_limit"))
+    m, s, rt, o, sc, rl = (
+        results[k] for k in ("machine", "scheduling", "round_trips", "overhead", "scale", "rate_limit")
+    )
     flat = max(rt.values()) - min(rt.values()) <= 1
     lines = [
         "# Performance",
@@ -406,6 +469,8 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         ),
         f"| whole-process `runner cycle`, 20 symbols, vs a minimal redis-py script | {o['runner_s'] * 1000:.0f} ms vs "
         f"{o['minimal_s'] * 1000:.0f} ms = {o['ratio']:.2f}x | <= 1.3x | {check(o['ratio'] <= 1.3)} |",
+        f"| the same against a minimal redis.asyncio script | {o['runner_s'] * 1000:.0f} ms vs "
+        f"{o['minimal_async_s'] * 1000:.0f} ms = {o['ratio_async']:.2f}x | (<= 1.3x) | {check(o['ratio_async'] <= 1.3)} |",
         f"| import time of `runner.cli` | {o['import_cli_ms']:.0f} ms | - | |",
         f"| modules `runner --help` imports among httpx, redis, prometheus_client, tenacity, analyzers | "
         f"{', '.join(o['help_imports']) or 'none'} | none | {check(not o['help_imports'])} |",
