@@ -129,11 +129,19 @@ class Breaker(Section):
         return self
 
 
+class RedisBreaker(Breaker):
+    """The Redis breaker's own defaults, so a partial override keeps the others."""
+
+    failure_threshold: PositiveInt = 3
+    recovery_timeout_seconds: PositiveFloat = 30.0
+    half_open_max_calls: PositiveInt = 2
+    success_threshold: PositiveInt = 1
+
+
 class CircuitBreakers(Section):
     llm_service: Breaker = Breaker()
-    redis: Breaker = Breaker(
-        failure_threshold=3, recovery_timeout_seconds=30, half_open_max_calls=2, success_threshold=1
-    )
+    #: Used by ``runner serve`` (kept in the process: it cannot live in the Redis it protects).
+    redis: RedisBreaker = RedisBreaker()
 
 
 class Adaptive(Section):

@@ -48,6 +48,7 @@ class ServiceState:
     registry: CollectorRegistry | None = None
     running: bool = False
     next_run: datetime | None = None
+    redis_breaker: breaker.BreakerState = field(default_factory=breaker.BreakerState)
 
 
 def next_fire(schedule: str, now: datetime) -> datetime:
@@ -107,18 +108,35 @@ class Service:
             log.info("stopped")
 
     async def _one_cycle(self, deps: Deps, fire: datetime) -> None:
+        # The Redis breaker lives in this process: its state cannot be kept in the Redis it
+        # protects. While it is open, scheduled cycles are skipped instead of piling up
+        # connection attempts against a Redis that is down.
+        cfg = self.settings.circuit_breaker.redis
+        now = time.time()
+        gate = breaker.gate(self.state.redis_breaker, now, cfg)
+        if not gate.allow:
+            log.warning(
+                "skipped: Redis circuit breaker open until %s",
+                iso_ms(datetime.fromtimestamp(gate.retry_at or now, UTC)),
+            )
+            return
+        if gate.probes is not None:
+            self.state.redis_breaker, _ = breaker.claim_probes(self.state.redis_breaker, 1, now, cfg)
         settings = self.settings.model_copy(update={"scheduled_at": fire.isoformat()})
         self.control = Control(grace_seconds=settings.graceful_shutdown.timeout_seconds)
         self.state.running = True
+        event = breaker.Event.SUCCESS
         try:
             self.state.last = await run_cycle(
                 settings, deps, shard=self.shard, control=self.control, on_metrics=self._keep_metrics
             )
         except RedisUnavailable as exc:
+            event = breaker.Event.FAILURE
             log.error("cycle failed: %s", exc)
         finally:
             self.state.running = False
             self.control = None
+            self.state.redis_breaker = breaker.transition(self.state.redis_breaker, event, time.time(), cfg)
 
     def _keep_metrics(self, registry: CollectorRegistry) -> None:
         self.state.registry = registry
@@ -172,6 +190,7 @@ class Service:
             "instance_id": self.state.instance_id,
             "uptime_seconds": round(time.monotonic() - self.state.started, 1),
             "cycle_running": self.state.running,
+            "redis_breaker": self.state.redis_breaker.state,
             "next_run": iso_ms(self.state.next_run) if self.state.next_run else None,
         }
 
@@ -187,7 +206,7 @@ class Service:
 
     async def _ready_checks(self) -> dict[str, bool]:
         doc = await self._status_doc()
-        if doc is None:
+        if doc is None or self.state.redis_breaker.state == "open":
             return {"redis_connected": False, "circuit_breaker_closed": False, "not_in_cooldown": False}
         cooldown = doc["cooldown"].get(self.shard.label, {})
         return {

@@ -207,7 +207,6 @@ class OpenCodeAnalyzer:
         )
         #: Session creations and clean-ups that must finish even if their analysis is cancelled.
         self._background: set[asyncio.Task[Any]] = set()
-        self._auth_reported = False
 
     # --- the analysis ------------------------------------------------------------------------
 
@@ -234,13 +233,6 @@ class OpenCodeAnalyzer:
             finished = True  # the server answered: its run is over, whatever the answer says
             reply = await self._reply(response, deadline)
             return self._interpret(reply, request, provenance)
-        except AuthError as exc:
-            # Every call will fail the same way and the cycle stops starting symbols: say it
-            # once, clearly, on the log (the per-symbol results carry it too).
-            if not self._auth_reported:
-                self._auth_reported = True
-                log.error("%s", exc)
-            raise
         finally:
             if session_id is not None:
                 await self._cleanup(session_id, sending=None if finished else sending, abort=not finished)
