@@ -60,16 +60,17 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
         fail(str(exc), ExitCode.USAGE)
 
 
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+def run_async(
+    factory: Callable[[], Awaitable[T]], on_error: Callable[[str, ExitCode], None] | None = None
+) -> T:
     """Run a coroutine, turning runner errors into one line and an exit code."""
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
-    except ConfigError as exc:
-        fail(str(exc), ExitCode.USAGE)
-    except DependencyError as exc:
-        fail(str(exc), ExitCode.FAILED)
     except RunnerError as exc:
-        fail(str(exc), ExitCode.FAILED)
+        code = ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.FAILED
+        if on_error is not None:
+            on_error(str(exc), code)
+        fail(str(exc), code)
 
 
 def _setup_logs(settings: Settings) -> None:
@@ -136,12 +137,15 @@ def cycle(
         fail(str(exc), ExitCode.USAGE)
     _setup_logs(settings)
     machine = json_out or not sys.stdout.isatty()
-    try:
-        outcome = run_async(lambda: _cycle(settings, chosen, shard_value, no_publish, machine, metrics_file))
-    except typer.Exit as exc:
-        if machine and exc.exit_code == ExitCode.FAILED:
-            print(json.dumps({"status": "failed", "exit_code": 3, "error": "see stderr"}))
-        raise
+
+    def report(message: str, code: ExitCode) -> None:
+        # Scripts reading stdout get a document even when the cycle could not run at all.
+        if machine:
+            print(json.dumps({"status": "failed", "exit_code": int(code), "error": message}))
+
+    outcome = run_async(
+        lambda: _cycle(settings, chosen, shard_value, no_publish, machine, metrics_file), on_error=report
+    )
     raise typer.Exit(outcome.exit_code)
 
 
