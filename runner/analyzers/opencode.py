@@ -99,15 +99,15 @@ def error_from_info(error: Any) -> AnalyzerError:
     if name == "APIError":
         status = data.get("statusCode")
         text = f"model API error{f' HTTP {status}' if status else ''}: {message}"
+        headers = data.get("responseHeaders")
+        retry_after = retry_after_seconds(headers.get("retry-after") if isinstance(headers, dict) else None)
         if status == 429:
-            headers = data.get("responseHeaders")
-            retry_after = headers.get("retry-after") if isinstance(headers, dict) else None
-            return RateLimited(text, retry_after_seconds(retry_after))
+            return RateLimited(text, retry_after)
         if status in (401, 402):
             return AuthError(text)
         if isinstance(status, int) and 400 <= status < 500 and status != 408:
             return PermanentError(text)
-        return TransientError(text)
+        return TransientError(text, retry_after)
     if name in ("StructuredOutputError", "MessageOutputLengthError"):
         return InvalidOutput(f"{name}: {message}")
     if name in ("ContextOverflowError", "ContentFilterError"):
@@ -391,10 +391,11 @@ class OpenCodeAnalyzer:
                 "the OpenCode server requires a password (HTTP 401): set OPENCODE_SERVER_PASSWORD"
             )
         message = f"OpenCode HTTP {status} {doing}: {_body_message(response)}"[:300]
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         if status == 429:
-            return RateLimited(message, retry_after_seconds(response.headers.get("retry-after")))
+            return RateLimited(message, retry_after)
         if status == 408 or status >= 500 or (status == 404 and vanished):
-            return TransientError(message)
+            return TransientError(message, retry_after)
         return PermanentError(message)
 
     @staticmethod

@@ -30,8 +30,7 @@ class ScriptedAnalyzer:
         base = request.symbol.split("/")[0]
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(request.symbol + "\n")
+            _append(log_path, request.symbol + "\n")
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)
@@ -57,6 +56,12 @@ class ScriptedAnalyzer:
 
     async def aclose(self) -> None:
         return None
+
+
+def _append(path: str, line: str) -> None:
+    # A tiny local write; blocking the loop for it is fine in a test plugin.
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
 
 
 def make(settings: Any) -> ScriptedAnalyzer:
