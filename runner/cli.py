@@ -60,6 +60,16 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
         fail(str(exc), ExitCode.USAGE)
 
 
+def shard_or_exit(flag: str | None, settings: Settings) -> Any:
+    """``--shard``, else the Indexed Job's index of ``RUNNER_SHARDS``; exit 2 when unusable."""
+    from runner.shards import from_environment
+
+    try:
+        return from_environment(flag, settings.shards, os.environ)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+
+
 def run_async(
     factory: Callable[[], Awaitable[T]], on_error: Callable[[str, ExitCode], None] | None = None
 ) -> T:
@@ -122,8 +132,6 @@ def cycle(
     ] = None,
 ) -> None:
     """Run one cycle and exit 0 (completed or skipped), 1 (partial), 2 (usage) or 3 (failed)."""
-    from runner.shards import from_environment
-
     chosen = None
     if symbols is not None:
         try:
@@ -131,10 +139,7 @@ def cycle(
         except ConfigError as exc:
             fail(str(exc), ExitCode.USAGE)
     settings = settings_or_exit(config)
-    try:
-        shard_value = from_environment(shard, settings.shards, os.environ)
-    except ConfigError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    shard_value = shard_or_exit(shard, settings)
     _setup_logs(settings)
     machine = json_out or not sys.stdout.isatty()
 
@@ -241,13 +246,9 @@ def serve(
 ) -> None:
     """Run cycles on the configured cron schedule, with /health, /health/ready and /metrics."""
     from runner.serve import Service
-    from runner.shards import from_environment
 
     settings = settings_or_exit(config)
-    try:
-        shard_value = from_environment(shard, settings.shards, os.environ)
-    except ConfigError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    shard_value = shard_or_exit(shard, settings)
     _setup_logs(settings)
     run_async(lambda: Service(settings, shard_value).run(host, port))
 

@@ -584,63 +584,8 @@ async def _analyze_one(run: _Run, symbol: str, symbol_timeout: float) -> SymbolR
                     raise AttemptTimeout(f"analysis took longer than {budget:.1f}s") from None
                 run.latencies.append((clock.now().timestamp(), (clock.monotonic() - call_began) * 1000))
         assert analysis is not None
-    except AttemptTimeout as exc:
-        return _result(
-            symbol, SymbolStatus.TIMEOUT, str(exc), attempts=attempts, duration_ms=elapsed_ms(), outage=True
-        )
-    except RateLimited as exc:
-        return _result(
-            symbol, SymbolStatus.RATE_LIMITED, str(exc), attempts=attempts, duration_ms=elapsed_ms()
-        )
-    except AuthError as exc:
-        run.auth_failure = f"analyzer refused our credentials: {exc}"
-        return _result(
-            symbol, SymbolStatus.FAILED, f"auth: {exc}", attempts=attempts, duration_ms=elapsed_ms()
-        )
-    except InvalidOutput as exc:
-        return _result(
-            symbol,
-            SymbolStatus.FAILED,
-            f"invalid_output: {exc}",
-            attempts=attempts,
-            duration_ms=elapsed_ms(),
-            symbol_fault=True,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "answer"
-        return _result(
-            symbol,
-            SymbolStatus.FAILED,
-            f"invalid_output: {where}: {first['msg']}",
-            attempts=attempts,
-            duration_ms=elapsed_ms(),
-            symbol_fault=True,
-        )
-    except AnalyzerError as exc:
-        return _result(
-            symbol,
-            SymbolStatus.FAILED,
-            f"{exc.reason}: {exc}",
-            attempts=attempts,
-            duration_ms=elapsed_ms(),
-            outage=exc.outage,
-            symbol_fault=exc.symbol_fault,
-        )
-    except RedisUnavailable as exc:
-        return _result(
-            symbol, SymbolStatus.FAILED, f"redis: {exc}", attempts=attempts, duration_ms=elapsed_ms()
-        )
-    except Exception as exc:  # an analyzer bug must cost one symbol, not the cycle
-        log.exception("unexpected error analyzing %s", symbol)
-        return _result(
-            symbol,
-            SymbolStatus.FAILED,
-            f"error: {type(exc).__name__}: {exc}",
-            attempts=attempts,
-            duration_ms=elapsed_ms(),
-            outage=True,
-        )
+    except Exception as exc:  # every failure costs this symbol only, never the cycle
+        return _failure(run, symbol, exc, attempts, elapsed_ms())
 
     if analysis.cost_usd:
         run.spent_usd += analysis.cost_usd
@@ -666,6 +611,30 @@ async def _analyze_one(run: _Run, symbol: str, symbol_timeout: float) -> SymbolR
         cost_usd=analysis.cost_usd,
     )
     return _result(symbol, SymbolStatus.OK, None, attempts=attempts, duration_ms=elapsed_ms(), signal=signal)
+
+
+def _failure(run: _Run, symbol: str, exc: Exception, attempts: int, duration_ms: int) -> SymbolResult:
+    """The result of a symbol whose analysis failed with ``exc``."""
+    if isinstance(exc, ValidationError):  # the analyzer built an invalid Analysis
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "answer"
+        exc = InvalidOutput(f"{where}: {first['msg']}")
+    status, reason, outage, fault = SymbolStatus.FAILED, f"error: {type(exc).__name__}: {exc}", True, False
+    if isinstance(exc, AttemptTimeout):
+        status, reason = SymbolStatus.TIMEOUT, str(exc)
+    elif isinstance(exc, RateLimited):
+        status, reason, outage = SymbolStatus.RATE_LIMITED, str(exc), False
+    elif isinstance(exc, AnalyzerError):
+        reason, outage, fault = f"{exc.reason}: {exc}", exc.outage, exc.symbol_fault
+        if isinstance(exc, AuthError):
+            run.auth_failure = f"analyzer refused our credentials: {exc}"
+    elif isinstance(exc, RedisUnavailable):
+        reason, outage = f"redis: {exc}", False
+    else:  # an analyzer bug: log it whole, once
+        log.error("unexpected error analyzing %s", symbol, exc_info=exc)
+    return _result(
+        symbol, status, reason, attempts=attempts, duration_ms=duration_ms, outage=outage, symbol_fault=fault
+    )
 
 
 async def _take_slot(run: _Run, symbol_timeout: float) -> None:
