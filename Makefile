@@ -28,3 +28,8 @@ clean:
 
 bench:
 	$(PY) -m bench
+
+# Reliability suite with the full 200-cycle soak; writes docs/RELIABILITY.md from the measured figures.
+.PHONY: reliability
+reliability:
+	RELIABILITY_REPORT=docs/RELIABILITY.md RELIABILITY_SOAK_CYCLES=200 .venv/bin/python -m pytest tests/reliability

@@ -1,0 +1,61 @@
+"""Scenario 15: a Pushgateway that is down, black-holed or refusing never changes a cycle's exit
+code and costs a bounded time. The bad gateways are the fixtures of
+tests/integration/test_metrics_push.py; this module measures what each one costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.test_metrics_push import black_hole, refusing_gateway  # noqa: F401 - fixtures
+from tests.reliability.support import bad_lines, run, runner_env
+
+PUSH_TIMEOUT = 2.0  # metrics.push_timeout_seconds (default)
+
+
+@pytest.mark.scenario("15")
+@pytest.mark.parametrize("gateway", ["healthy", "down", "black_hole", "refusing"])
+def test_bad_gateway_costs_a_warning_never_the_exit_code(
+    gateway: str, measure, real_redis, redis_server, tmp_path: Path, request: pytest.FixtureRequest
+):
+    """A completed cycle (exit 0) and a failed one (exit 3) with the gateway healthy, down
+    (connection refused), black-holed (accepts, never answers) or answering 400: the exit code
+    is the same as with a healthy gateway, a bad gateway costs one warning naming the push, and
+    the run takes at most the push timeout (2 s, plus 0.5 s of slack the runner allows) longer
+    than with a healthy one."""
+    url = {
+        "healthy": lambda: request.getfixturevalue("pushgateway").url,
+        "down": lambda: f"http://127.0.0.1:{free_port()}",
+        "black_hole": lambda: request.getfixturevalue("black_hole"),
+        "refusing": lambda: request.getfixturevalue("refusing_gateway"),
+    }[gateway]()
+    env = runner_env(redis_server.url, tmp_path, PUSHGATEWAY_URL=url, RUNNER_RETRY__MAX_ATTEMPTS="1")
+    completed = run(["cycle", "--json", "--symbols", "ETH/USD"], env, tmp_path / "runs")
+    failed = run(
+        ["cycle", "--json", "--symbols", "BTC/USD"], {**env, "SCRIPTED_FAIL": "*"}, tmp_path / "runs"
+    )
+    measure.figures(
+        gateway=gateway,
+        completed_exit=completed.code,
+        completed_run_s=round(completed.elapsed, 3),
+        failed_exit=failed.code,
+        failed_run_s=round(failed.elapsed, 3),
+    )
+    for proc, code in ((completed, 0), (failed, 3)):
+        assert proc.code == code, proc.stderr
+        assert not bad_lines(proc.stderr), proc.stderr
+        doc = proc.json()
+        pushed_warning = [w for w in doc["warnings"] if "metrics push" in w]
+        if gateway == "healthy":
+            assert pushed_warning == []
+        else:
+            assert len(pushed_warning) == 1, doc["warnings"]
+            if code == 0:
+                measure.note(f"warning: `{pushed_warning[0]}`")
+        # Python start-up and the cycle take well under 3 s here; the push adds at most 2.5 s.
+        assert proc.elapsed < 3 + PUSH_TIMEOUT + 0.5, f"{proc.elapsed:.2f}s"
+    if gateway == "healthy":
+        samples = request.getfixturevalue("pushgateway").metrics()
+        assert "cycle_failures_total" in samples
