@@ -31,10 +31,16 @@ def parse_samples(raw: list[str]) -> list[Sample]:
     return out
 
 
+#: A sample stamped further in the future than this came from a clock that ran ahead: ignored,
+#: or it would never age out.
+FUTURE_TOLERANCE_SECONDS = 120.0
+
+
 def recent(samples: list[Sample], now: float, cfg: AdaptiveConfig) -> list[float]:
-    """Latencies that still count: young enough, at most the window size, newest first."""
+    """Latencies that still count: young enough, not from the future, at most the window size."""
     cutoff = now - cfg.sample_max_age_seconds
-    return [s.ms for s in samples if s.at >= cutoff][: cfg.latency_window_size]
+    horizon = now + FUTURE_TOLERANCE_SECONDS
+    return [s.ms for s in samples if cutoff <= s.at <= horizon][: cfg.latency_window_size]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from runner.errors import ConfigError
 
@@ -371,6 +371,8 @@ def read_config_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     import yaml  # only when there is a file to read
 
     try:
@@ -429,6 +431,16 @@ def load_settings(
     tokens = (_FILE_VALUES.set(file_values), _ALIAS_VALUES.set(_alias_values(env)))
     try:
         return Settings(**dict(overrides or {}))
+    except SettingsError as exc:
+        # pydantic-settings could not decode a complex value (a list or a section) from the
+        # environment: it expects JSON there.
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "setting"
+        name = f"RUNNER_{field.upper()}"
+        raw = os.environ.get(name, "")[:60]
+        raise ConfigError(
+            f"{ROOT_KEY}.{field} ({name}): must be JSON for a list or a section, "
+            f"e.g. RUNNER_SYMBOLS='[\"ETH/USD\"]' (got {raw!r})"
+        ) from None
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password"})) from None
     finally:

@@ -302,7 +302,13 @@ async def run_cycle(
     lock_manager = LockManager(
         deps.redis, keys, owner, clock, settings.locks.ttl_seconds, settings.locks.stale_threshold_seconds
     )
-    publisher = Publisher(deps.redis, keys, settings.publish.stream_maxlen)
+    # Publishing, recording and releasing may run a little past the deadline, never past this.
+    wind_down = min(settings.graceful_shutdown.timeout_seconds / 2, 5.0)
+
+    def budget() -> float:
+        return max(0.05, deadline.at + wind_down - clock.monotonic())
+
+    publisher = Publisher(deps.redis, keys, settings.publish.stream_maxlen, budget)
     results: dict[str, SymbolResult] = {}
     try:
         if not dry_run:
@@ -310,11 +316,13 @@ async def run_cycle(
             run.locks = await lock_manager.acquire(selected)
             for sym, lr in run.locks.items():
                 if lr.status == "taken_over":
+                    was = lr.previous_owner()
                     log.warning(
-                        "took over the stale lock of %s (%s, was %s)",
+                        "took over the stale lock of %s (%s; held by %s, cycle %s)",
                         sym,
                         lr.reason,
-                        lr.owner().get("instance_id"),
+                        was.get("instance_id", "?"),
+                        was.get("cycle_id", "?"),
                     )
             publisher.start()
         runnable = [s for s in selected if dry_run or run.locks[s].owned]
@@ -330,7 +338,7 @@ async def run_cycle(
             progress("plan", str(len(runnable)), None)
         results.update(await _analyze_all(run, runnable, publisher, control, progress))
     finally:
-        await heartbeat.stop(within=settings.redis.socket_timeout_seconds + 1)
+        await heartbeat.stop(within=min(settings.redis.socket_timeout_seconds + 1, budget()))
         if not dry_run:
             await publisher.close()
     if publisher.errors:
@@ -371,7 +379,9 @@ async def run_cycle(
     )
     _log_outcome(outcome)
     if not dry_run:
-        record = await _record(store, settings, keys, owner, outcome, run, lease, snap, decision, exporting)
+        record = await _record(
+            store, settings, keys, owner, outcome, run, lease, snap, decision, exporting, budget()
+        )
         await _push_metrics(settings, shard, outcome, run, decision, record, minute, metrics_file, on_metrics)
     return outcome
 
@@ -457,6 +467,8 @@ async def _analyze_all(
         return None
 
     def refused(symbol: str, reason: str) -> SymbolResult:
+        if reason == "deadline" and control.stopping.is_set():
+            reason = "shutdown"  # the grace period ran out, not the cycle's own deadline
         if reason == "breaker_open":
             run.rejected += 1
         return _result(symbol, SymbolStatus.NOT_STARTED, reason)
@@ -669,6 +681,7 @@ async def _record(
     snap: Any,
     decision: Decision,
     want_counters: bool = False,
+    budget: float | None = None,
 ) -> RecordResult | None:
     """Write the outcome and release what the run holds; a failure here is a warning."""
     now = datetime.fromisoformat(outcome.started_at.replace("Z", "+00:00")).timestamp()
@@ -768,25 +781,27 @@ async def _record(
         "want_counters": want_counters,
     }
     try:
-        result = await store.record(
-            payload,
-            lock_keys=lock_keys,
-            heartbeat_key=keys.heartbeat(owner.instance_id),
-            spend_key=store.spend_key(datetime.fromtimestamp(now, UTC)),
-        )
-        for w in result.warnings:
-            log.warning("%s", w)
-        for sym in result.paused_now:
-            msg = (
-                f"paused {sym} after {settings.adaptive.pause_after_failures} failures of its own; "
-                f"`runner resume {sym}` to resume"
+        async with asyncio.timeout(budget):
+            result = await store.record(
+                payload,
+                lock_keys=lock_keys,
+                heartbeat_key=keys.heartbeat(owner.instance_id),
+                spend_key=store.spend_key(datetime.fromtimestamp(now, UTC)),
             )
-            log.warning("%s", msg)
-            outcome.warnings.append(msg)
-        if run is not None and breaker_payload is not None and not result.breaker_saved:
-            result.breaker = await _save_breaker_retry(store, settings, run, result.breaker)
-    except RedisUnavailable as exc:
-        msg = f"could not record the cycle: {exc}"
+            for w in result.warnings:
+                log.warning("%s", w)
+            for sym in result.paused_now:
+                msg = (
+                    f"paused {sym} after {settings.adaptive.pause_after_failures} failures of its own; "
+                    f"`runner resume {sym}` to resume"
+                )
+                log.warning("%s", msg)
+                outcome.warnings.append(msg)
+            if run is not None and breaker_payload is not None and not result.breaker_saved:
+                result.breaker = await _save_breaker_retry(store, settings, run, result.breaker)
+    except (RedisUnavailable, TimeoutError) as exc:
+        reason = str(exc) or "Redis did not answer before the cycle ran out of time"
+        msg = f"could not record the cycle: {reason}"
         log.warning("%s", msg)
         outcome.warnings.append(msg)
         return None

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: Lua shared by every script that takes a lock or a lease. Declares ``warnings`` (messages
 #: about state that was reset), ``safe_incr`` and
 #: take(key, fencing_key, instance_id, cycle_id, pid, now, ttl, stale, hb_prefix)
-#:   -> {status, token, value, reason}, status one of acquired | taken_over | held.
+#:   -> {status, token, value, reason, previous record}, status one of acquired | taken_over | held.
 TAKE_LUA = """
 local warnings = {}
 local function safe_incr(key, now)
@@ -48,11 +48,13 @@ end
 local function take(key, fencing_key, instance_id, cycle_id, pid, now, ttl, stale, hb_prefix)
   local current = redis.pcall('GET', key)
   local reason = nil
+  local previous = ''
   if type(current) == 'table' then
     redis.call('DEL', key)
     warnings[#warnings + 1] = key .. ' was not a lock record; reset'
     reason = 'corrupt'
   elseif current then
+    previous = current
     local ok, owner = pcall(cjson.decode, current)
     if not ok or type(owner) ~= 'table' then
       reason = 'corrupt'
@@ -63,7 +65,7 @@ local function take(key, fencing_key, instance_id, cycle_id, pid, now, ttl, stal
       if type(beat) ~= 'string' or (tonumber(beat) or 0) < now then
         reason = 'heartbeat'
       else
-        return {'held', 0, current, ''}
+        return {'held', 0, current, '', ''}
       end
     end
   end
@@ -71,8 +73,8 @@ local function take(key, fencing_key, instance_id, cycle_id, pid, now, ttl, stal
   local value = cjson.encode({instance_id = instance_id, cycle_id = cycle_id, pid = pid,
                               acquired_at = now, token = token})
   redis.call('SET', key, value, 'EX', ttl)
-  if reason then return {'taken_over', token, value, reason} end
-  return {'acquired', token, value, ''}
+  if reason then return {'taken_over', token, value, reason, previous} end
+  return {'acquired', token, value, '', ''}
 end
 """
 
@@ -113,6 +115,8 @@ class LockResult:
     token: int
     value: str
     reason: str = ""
+    #: The record a takeover replaced.
+    previous: str = ""
 
     @property
     def owned(self) -> bool:
@@ -120,11 +124,19 @@ class LockResult:
 
     def owner(self) -> dict[str, Any]:
         """The owner record stored in the lock (ours, or the live holder's)."""
-        try:
-            data = json.loads(self.value)
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        return _record(self.value)
+
+    def previous_owner(self) -> dict[str, Any]:
+        """The record a takeover replaced (empty when there was none or it was garbage)."""
+        return _record(self.previous)
+
+
+def _record(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -137,8 +149,8 @@ class Owner:
 
 
 def parse_take(key: str, row: list[Any]) -> LockResult:
-    status, token, value, reason = row
-    return LockResult(key, str(status), int(token), str(value), str(reason or ""))
+    status, token, value, reason, previous = row
+    return LockResult(key, str(status), int(token), str(value), str(reason or ""), str(previous or ""))
 
 
 class LockManager:

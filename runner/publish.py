@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from runner.connection import redis_errors
+from runner.errors import RedisUnavailable
 from runner.keys import SIGNAL_ID_TTL_SECONDS, Keys
 from runner.models import Signal
 
@@ -28,8 +30,19 @@ log = logging.getLogger(__name__)
 
 #: KEYS: stream, latest hash, then per signal: lock key, published-marker key.
 #: ARGV: maxlen, channel, marker ttl, then per signal: lock record, symbol, signal JSON.
-#: Returns a JSON list with one of published | duplicate | fenced per signal.
+#: Returns JSON [[published | duplicate | fenced per signal], [warnings]].
+#: The stream and the hash are checked before anything is written: Redis does not undo a
+#: script's earlier writes when a later one fails, so a wrong-type key found half-way would
+#: leave a marker without an entry (a lost signal).
 PUBLISH_SCRIPT = """
+local warnings = {}
+for i, kind in ipairs({'stream', 'hash'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= kind then
+    redis.call('DEL', KEYS[i])
+    warnings[#warnings + 1] = KEYS[i] .. ' held a ' .. t .. ' instead of a ' .. kind .. '; reset'
+  end
+end
 local out = {}
 local n = (#KEYS - 2) / 2
 for i = 1, n do
@@ -49,7 +62,7 @@ for i = 1, n do
     out[i] = 'published'
   end
 end
-return cjson.encode(out)
+return cjson.encode({out, warnings})
 """
 
 
@@ -65,8 +78,16 @@ class Pending:
 class Publisher:
     """Publishes signals in coalesced batches through ``PUBLISH_SCRIPT``."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, maxlen: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        maxlen: int,
+        budget: Callable[[], float] | None = None,
+    ) -> None:
         self.client = client
+        #: Seconds the next publish may take (what is left of the cycle's time); None: unbounded.
+        self.budget = budget
         self.keys = keys
         self.maxlen = maxlen
         self._script = client.register_script(PUBLISH_SCRIPT)
@@ -84,9 +105,20 @@ class Publisher:
         for p in batch:
             keys += [p.lock_key, self.keys.published(p.signal.id)]
             args += [p.lock_value, p.signal.symbol, p.signal.to_json()]
-        async with redis_errors("publishing signals"):
-            raw = await self._script(keys=keys, args=args)
-        return [str(x) for x in json.loads(raw)]
+        try:
+            async with (
+                redis_errors("publishing signals"),
+                asyncio.timeout(self.budget() if self.budget else None),
+            ):
+                raw = await self._script(keys=keys, args=args)
+        except TimeoutError:
+            raise RedisUnavailable(
+                "Redis did not answer the publish before the cycle's time ran out"
+            ) from None
+        results, warnings = json.loads(raw)
+        for warning in warnings or []:
+            log.warning("%s", warning)
+        return [str(x) for x in results]
 
     def submit(self, pending: Pending) -> None:
         """Queue a signal; it is published in the next batch."""

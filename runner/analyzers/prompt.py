@@ -84,6 +84,8 @@ def extract_json(text: str) -> Any:
         return json.loads(body)
     except ValueError as exc:
         raise InvalidOutput(f"answer is not JSON ({exc.args[0][:80] if exc.args else exc})") from None
+    except RecursionError:
+        raise InvalidOutput("answer is nested too deeply to be a signal") from None
 
 
 def validate_answer(data: Any, request: AnalysisRequest, **provenance: Any) -> Analysis:
@@ -98,6 +100,9 @@ def validate_answer(data: Any, request: AnalysisRequest, **provenance: Any) -> A
     reasoning = data.get("reasoning")
     if isinstance(reasoning, str) and len(reasoning) > MAX_REASONING_CHARS:
         raise InvalidOutput(f"reasoning is {len(reasoning)} characters, at most {MAX_REASONING_CHARS}")
+    price = data.get("price")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)):
+        raise InvalidOutput(f"price must be a number or null, got {price!r}"[:120])
     if data.get("symbol") != request.symbol:
         raise InvalidOutput(f"answer is about {data.get('symbol')!r}, asked for {request.symbol!r}"[:160])
     try:

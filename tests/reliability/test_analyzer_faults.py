@@ -392,16 +392,6 @@ def test_truncated_http_body(measure, real_redis, redis_server, stub: StubLLM, t
 
 
 @pytest.mark.scenario("13")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: runner/analyzers/prompt.py `extract_json` catches only ValueError, but json.loads "
-    "raises RecursionError on deeply nested input (e.g. 100000 '[' from a degenerate model). It "
-    "escapes `parse_answer`, reaches the catch-all of runner/cycle.py `_failure` (logged as an "
-    "unexpected analyzer error), and the symbol fails as `error: RecursionError` with "
-    "outage=True: it counts toward the circuit breaker instead of being the symbol's "
-    "`invalid_output`. Fix: catch RecursionError (or any Exception) in `extract_json` and raise "
-    "InvalidOutput; optionally reject answers longer than a few KB before decoding.",
-)
 def test_deeply_nested_answer_is_invalid_output(real_redis, redis_server, stub: StubLLM, tmp_path: Path):
     """A model answering 100000 nested brackets: `invalid_output` (the symbol's own failure), no
     traceback, not counted as an outage by the breaker."""
@@ -416,14 +406,6 @@ def test_deeply_nested_answer_is_invalid_output(real_redis, redis_server, stub: 
 
 
 @pytest.mark.scenario("13")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: runner/analyzers/prompt.py `validate_answer` type-checks `confidence` itself but "
-    'hands `price` to pydantic in lax mode, so an answer with `"price": true` is published as a '
-    'signal with price 1.0 (and `"price": "100"` as 100.0), although SIGNAL_SCHEMA says '
-    "number or null. Fix: reject a bool or non-number `price` like `confidence` (or validate the "
-    "Analysis with strict=True for the model's fields).",
-)
 def test_boolean_price_is_invalid_output(real_redis, redis_server, stub: StubLLM, tmp_path: Path):
     """`"price": true` violates the schema (number or null): `invalid_output`, nothing published."""
     stub.mode = Mode("text", text=_answer("ETH/USD", price=True))

@@ -101,16 +101,6 @@ def test_sigterm_mid_cycle(in_flight, measure, real_redis, redis_server, tmp_pat
 
 
 @pytest.mark.scenario("01")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: runner/cycle.py `_analyze_all` cancels the sliding window with the fixed "
-    '`cancelled_reason="deadline"`, so when the SIGTERM grace runs out with symbols still in '
-    "flight, every symbol not yet started is reported `not_started (deadline)` instead of "
-    '`shutdown`, and `_record` (overran = any reason == "deadline") counts the interrupted cycle '
-    'as a deadline overrun toward the backpressure cooldown. Fix: pass `"shutdown" if '
-    'control.stopping.is_set() else "deadline"` when the window is cancelled (compute it in the '
-    "except branch of SlidingWindow.run, e.g. with a callable reason).",
-)
 def test_sigterm_after_the_grace_is_not_a_deadline_overrun(real_redis, redis_server, tmp_path: Path):
     """SIGTERM while a slow symbol is in flight and others wait: when the grace runs out, the
     waiting symbols are `not_started` with reason `shutdown` (the run was stopped, it did not
@@ -357,14 +347,6 @@ def test_many_takers_race_in_the_lua_script(measure, real_redis, tmp_path: Path)
 
 
 @pytest.mark.scenario("02")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: runner/cycle.py `run_cycle` logs a takeover as `took over the stale lock of SYM "
-    '(reason, was X)` with X = `lr.owner().get("instance_id")`, but `LockResult.value` already '
-    "holds the new record (ours), so X is always the taker itself and the operator never learns "
-    "whose lock was stale. Fix: return the previous record from TAKE_LUA (a fifth field) and log "
-    "its instance_id and cycle_id.",
-)
 def test_takeover_warning_names_the_previous_owner(real_redis, redis_server, tmp_path: Path):
     """The warning a takeover logs names the dead owner (the instance whose lock was stale), not
     the run that took it over."""

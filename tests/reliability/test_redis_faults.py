@@ -111,19 +111,6 @@ def test_redis_frozen_mid_cycle(measure, own_redis: RedisServer, tmp_path: Path)
 
 
 @pytest.mark.scenario("05")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the wind-down ignores the cycle deadline. runner/cycle.py `run_cycle` runs "
-    "`heartbeat.stop(within=socket_timeout + 1)`, `publisher.close()` and `_record()` after the "
-    "analysis, each Redis call with the full `redis.socket_timeout_seconds` (connection.py) "
-    "instead of what remains of the deadline, so a Redis that freezes near the deadline keeps "
-    "the run alive several socket timeouts past it (here a 3 s cycle with a 0.5 s grace and a 1 s "
-    "socket timeout ends ~5.6 s after taking its locks; with a 6 s deadline, 2 s grace and the "
-    "default 2 s socket timeout, ~9.6 s). Fix: give the wind-down one budget (e.g. max(remaining, "
-    "a small floor) shared by publish, record and heartbeat stop) and pass it as the per-call "
-    "timeout (asyncio.timeout around each step), as DESIGN.md asks: each Redis call gets at most "
-    "what remains.",
-)
 def test_redis_frozen_just_before_the_deadline(measure, own_redis: RedisServer, tmp_path: Path):
     """A 3 s cycle (grace 0.5 s, socket timeout 1 s) whose Redis freezes 0.7 s before the
     deadline, while the analyses are about to finish: the wind-down (publish, record, release)
@@ -482,8 +469,8 @@ PUBLISH_NOT_ATOMIC = (
 @pytest.mark.parametrize(
     "key",
     [
-        pytest.param("signals:latest", marks=pytest.mark.xfail(strict=True, reason=PUBLISH_NOT_ATOMIC)),
-        pytest.param("signals:raw", marks=pytest.mark.xfail(strict=True, reason=PUBLISH_NOT_ATOMIC)),
+        "signals:latest",
+        "signals:raw",
     ],
 )
 def test_published_keys_of_the_wrong_type(key, measure, real_redis, redis_server, tmp_path: Path):
