@@ -274,14 +274,30 @@ asyncio.run(main())
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss, subprocess.CompletedProcess(cmd, code, out, err)
+    """Wall time, the child's own peak RSS (KB, VmHWM) and its output."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _vmhwm(proc.pid))
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        return wall, peak, subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
+def _vmhwm(pid: int) -> int:
+    # wait4's ru_maxrss is useless here: a child inherits the high-water mark of this process.
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def runner_env(server: Server, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -3,8 +3,8 @@
 Each remote analyzer call first reserves a slot: the script returns how long to wait for it, or
 refuses when the slot lies beyond what the caller can wait (the cycle deadline), in which case
 no slot is taken and the symbol is reported ``rate_limited``. With the default burst of 1 the
-calls are spaced ``60 / requests_per_minute`` seconds apart, so no 60-second window ever holds
-more than ``requests_per_minute`` calls. A 429's ``Retry-After`` pauses every process sharing
+calls are spaced a little more than ``60 / requests_per_minute`` seconds apart, so no 60-second
+window ever holds more than ``requests_per_minute`` calls, even when a call starts a little late. A 429's ``Retry-After`` pauses every process sharing
 the limit until it has passed.
 """
 
@@ -45,11 +45,18 @@ return 1
 """
 
 
+#: Seconds a call may start after its slot without breaking the per-minute bound.
+JITTER_TOLERANCE = 0.25
+
+
 class RateLimiter:
     """Shared slots for remote analyzer calls."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, requests_per_minute: int, burst: int = 1) -> None:
-        self.interval = 60.0 / requests_per_minute
+        # Slots are spaced so that rpm + 1 of them span a minute plus JITTER_TOLERANCE: a call
+        # that starts a little after its slot (event-loop delay) cannot squeeze one call too
+        # many into a 60-second window.
+        self.interval = 60.0 / requests_per_minute + JITTER_TOLERANCE / max(requests_per_minute - 1, 1)
         self.tolerance = (max(burst, 1) - 1) * self.interval
         self.keys = [keys._k("runner:ratelimit:tat"), keys._k("runner:ratelimit:pause")]
         self._reserve = client.register_script(RESERVE_SCRIPT)

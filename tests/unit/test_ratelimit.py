@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from runner.analyzers.base import AnalysisRequest
 from runner.analyzers.fake import FakeAnalyzer, hold
 from runner.clock import SystemClock
@@ -14,26 +16,30 @@ from runner.cycle import Deps, run_cycle
 from runner.keys import Keys
 from runner.market.synthetic import SyntheticSource
 from runner.models import Analysis, SymbolStatus
-from runner.ratelimit import RateLimiter
+from runner.ratelimit import JITTER_TOLERANCE, RateLimiter
 from runner.shards import Shard
 
 
 async def test_slots_are_spaced_by_the_emission_interval(fake_redis: Any) -> None:
     limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=60)
+    step = 1.0 + JITTER_TOLERANCE / 59  # a minute's share, plus a margin for late starts
     waits = [(await limiter.reserve(now=1000.0, max_wait=30))[1] for _ in range(4)]
-    assert waits == [0.0, 1.0, 2.0, 3.0]
+    assert waits == pytest.approx([0.0, step, 2 * step, 3 * step])
     # Time passing frees slots: at t=1010 the backlog is gone.
     assert await limiter.reserve(now=1010.0, max_wait=30) == (True, 0.0)
 
 
 async def test_a_slot_beyond_the_longest_wait_is_refused_and_not_taken(fake_redis: Any) -> None:
-    limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=6)  # one per 10 s
+    limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=6)  # one per 10 s (and a margin)
+    step = 10.0 + JITTER_TOLERANCE / 5
     assert (await limiter.reserve(now=0.0, max_wait=5))[0] is True
     granted, wait = await limiter.reserve(now=0.0, max_wait=5)
     assert granted is False
-    assert wait == 10.0
-    # The refused reservation took nothing: the next caller still gets the 10 s slot.
-    assert await limiter.reserve(now=0.0, max_wait=20) == (True, 10.0)
+    assert wait == pytest.approx(step)
+    # The refused reservation took nothing: the next caller still gets that slot.
+    granted, wait = await limiter.reserve(now=0.0, max_wait=20)
+    assert granted is True
+    assert wait == pytest.approx(step)
 
 
 async def test_any_window_of_a_minute_holds_at_most_the_limit(fake_redis: Any) -> None:
@@ -45,6 +51,8 @@ async def test_any_window_of_a_minute_holds_at_most_the_limit(fake_redis: Any) -
         starts.append(wait)
     for s in starts:
         assert sum(1 for t in starts if s <= t < s + 60) <= 100
+        # Even when the first call of a window starts up to JITTER_TOLERANCE late.
+        assert sum(1 for t in starts if s + JITTER_TOLERANCE <= t < s + JITTER_TOLERANCE + 60) <= 100
 
 
 async def test_a_retry_after_pauses_everyone_sharing_the_limit(fake_redis: Any) -> None:
