@@ -4,8 +4,8 @@ Each remote analyzer call first reserves a slot: the script returns how long to 
 refuses when the slot lies beyond what the caller can wait (the cycle deadline), in which case
 no slot is taken and the symbol is reported ``rate_limited``. With the default burst of 1 the
 calls are spaced a little more than ``60 / requests_per_minute`` seconds apart, so no 60-second
-window ever holds more than ``requests_per_minute`` calls, even when a call starts a little late. A 429's ``Retry-After`` pauses every process sharing
-the limit until it has passed.
+window ever holds more than ``requests_per_minute`` calls, even when a call starts a little
+late. A 429's ``Retry-After`` pauses every process sharing the limit until it has passed.
 """
 
 from __future__ import annotations
