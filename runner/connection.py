@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from runner import embedded
 from runner.config import Settings, in_kubernetes, redact_url
-from runner.errors import ConfigError, RedisUnavailable
+from runner.errors import ConfigError, RedisUnavailable, one_line
 
 
 @dataclass
@@ -71,12 +71,6 @@ async def open_redis(settings: Settings) -> RedisHandle:
     return RedisHandle(client, f"embedded Redis ({directory / embedded.DB_NAME})", embedded=directory)
 
 
-def describe_redis_error(exc: BaseException) -> str:
-    """A one-line reason for a Redis failure."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
-
-
 @contextlib.asynccontextmanager
 async def redis_errors(what: str) -> AsyncIterator[None]:
     """Turn any Redis or socket failure inside the block into ``RedisUnavailable``."""
@@ -85,6 +79,6 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     except RedisUnavailable:
         raise
     except ResponseError as exc:
-        raise RedisUnavailable(f"Redis refused {what}: {describe_redis_error(exc)}") from None
+        raise RedisUnavailable(f"Redis refused {what}: {one_line(exc)}") from None
     except (RedisError, OSError, TimeoutError) as exc:
-        raise RedisUnavailable(f"Redis unavailable during {what}: {describe_redis_error(exc)}") from None
+        raise RedisUnavailable(f"Redis unavailable during {what}: {one_line(exc)}") from None

@@ -39,6 +39,7 @@ from runner.errors import (
     RateLimited,
     RedisUnavailable,
     TransientError,
+    one_line,
 )
 from runner.guards import Decision, decide
 from runner.keys import Keys
@@ -870,17 +871,12 @@ async def _push_metrics(
                 timeout + 0.5,
             )
         except Exception as exc:  # the gateway is optional: never fail a cycle over it
-            _warn(outcome, f"metrics push to {redact_url(url)} failed: {_short(exc)}")
+            _warn(outcome, f"metrics push to {redact_url(url)} failed: {one_line(exc)}")
 
 
 def _warn(outcome: Outcome, message: str) -> None:
     log.warning("%s", message)
     outcome.warnings.append(message)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
 
 
 def _fields(state: BreakerState) -> dict[str, str]:

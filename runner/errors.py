@@ -22,6 +22,12 @@ from __future__ import annotations
 from enum import IntEnum
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when it has none), shortened."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class ExitCode(IntEnum):
     """Process exit codes, as the design contract defines them."""
 

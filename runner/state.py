@@ -377,7 +377,7 @@ class StateStore:
             counters=counters,
             breaker=current,
             breaker_saved=bool(data.get("breaker_saved")),
-            last_success=_float_or_none(data.get("last_success")),
+            last_success=as_float(data.get("last_success")),
             warnings=[str(w) for w in data.get("warnings") or []],
         )
 
@@ -437,7 +437,8 @@ class StateStore:
         return state
 
 
-def _float_or_none(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """A float from a Redis or Lua reply, None for nil, garbage or booleans."""
     if value is None or isinstance(value, bool):  # Lua's nil arrives as false
         return None
     try:

@@ -15,6 +15,7 @@ from runner.breaker import BreakerState
 from runner.config import Settings
 from runner.connection import redis_errors
 from runner.keys import Keys
+from runner.state import as_float
 
 
 def _json(raw: Any) -> Any:
@@ -123,7 +124,7 @@ async def read_status(
     instances: list[dict[str, Any]] = []
     for key in hb_keys:
         fields, ttl = as_dict(next(it)), next(it)
-        live = {c: e for c, e in ((c, _float(e)) for c, e in fields.items()) if e is not None and e >= ts}
+        live = {c: e for c, e in ((c, as_float(e)) for c, e in fields.items()) if e is not None and e >= ts}
         instances.append(
             {
                 "instance_id": key[len(keys.heartbeat_prefix) :],
@@ -170,7 +171,7 @@ async def read_status(
             "on": kill.get("on") == "1",
             "reason": kill.get("reason"),
             "by": kill.get("by"),
-            "at": _float(kill.get("at")),
+            "at": as_float(kill.get("at")),
         },
         "cooldown": cooldown,
         "adaptive": {
@@ -189,18 +190,11 @@ async def read_status(
         "latest": latest,
         "stream_length": stream_len if isinstance(stream_len, int) else 0,
         "spend": {
-            "usd": _float(spend.get("usd")) or 0.0,
-            "calls": int(_float(spend.get("calls")) or 0),
+            "usd": as_float(spend.get("usd")) or 0.0,
+            "calls": int(as_float(spend.get("calls")) or 0),
             "budget_usd": settings.analyzer.daily_budget_usd,
         },
     }
-
-
-def _float(x: Any) -> float | None:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, list[str]]:
