@@ -6,6 +6,7 @@ A missing server binary fails the test run; it is never a silent skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -149,6 +150,36 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         [sys.executable, "-m", "runner", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, stdin=subprocess.DEVNULL,
     )
+
+
+def embedded_client(state_dir: Path) -> redis.Redis:
+    """A client of the embedded Redis kept in ``state_dir`` (its unix socket)."""
+    sock = str(state_dir / "redis.sock")
+    return redis.Redis(unix_socket_path=sock, decode_responses=True, socket_timeout=2)
+
+
+def embedded_running(state_dir: Path) -> bool:
+    """Whether an embedded redis-server answers in ``state_dir``."""
+    if not (state_dir / "redis.sock").exists():
+        return False
+    client = embedded_client(state_dir)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def embedded_dir(tmp_path: Path) -> Iterator[Path]:
+    """A state directory for the embedded Redis; a server left running after the test fails it."""
+    directory = tmp_path / "state"
+    yield directory
+    if embedded_running(directory):
+        with contextlib.suppress(redis.RedisError, OSError):
+            embedded_client(directory).shutdown(nosave=True)
+        pytest.fail("an embedded redis-server was left running after the runs")
 
 
 SCRIPTED = {"RUNNER_ANALYZER__BACKEND": "plugin", "RUNNER_ANALYZER__PLUGIN": "tests.support.scripted:make"}

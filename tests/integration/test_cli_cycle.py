@@ -6,7 +6,6 @@ CronJob sees, and what is left in Redis afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -15,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import free_port, run_cli, start_cli
+from tests.conftest import embedded_running, free_port, run_cli, start_cli
 from tests.integration.helpers import (
     assert_one_error_line,
     env_for,
@@ -353,36 +351,6 @@ def test_version(tmp_path):
 # --- the embedded default -----------------------------------------------------------------------
 
 
-def _embedded_client(state_dir: Path) -> redis.Redis:
-    sock = str(state_dir / "redis.sock")
-    return redis.Redis(unix_socket_path=sock, decode_responses=True, socket_timeout=2)
-
-
-def _embedded_running(state_dir: Path) -> bool:
-    sock = state_dir / "redis.sock"
-    if not sock.exists():
-        return False
-    client = _embedded_client(state_dir)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def embedded_dir(tmp_path):
-    """A state directory for the embedded Redis, whose server is stopped after the test."""
-    directory = tmp_path / "state"
-    yield directory
-    if _embedded_running(directory):
-        client = _embedded_client(directory)
-        with contextlib.suppress(redis.RedisError, OSError):
-            client.shutdown(nosave=True)
-        pytest.fail("an embedded redis-server was left running after the runs")
-
-
 def test_embedded_redis_keeps_state_between_runs(embedded_dir):
     env = env_for(None, embedded_dir)
     symbols = ["--symbols", "ETH/USD,BTC/USD"]
@@ -391,7 +359,7 @@ def test_embedded_redis_keeps_state_between_runs(embedded_dir):
     assert first.code == 0, first.stderr
     assert "embedded Redis" in first.stderr
     assert len(first.json()["signals"]) == 2
-    assert not _embedded_running(embedded_dir), "the last run out stops the embedded server"
+    assert not embedded_running(embedded_dir), "the last run out stops the embedded server"
     assert (embedded_dir / "runner.rdb").exists()
 
     second = run_cli(["cycle", "--json", *symbols], env)
@@ -405,7 +373,7 @@ def test_embedded_redis_keeps_state_between_runs(embedded_dir):
     assert st["stream_length"] == 2
     assert set(st["latest"]) == {"ETH/USD", "BTC/USD"}
     assert (embedded_dir / "runner.rdb").exists()
-    assert not _embedded_running(embedded_dir)
+    assert not embedded_running(embedded_dir)
 
 
 def test_two_concurrent_embedded_runs_share_one_server(embedded_dir):
@@ -430,7 +398,7 @@ def test_two_concurrent_embedded_runs_share_one_server(embedded_dir):
     published = [s for d in docs for s in d["signals"]]
     assert sorted(s["id"] for s in published) == sorted({s["id"] for s in published})
     assert len(published) == 3
-    assert not _embedded_running(embedded_dir)
+    assert not embedded_running(embedded_dir)
 
 
 def test_embedded_status_alone_starts_and_stops_the_server(embedded_dir):
@@ -440,7 +408,7 @@ def test_embedded_status_alone_starts_and_stops_the_server(embedded_dir):
 
     assert res.code == 0, res.stderr
     assert res.json()["last_cycle"] is None
-    assert not _embedded_running(embedded_dir)
+    assert not embedded_running(embedded_dir)
 
 
 def test_python_dash_m_and_console_script_agree(tmp_path):

@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import start_redis
+from tests.conftest import embedded_running, start_redis
 from tests.integration.helpers import scheduled_now
 from tests.reliability.support import bad_lines, reap_all, run, runner_env, spawn, stop_server
 
 
-def _client(state_dir: Path) -> redis.Redis:
-    return redis.Redis(
-        unix_socket_path=str(state_dir / "redis.sock"), decode_responses=True, socket_timeout=2
-    )
-
-
-def _running(state_dir: Path) -> bool:
-    if not (state_dir / "redis.sock").exists():
-        return False
-    client = _client(state_dir)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    """The embedded Redis's state directory; a server left running fails the test."""
-    directory = tmp_path / "state"
-    yield directory
-    if _running(directory):
-        client = _client(directory)
-        with contextlib.suppress(redis.RedisError, OSError):
-            client.shutdown(nosave=True)
-        pytest.fail("an embedded redis-server was left running")
-
-
 @pytest.mark.scenario("17")
-def test_concurrent_embedded_runs_do_not_corrupt_state(measure, state_dir: Path, tmp_path: Path):
+def test_concurrent_embedded_runs_do_not_corrupt_state(measure, embedded_dir: Path, tmp_path: Path):
     """Three rounds of three runs started at once on the embedded Redis (no REDIS_URL,
     RUNNER_STATE_DIR), as shards 0/1, 0/2 and 1/2 so that they really overlap, one scheduled
     minute per round. Every run exits 0 or 1 without a traceback; afterwards (the last run out has
@@ -55,7 +22,7 @@ def test_concurrent_embedded_runs_do_not_corrupt_state(measure, state_dir: Path,
     all nine cycles in the history, one stream entry per (symbol, minute) and no id twice, the
     latest signal of every symbol."""
     symbols = ["ETH/USD", "BTC/USD", "SOL/USD"]
-    env = runner_env(None, state_dir, SCRIPTED_DELAY="0.3", RUNNER_SYMBOLS=json.dumps(symbols))
+    env = runner_env(None, embedded_dir, SCRIPTED_DELAY="0.3", RUNNER_SYMBOLS=json.dumps(symbols))
     codes: list[int] = []
     took: list[float] = []
     for r in range(3):
@@ -74,15 +41,15 @@ def test_concurrent_embedded_runs_do_not_corrupt_state(measure, state_dir: Path,
             assert p.code in (0, 1), (p.code, p.stderr)
             codes.append(p.code)
             took.append(round(p.elapsed, 2))
-    assert not _running(state_dir), "the last run out stops the embedded server"
-    assert (state_dir / "runner.rdb").exists()
+    assert not embedded_running(embedded_dir), "the last run out stops the embedded server"
+    assert (embedded_dir / "runner.rdb").exists()
     status = run(["status", "--json"], env, tmp_path / "runs")
     assert status.code == 0, status.stderr
     st = status.json()
     # Read the saved file itself with a redis-server of our own (on a copy).
     copy = tmp_path / "rdb-copy"
     copy.mkdir()
-    shutil.copy(state_dir / "runner.rdb", copy / "runner.rdb")
+    shutil.copy(embedded_dir / "runner.rdb", copy / "runner.rdb")
     server = start_redis(copy, None, "--dbfilename", "runner.rdb")
     try:
         client = server.client()
@@ -97,11 +64,11 @@ def test_concurrent_embedded_runs_do_not_corrupt_state(measure, state_dir: Path,
         history=len(st["history"]),
         stream_length=st["stream_length"],
         latest=sorted(st["latest"]),
-        rdb_bytes=(state_dir / "runner.rdb").stat().st_size,
+        rdb_bytes=(embedded_dir / "runner.rdb").stat().st_size,
         duplicate_ids=len(ids) - len(set(ids)),
     )
     assert len(st["history"]) == 9
     assert st["stream_length"] == 3 * len(symbols)
     assert sorted(st["latest"]) == sorted(symbols)
     assert len(ids) == len(set(ids)) == 9
-    assert not _running(state_dir)
+    assert not embedded_running(embedded_dir)
