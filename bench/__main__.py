@@ -334,6 +334,7 @@ def runner_env(server: Server, extra: dict[str, str] | None = None) -> dict[str,
 
 
 CYCLE_IMPORTS = "import runner.cli, runner.connection, runner.cycle"
+STACK = ("redis.asyncio", "pydantic_settings", "typer")
 
 
 def compile_bytecode() -> None:
@@ -354,6 +355,8 @@ def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
         "minimal_async": [sys.executable, "-c", MINIMAL_ASYNC],
         "floor": [sys.executable, "-c", STACK_FLOOR, "--symbols", ",".join(names)],
         "interpreter": [sys.executable, "-c", "pass"],
+        # What each library of the floor costs to import on its own.
+        **{f"import_{lib}": [sys.executable, "-c", f"import {lib}"] for lib in STACK},
         # What turning the collector off while modules load saves (the entry point does it).
         "load_collecting": [sys.executable, "-c", CYCLE_IMPORTS],
         "load_not_collecting": [sys.executable, "-c", "import gc; gc.disable(); " + CYCLE_IMPORTS],
@@ -391,6 +394,7 @@ def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
         "ratio_async": median["runner"] / median["minimal_async"],
         "floor_ratio": median["floor"] / median["minimal"],
         "ratio_floor": median["runner"] / median["floor"],
+        "stack_import_ms": {lib: (median[f"import_{lib}"] - median["interpreter"]) * 1000 for lib in STACK},
         "collector_saves_ms": (median["load_collecting"] - median["load_not_collecting"]) * 1000,
         "imports_ms": statistics.median(import_ms(env) for _ in range(3)),
         "cycle_ms": statistics.median(cycle_ms),
@@ -531,7 +535,9 @@ def startup_paragraph(o: dict[str, Any]) -> str:
         f"{o['runner_s'] * 1000:.0f} ms; most of the rest is the interpreter ({o['interpreter_s'] * 1000:.0f} ms) and imports "
         f"({o['imports_ms']:.0f} ms). The floor script, which does the same Redis work with typer, "
         f"pydantic-settings and redis.asyncio and nothing else, takes {o['floor_ratio']:.2f}x the minimal "
-        "redis-py script. "
+        "redis-py script: imported alone, "
+        + ", ".join(f"{lib} takes {ms:.0f} ms" for lib, ms in o["stack_import_ms"].items())
+        + " beyond the interpreter's start. "
     )
     if o["floor_ratio"] > 1.3:
         return text + (
