@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -25,6 +25,12 @@ from typer._click import exceptions as click_exc
 from runner import __version__
 from runner.config import Settings, load_settings, parse_symbols, public_view
 from runner.errors import ConfigError, DependencyError, ExitCode, RunnerError
+
+if TYPE_CHECKING:
+    # Annotations only: the modules behind them load when a command needs them.
+    from runner.models import Outcome, SymbolResult
+    from runner.shards import Shard
+    from runner.state import StateStore
 
 T = TypeVar("T")
 
@@ -61,7 +67,7 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
         fail(str(exc), ExitCode.USAGE)
 
 
-def shard_or_exit(flag: str | None, settings: Settings) -> Any:
+def shard_or_exit(flag: str | None, settings: Settings) -> Shard:
     """``--shard``, else the Indexed Job's index of ``RUNNER_SHARDS``; exit 2 when unusable."""
     from runner.shards import from_environment
 
@@ -173,11 +179,11 @@ def cycle(
 async def _cycle(
     settings: Settings,
     symbols: list[str] | None,
-    shard: Any,
+    shard: Shard,
     dry_run: bool,
     machine: bool,
     metrics_file: Path | None = None,
-) -> Any:
+) -> Outcome:
     from runner.clock import SystemClock
     from runner.connection import open_redis
     from runner.cycle import Control, Deps, run_cycle
@@ -209,7 +215,7 @@ async def _cycle(
         )
         task = bar.add_task("", total=None)
 
-        def progress_cb(event: str, symbol: str, result: Any) -> None:
+        def progress_cb(event: str, symbol: str, result: SymbolResult | None) -> None:
             if event == "plan":
                 bar.update(task, total=int(symbol))
             elif event == "done":
@@ -305,7 +311,7 @@ async def _status(settings: Settings) -> tuple[dict[str, Any], int, list[str]]:
     return doc, code, problems
 
 
-async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+async def _with_store(settings: Settings, action: Callable[[StateStore], Awaitable[T]]) -> T:
     from runner.connection import open_redis
     from runner.cycle import keys_for
     from runner.state import StateStore
