@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from runner import adaptive, breaker, metrics
 from runner.breaker import BreakerState, Event
 from runner.config import Settings, redact_url
 from runner.errors import RedisUnavailable, one_line
-from runner.guards import Decision
+from runner.guards import Decision, Snapshot
 from runner.keys import Keys
 from runner.locks import LockResult, Owner
 from runner.metrics import Increments, series
@@ -30,25 +31,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def record_outcome(
-    store: StateStore,
+@dataclass
+class RecordPlan:
+    """What recording a cycle writes (the record script's payload) and what it concluded."""
+
+    payload: dict[str, Any]
+    #: The locks the run still owns, released by the script.
+    lock_keys: list[str]
+    #: The cycle's start, in seconds since the epoch: the time stamped on what is written.
+    now: float
+    #: This run's breaker events, with a failure added when the model answered garbage throughout.
+    breaker_events: list[tuple[Event, float]] = field(default_factory=list)
+    #: The overruns just started a backpressure cooldown.
+    cooling: bool = False
+
+
+def plan_record(
     settings: Settings,
-    keys: Keys,
     owner: Owner,
     outcome: Outcome,
     run: RunState | None,
     lease: LockResult | None,
-    snap: Any,
+    snap: Snapshot,
     want_counters: bool = False,
-    budget: float | None = None,
-) -> RecordResult | None:
-    """Write the outcome and release what the run holds; a failure here is a warning."""
+) -> RecordPlan:
+    """Everything the record script writes for this outcome (pure)."""
     now = datetime.fromisoformat(outcome.started_at.replace("Z", "+00:00")).timestamp()
     inc = Increments()
     updates: list[dict[str, Any]] = []
     latency: list[str] = []
     backpressure_fields: dict[str, str] | None = None
     breaker_payload: dict[str, Any] | None = None
+    plan = RecordPlan(payload={}, lock_keys=[], now=now)
     if outcome.status is CycleStatus.SKIPPED and outcome.skip_reason:
         inc.inc("cycles_skipped_total", {"reason": outcome.skip_reason})
         if outcome.skip_reason == "breaker_open":
@@ -87,12 +101,11 @@ async def record_outcome(
     if outcome.status is not CycleStatus.SKIPPED:
         inc.inc("cycles_total", {"status": outcome.status.value})
         inc.observe("cycle_duration_seconds", outcome.duration_ms / 1000)
-    lock_keys: list[str] = []
     lock_values: list[str] = []
     if run is not None:
         for sym, lr in run.locks.items():
             if lr.owned:
-                lock_keys.append(lr.key)
+                plan.lock_keys.append(lr.key)
                 lock_values.append(lr.value)
                 if lr.status == "taken_over":
                     inc.inc("stale_locks_recovered_total", {"symbol": sym, "reason": lr.reason})
@@ -102,26 +115,20 @@ async def record_outcome(
         overran = any(r.reason == "deadline" for r in outcome.results) or (
             outcome.duration_ms / 1000 > settings.timeouts.total_timeout_seconds
         )
-        bp, cooling = adaptive.after_cycle(snap.backpressure, overran, settings.adaptive)
-        if cooling:
+        bp, plan.cooling = adaptive.after_cycle(snap.backpressure, overran, settings.adaptive)
+        if plan.cooling:
             inc.inc("backpressure_cooldowns_total")
-            log.warning(
-                "backpressure: %d overrun cycles in a row; skipping the next %d",
-                settings.adaptive.backpressure_max_overruns,
-                settings.adaptive.cooldown_cycles,
-            )
         if lease is not None:
             backpressure_fields = bp.to_fields()
-        events = list(run.events)
+        plan.breaker_events = list(run.events)
         if model_broken:
-            events.append((Event.FAILURE, now))
-        if events:
-            new = breaker.replay(run.breaker_base, events, settings.circuit_breaker.llm_service)
+            plan.breaker_events.append((Event.FAILURE, now))
+        if plan.breaker_events:
+            new = breaker.replay(run.breaker_base, plan.breaker_events, settings.circuit_breaker.llm_service)
             breaker_payload = {"expected": run.breaker_base.version, "fields": _fields(new)}
-            run.events = events
         if run.rejected:
             inc.inc("circuit_breaker_rejected_total", {"breaker": "llm_service"}, run.rejected)
-    payload = {
+    plan.payload = {
         "summary": _summary_json(outcome),
         "last": outcome.model_dump_json(exclude={"stats"}),
         "symbols": updates,
@@ -139,13 +146,38 @@ async def record_outcome(
         "spend": {"usd": run.spent_usd if run else 0.0, "calls": run.remote_calls if run else 0},
         "want_counters": want_counters,
     }
+    return plan
+
+
+async def record_outcome(
+    store: StateStore,
+    settings: Settings,
+    keys: Keys,
+    owner: Owner,
+    outcome: Outcome,
+    run: RunState | None,
+    lease: LockResult | None,
+    snap: Snapshot,
+    want_counters: bool = False,
+    budget: float | None = None,
+) -> RecordResult | None:
+    """Write the outcome and release what the run holds; a failure here is a warning."""
+    plan = plan_record(settings, owner, outcome, run, lease, snap, want_counters)
+    if plan.cooling:
+        log.warning(
+            "backpressure: %d overrun cycles in a row; skipping the next %d",
+            settings.adaptive.backpressure_max_overruns,
+            settings.adaptive.cooldown_cycles,
+        )
+    if run is not None:
+        run.events = plan.breaker_events
     try:
         async with asyncio.timeout(budget):
             result = await store.record(
-                payload,
-                lock_keys=lock_keys,
+                plan.payload,
+                lock_keys=plan.lock_keys,
                 heartbeat_key=keys.heartbeat(owner.instance_id),
-                spend_key=store.spend_key(datetime.fromtimestamp(now, UTC)),
+                spend_key=store.spend_key(datetime.fromtimestamp(plan.now, UTC)),
             )
             for w in result.warnings:
                 log.warning("%s", w)
@@ -156,7 +188,7 @@ async def record_outcome(
                 )
                 log.warning("%s", msg)
                 outcome.warnings.append(msg)
-            if run is not None and breaker_payload is not None and not result.breaker_saved:
+            if run is not None and plan.payload["breaker"] is not None and not result.breaker_saved:
                 result.breaker = await _save_breaker_retry(store, settings, run, result.breaker)
     except (RedisUnavailable, TimeoutError) as exc:
         reason = str(exc) or "Redis did not answer before the cycle ran out of time"
