@@ -104,12 +104,20 @@ def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-async def fake_redis() -> Any:
-    """An async fakeredis client with Lua (lupa)."""
-    import fakeredis
+@pytest.fixture(params=["fakeredis", "redis-server"])
+async def any_redis(request: pytest.FixtureRequest) -> Any:
+    """An async client of fakeredis (with Lua), then of the real server, flushed: what the Lua
+    scripts do must not depend on which one runs them."""
+    if request.param == "fakeredis":
+        import fakeredis
 
-    client = fakeredis.FakeAsyncRedis(decode_responses=True)
+        client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    else:
+        import redis.asyncio as aioredis
+
+        server = request.getfixturevalue("redis_server")
+        client = aioredis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+        await client.flushall()
     yield client
     await client.aclose()
 

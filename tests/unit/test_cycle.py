@@ -1,4 +1,5 @@
-"""One cycle end to end against fakeredis, with a scripted analyzer and the synthetic feed."""
+"""One cycle end to end against fakeredis and a real redis-server, with a scripted analyzer and the
+synthetic feed."""
 
 from __future__ import annotations
 
@@ -99,8 +100,8 @@ async def hold_lock(redis: Any, symbol: str, *, alive: bool, age: float = 5.0) -
 # Outcomes ------------------------------------------------------------------------------------------
 
 
-async def test_all_symbols_ok_completes_and_publishes(fake_redis: Any) -> None:
-    outcome = await cycle(fake_redis)
+async def test_all_symbols_ok_completes_and_publishes(any_redis: Any) -> None:
+    outcome = await cycle(any_redis)
 
     assert outcome.status is CycleStatus.COMPLETED
     assert outcome.exit_code == 0
@@ -108,24 +109,24 @@ async def test_all_symbols_ok_completes_and_publishes(fake_redis: Any) -> None:
     assert [r.status for r in outcome.results] == [SymbolStatus.OK] * 3
     assert all(r.attempts == 1 for r in outcome.results)
     assert sorted(s.symbol for s in outcome.signals) == sorted(SYMBOLS)
-    assert sorted(await stream_symbols(fake_redis)) == sorted(SYMBOLS)
-    latest = await fake_redis.hgetall(KEYS.latest)
+    assert sorted(await stream_symbols(any_redis)) == sorted(SYMBOLS)
+    latest = await any_redis.hgetall(KEYS.latest)
     assert set(latest) == set(SYMBOLS)
     doc = json.loads(latest["ETH/USD"])
     assert doc["action"] == "BUY"
     assert doc["cycle_id"] == outcome.cycle_id
     assert doc["instance_id"] == "unit-runner"
     assert doc["fencing_token"] > 0
-    assert [k async for k in fake_redis.scan_iter(KEYS.lock_pattern)] == []  # every lock released
-    assert await fake_redis.exists(KEYS.lease("0-1")) == 0
+    assert [k async for k in any_redis.scan_iter(KEYS.lock_pattern)] == []  # every lock released
+    assert await any_redis.exists(KEYS.lease("0-1")) == 0
 
 
-async def test_the_cycle_is_recorded_in_history_and_stats(fake_redis: Any) -> None:
-    outcome = await cycle(fake_redis)
+async def test_the_cycle_is_recorded_in_history_and_stats(any_redis: Any) -> None:
+    outcome = await cycle(any_redis)
 
-    history = [json.loads(x) for x in await fake_redis.lrange(KEYS.history, 0, -1)]
-    stats = json.loads(await fake_redis.hget(KEYS.stats, "ETH/USD"))
-    counters = await fake_redis.hgetall(KEYS.counters("0-1"))
+    history = [json.loads(x) for x in await any_redis.lrange(KEYS.history, 0, -1)]
+    stats = json.loads(await any_redis.hget(KEYS.stats, "ETH/USD"))
+    counters = await any_redis.hgetall(KEYS.counters("0-1"))
 
     assert len(history) == 1
     assert history[0]["cycle_id"] == outcome.cycle_id
@@ -133,11 +134,11 @@ async def test_the_cycle_is_recorded_in_history_and_stats(fake_redis: Any) -> No
     assert history[0]["signals"] == 3
     assert (stats["runs"], stats["successes"], stats["last_action"]) == (1, 1, "BUY")
     assert float(counters['signal_generation_total{action="BUY",symbol="ETH/USD"}']) == 1
-    assert len(await fake_redis.lrange(KEYS.latency, 0, -1)) == 3
+    assert len(await any_redis.lrange(KEYS.latency, 0, -1)) == 3
 
 
-async def test_some_symbols_failing_is_partial(fake_redis: Any) -> None:
-    outcome = await cycle(fake_redis, answers({"BTC/USD": lambda: PermanentError("400 bad request")}))
+async def test_some_symbols_failing_is_partial(any_redis: Any) -> None:
+    outcome = await cycle(any_redis, answers({"BTC/USD": lambda: PermanentError("400 bad request")}))
 
     results = by_symbol(outcome)
     assert outcome.status is CycleStatus.PARTIAL
@@ -145,28 +146,28 @@ async def test_some_symbols_failing_is_partial(fake_redis: Any) -> None:
     assert results["BTC/USD"].status is SymbolStatus.FAILED
     assert results["BTC/USD"].reason.startswith("permanent")
     assert results["ETH/USD"].status is SymbolStatus.OK
-    assert sorted(await stream_symbols(fake_redis)) == ["ETH/USD", "SOL/USD"]
+    assert sorted(await stream_symbols(any_redis)) == ["ETH/USD", "SOL/USD"]
 
 
-async def test_every_symbol_failing_is_failed(fake_redis: Any) -> None:
+async def test_every_symbol_failing_is_failed(any_redis: Any) -> None:
     failures: Failures = {s: (lambda: PermanentError("400 bad request")) for s in SYMBOLS}
 
-    outcome = await cycle(fake_redis, answers(failures))
+    outcome = await cycle(any_redis, answers(failures))
 
     assert outcome.status is CycleStatus.FAILED
     assert outcome.exit_code == 3
     assert outcome.signals == []
-    assert await fake_redis.xlen(KEYS.stream) == 0
+    assert await any_redis.xlen(KEYS.stream) == 0
 
 
-async def test_a_symbol_slower_than_its_timeout_times_out(fake_redis: Any) -> None:
+async def test_a_symbol_slower_than_its_timeout_times_out(any_redis: Any) -> None:
     async def slow_btc(request: AnalysisRequest) -> Analysis:
         if request.symbol == "BTC/USD":
             await asyncio.sleep(5)
         return answers()(request)
 
     settings = make_settings(timeouts={"symbol_timeout_seconds": 0.05})
-    outcome = await cycle(fake_redis, slow_btc, settings=settings)
+    outcome = await cycle(any_redis, slow_btc, settings=settings)
 
     results = by_symbol(outcome)
     assert results["BTC/USD"].status is SymbolStatus.TIMEOUT
@@ -177,11 +178,11 @@ async def test_a_symbol_slower_than_its_timeout_times_out(fake_redis: Any) -> No
 # Locks and leases ----------------------------------------------------------------------------------
 
 
-async def test_symbol_locked_by_a_live_owner_is_skipped_for_it(fake_redis: Any) -> None:
-    await hold_lock(fake_redis, "BTC/USD", alive=True)
+async def test_symbol_locked_by_a_live_owner_is_skipped_for_it(any_redis: Any) -> None:
+    await hold_lock(any_redis, "BTC/USD", alive=True)
     analyzer = FakeAnalyzer(answers())
 
-    outcome = await cycle(fake_redis, analyzer=analyzer)
+    outcome = await cycle(any_redis, analyzer=analyzer)
 
     results = by_symbol(outcome)
     assert results["BTC/USD"].status is SymbolStatus.LOCKED
@@ -189,15 +190,15 @@ async def test_symbol_locked_by_a_live_owner_is_skipped_for_it(fake_redis: Any) 
     assert sorted(r.symbol for r in analyzer.requests) == ["ETH/USD", "SOL/USD"]
     assert outcome.status is CycleStatus.PARTIAL
     assert outcome.exit_code == 1
-    assert json.loads(await fake_redis.get(KEYS.lock("BTC/USD")))["instance_id"] == "pod-b"  # untouched
+    assert json.loads(await any_redis.get(KEYS.lock("BTC/USD")))["instance_id"] == "pod-b"  # untouched
 
 
-async def test_every_symbol_locked_by_live_owners_is_a_guarded_skip(fake_redis: Any) -> None:
+async def test_every_symbol_locked_by_live_owners_is_a_guarded_skip(any_redis: Any) -> None:
     for s in SYMBOLS:
-        await hold_lock(fake_redis, s, alive=True)
+        await hold_lock(any_redis, s, alive=True)
     analyzer = FakeAnalyzer(answers())
 
-    outcome = await cycle(fake_redis, analyzer=analyzer)
+    outcome = await cycle(any_redis, analyzer=analyzer)
 
     assert outcome.status is CycleStatus.SKIPPED
     assert outcome.skip_reason == "all_locked"
@@ -206,20 +207,20 @@ async def test_every_symbol_locked_by_live_owners_is_a_guarded_skip(fake_redis: 
     assert analyzer.requests == []
 
 
-async def test_stale_lock_of_a_dead_owner_is_taken_over_and_counted(fake_redis: Any) -> None:
-    await hold_lock(fake_redis, "BTC/USD", alive=False)
+async def test_stale_lock_of_a_dead_owner_is_taken_over_and_counted(any_redis: Any) -> None:
+    await hold_lock(any_redis, "BTC/USD", alive=False)
 
-    outcome = await cycle(fake_redis)
+    outcome = await cycle(any_redis)
 
-    counters = await fake_redis.hgetall(KEYS.counters("0-1"))
+    counters = await any_redis.hgetall(KEYS.counters("0-1"))
     assert by_symbol(outcome)["BTC/USD"].status is SymbolStatus.OK
     assert outcome.exit_code == 0
     assert float(counters['stale_locks_recovered_total{reason="heartbeat",symbol="BTC/USD"}']) == 1
-    assert await fake_redis.exists(KEYS.lock("BTC/USD")) == 0
+    assert await any_redis.exists(KEYS.lock("BTC/USD")) == 0
 
 
-async def test_another_cycle_holding_the_lease_skips_this_one(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_another_cycle_holding_the_lease_skips_this_one(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     await store.begin(
         Owner("pod-b", "cycle-b"),
         datetime.now(UTC),
@@ -231,42 +232,42 @@ async def test_another_cycle_holding_the_lease_skips_this_one(fake_redis: Any) -
     )
     analyzer = FakeAnalyzer(answers())
 
-    outcome = await cycle(fake_redis, analyzer=analyzer)
+    outcome = await cycle(any_redis, analyzer=analyzer)
 
     assert outcome.status is CycleStatus.SKIPPED
     assert outcome.skip_reason == "cycle_running"
     assert outcome.exit_code == 0
     assert analyzer.requests == []
-    assert json.loads(await fake_redis.get(KEYS.lease("0-1")))["instance_id"] == "pod-b"
+    assert json.loads(await any_redis.get(KEYS.lease("0-1")))["instance_id"] == "pod-b"
 
 
 # Guards --------------------------------------------------------------------------------------------
 
 
-async def test_kill_switch_skips_the_cycle(fake_redis: Any) -> None:
-    await StateStore(fake_redis, keys_for(make_settings())).set_kill_switch(
+async def test_kill_switch_skips_the_cycle(any_redis: Any) -> None:
+    await StateStore(any_redis, keys_for(make_settings())).set_kill_switch(
         "incident", "ops", datetime.now(UTC)
     )
     analyzer = FakeAnalyzer(answers())
 
-    outcome = await cycle(fake_redis, analyzer=analyzer)
+    outcome = await cycle(any_redis, analyzer=analyzer)
 
     assert outcome.status is CycleStatus.SKIPPED
     assert outcome.skip_reason == "kill_switch"
     assert "incident" in (outcome.skip_detail or "")
     assert outcome.exit_code == 0
     assert analyzer.requests == []
-    assert await fake_redis.xlen(KEYS.stream) == 0
-    history = [json.loads(x) for x in await fake_redis.lrange(KEYS.history, 0, -1)]
+    assert await any_redis.xlen(KEYS.stream) == 0
+    history = [json.loads(x) for x in await any_redis.lrange(KEYS.history, 0, -1)]
     assert history[0]["skip_reason"] == "kill_switch"
 
 
 # Invalid output --------------------------------------------------------------------------------------
 
 
-async def test_invalid_output_fails_the_symbol_and_is_never_a_hold(fake_redis: Any) -> None:
+async def test_invalid_output_fails_the_symbol_and_is_never_a_hold(any_redis: Any) -> None:
     outcome = await cycle(
-        fake_redis, answers({"ETH/USD": lambda: InvalidOutput("confidence 7 is not in [0, 1]")})
+        any_redis, answers({"ETH/USD": lambda: InvalidOutput("confidence 7 is not in [0, 1]")})
     )
 
     eth = by_symbol(outcome)["ETH/USD"]
@@ -274,39 +275,39 @@ async def test_invalid_output_fails_the_symbol_and_is_never_a_hold(fake_redis: A
     assert eth.reason.startswith("invalid_output")
     assert eth.signal is None
     assert "ETH/USD" not in [s.symbol for s in outcome.signals]
-    assert "ETH/USD" not in await stream_symbols(fake_redis)
-    assert await fake_redis.hget(KEYS.latest, "ETH/USD") is None
+    assert "ETH/USD" not in await stream_symbols(any_redis)
+    assert await any_redis.hget(KEYS.latest, "ETH/USD") is None
     assert outcome.exit_code == 1
 
 
-async def test_an_answer_that_does_not_validate_is_invalid_output(fake_redis: Any) -> None:
+async def test_an_answer_that_does_not_validate_is_invalid_output(any_redis: Any) -> None:
     def wild(request: AnalysisRequest) -> Analysis:
         return Analysis(symbol=request.symbol, action="BUY", confidence=7, reasoning="sure")
 
-    outcome = await cycle(fake_redis, wild, symbols=["ETH/USD"])
+    outcome = await cycle(any_redis, wild, symbols=["ETH/USD"])
 
     eth = by_symbol(outcome)["ETH/USD"]
     assert eth.status is SymbolStatus.FAILED
     assert eth.reason.startswith("invalid_output")
     assert "confidence" in eth.reason
     assert outcome.exit_code == 3
-    assert await fake_redis.xlen(KEYS.stream) == 0
+    assert await any_redis.xlen(KEYS.stream) == 0
 
 
-async def test_an_answer_about_another_symbol_is_invalid_output(fake_redis: Any) -> None:
+async def test_an_answer_about_another_symbol_is_invalid_output(any_redis: Any) -> None:
     def confused(request: AnalysisRequest) -> Analysis:
         return Analysis(symbol="DOGE/USD", action="SELL", confidence=0.9, reasoning="wrong coin")
 
-    outcome = await cycle(fake_redis, confused, symbols=["ETH/USD"])
+    outcome = await cycle(any_redis, confused, symbols=["ETH/USD"])
 
     assert by_symbol(outcome)["ETH/USD"].reason.startswith("invalid_output")
-    assert await fake_redis.xlen(KEYS.stream) == 0
+    assert await any_redis.xlen(KEYS.stream) == 0
 
 
 # Retries and fail-fast ------------------------------------------------------------------------------
 
 
-async def test_transient_error_is_retried_and_then_succeeds(fake_redis: Any) -> None:
+async def test_transient_error_is_retried_and_then_succeeds(any_redis: Any) -> None:
     calls: dict[str, int] = {}
 
     def flaky(request: AnalysisRequest) -> Analysis:
@@ -316,20 +317,20 @@ async def test_transient_error_is_retried_and_then_succeeds(fake_redis: Any) -> 
         return answers()(request)
 
     settings = make_settings(retry={"delay_seconds": 0.001, "max_attempts": 2})
-    outcome = await cycle(fake_redis, flaky, settings=settings, symbols=["ETH/USD"])
+    outcome = await cycle(any_redis, flaky, settings=settings, symbols=["ETH/USD"])
 
     eth = by_symbol(outcome)["ETH/USD"]
     assert eth.status is SymbolStatus.OK
     assert eth.attempts == 2
     assert outcome.exit_code == 0
-    assert await stream_symbols(fake_redis) == ["ETH/USD"]
+    assert await stream_symbols(any_redis) == ["ETH/USD"]
 
 
-async def test_transient_error_on_every_attempt_fails_after_max_attempts(fake_redis: Any) -> None:
+async def test_transient_error_on_every_attempt_fails_after_max_attempts(any_redis: Any) -> None:
     analyzer = FakeAnalyzer(answers({"ETH/USD": lambda: TransientError("503")}))
     settings = make_settings(retry={"delay_seconds": 0.001, "max_attempts": 3})
 
-    outcome = await cycle(fake_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer)
+    outcome = await cycle(any_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer)
 
     eth = by_symbol(outcome)["ETH/USD"]
     assert eth.status is SymbolStatus.FAILED
@@ -338,21 +339,21 @@ async def test_transient_error_on_every_attempt_fails_after_max_attempts(fake_re
     assert len(analyzer.requests) == 3
 
 
-async def test_permanent_error_is_not_retried(fake_redis: Any) -> None:
+async def test_permanent_error_is_not_retried(any_redis: Any) -> None:
     analyzer = FakeAnalyzer(answers({"ETH/USD": lambda: PermanentError("400")}))
     settings = make_settings(retry={"delay_seconds": 0.001, "max_attempts": 3})
 
-    outcome = await cycle(fake_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer)
+    outcome = await cycle(any_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer)
 
     assert by_symbol(outcome)["ETH/USD"].attempts == 1
     assert len(analyzer.requests) == 1
 
 
-async def test_auth_error_stops_starting_further_symbols(fake_redis: Any) -> None:
+async def test_auth_error_stops_starting_further_symbols(any_redis: Any) -> None:
     analyzer = FakeAnalyzer(answers({s: (lambda: AuthError("401 invalid API key")) for s in SYMBOLS}))
     settings = make_settings(parallel={"max_concurrent": 1, "min_concurrent": 1})
 
-    outcome = await cycle(fake_redis, settings=settings, analyzer=analyzer)
+    outcome = await cycle(any_redis, settings=settings, analyzer=analyzer)
 
     results = outcome.results
     assert len(analyzer.requests) == 1
@@ -366,58 +367,58 @@ async def test_auth_error_stops_starting_further_symbols(fake_redis: Any) -> Non
 # Dry run ---------------------------------------------------------------------------------------------
 
 
-async def test_dry_run_analyzes_but_publishes_and_records_nothing(fake_redis: Any) -> None:
-    outcome = await cycle(fake_redis, dry_run=True)
+async def test_dry_run_analyzes_but_publishes_and_records_nothing(any_redis: Any) -> None:
+    outcome = await cycle(any_redis, dry_run=True)
 
     assert outcome.published is False
     assert outcome.status is CycleStatus.COMPLETED
     assert sorted(s.symbol for s in outcome.signals) == sorted(SYMBOLS)
-    assert await fake_redis.xlen(KEYS.stream) == 0
-    assert await fake_redis.hgetall(KEYS.latest) == {}
-    assert await fake_redis.llen(KEYS.history) == 0
-    assert await fake_redis.hgetall(KEYS.stats) == {}
-    assert await fake_redis.exists(KEYS.lease("0-1"), KEYS.heartbeat("unit-runner")) == 0
-    assert [k async for k in fake_redis.scan_iter(KEYS.lock_pattern)] == []
+    assert await any_redis.xlen(KEYS.stream) == 0
+    assert await any_redis.hgetall(KEYS.latest) == {}
+    assert await any_redis.llen(KEYS.history) == 0
+    assert await any_redis.hgetall(KEYS.stats) == {}
+    assert await any_redis.exists(KEYS.lease("0-1"), KEYS.heartbeat("unit-runner")) == 0
+    assert [k async for k in any_redis.scan_iter(KEYS.lock_pattern)] == []
 
 
-async def test_dry_run_failures_cannot_trip_the_breaker_or_pause(fake_redis: Any) -> None:
+async def test_dry_run_failures_cannot_trip_the_breaker_or_pause(any_redis: Any) -> None:
     settings = make_settings(circuit_breaker={"llm_service": {"failure_threshold": 1}})
     for _ in range(3):
         await cycle(
-            fake_redis,
+            any_redis,
             answers({"ETH/USD": lambda: InvalidOutput("bad"), "BTC/USD": lambda: TransientError("503")}),
             settings=settings,
             dry_run=True,
         )
 
-    assert await fake_redis.hgetall(KEYS.breaker("llm_service")) == {}
-    assert await fake_redis.hgetall(KEYS.paused) == {}
+    assert await any_redis.hgetall(KEYS.breaker("llm_service")) == {}
+    assert await any_redis.hgetall(KEYS.paused) == {}
 
 
 # Across cycles: breaker and pause -----------------------------------------------------------------
 
 
-async def test_breaker_opens_after_outage_failures_across_cycles(fake_redis: Any) -> None:
+async def test_breaker_opens_after_outage_failures_across_cycles(any_redis: Any) -> None:
     settings = make_settings(circuit_breaker={"llm_service": {"failure_threshold": 3}})
     analyzer = FakeAnalyzer(answers({"ETH/USD": lambda: TransientError("503 service unavailable")}))
 
     failed = [
-        await cycle(fake_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer) for _ in range(3)
+        await cycle(any_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer) for _ in range(3)
     ]
     calls_before = len(analyzer.requests)
-    skipped = await cycle(fake_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer)
+    skipped = await cycle(any_redis, settings=settings, symbols=["ETH/USD"], analyzer=analyzer)
 
     assert [o.exit_code for o in failed] == [3, 3, 3]
-    breaker = await fake_redis.hgetall(KEYS.breaker("llm_service"))
+    breaker = await any_redis.hgetall(KEYS.breaker("llm_service"))
     assert breaker["state"] == "open"
     assert skipped.status is CycleStatus.SKIPPED
     assert skipped.skip_reason == "breaker_open"
     assert skipped.exit_code == 0
     assert len(analyzer.requests) == calls_before  # nothing was called while open
-    assert await fake_redis.hgetall(KEYS.paused) == {}  # an outage never pauses a symbol
+    assert await any_redis.hgetall(KEYS.paused) == {}  # an outage never pauses a symbol
 
 
-async def test_breaker_recovers_through_half_open_probes(fake_redis: Any) -> None:
+async def test_breaker_recovers_through_half_open_probes(any_redis: Any) -> None:
     clock = FrozenClock(START)
     settings = make_settings(
         circuit_breaker={"llm_service": {"failure_threshold": 2, "success_threshold": 2}}
@@ -426,19 +427,19 @@ async def test_breaker_recovers_through_half_open_probes(fake_redis: Any) -> Non
     healthy = FakeAnalyzer(answers())
 
     for _ in range(2):
-        await cycle(fake_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=broken)
+        await cycle(any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=broken)
         clock.advance(1)
     still_open = await cycle(
-        fake_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
+        any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
     )
     clock.advance(60)
     first_probe = await cycle(
-        fake_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
+        any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
     )
-    state_after_first = (await fake_redis.hgetall(KEYS.breaker("llm_service")))["state"]
+    state_after_first = (await any_redis.hgetall(KEYS.breaker("llm_service")))["state"]
     clock.advance(60)
     second_probe = await cycle(
-        fake_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
+        any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
     )
 
     assert still_open.skip_reason == "breaker_open"
@@ -446,34 +447,34 @@ async def test_breaker_recovers_through_half_open_probes(fake_redis: Any) -> Non
     assert first_probe.stats["probes"] == 1
     assert state_after_first == "half_open"
     assert second_probe.exit_code == 0
-    assert (await fake_redis.hgetall(KEYS.breaker("llm_service")))["state"] == "closed"
+    assert (await any_redis.hgetall(KEYS.breaker("llm_service")))["state"] == "closed"
 
 
-async def test_three_invalid_output_cycles_pause_the_symbol(fake_redis: Any) -> None:
+async def test_three_invalid_output_cycles_pause_the_symbol(any_redis: Any) -> None:
     analyzer = FakeAnalyzer(answers({"ETH/USD": lambda: InvalidOutput("confidence 7 is not in [0, 1]")}))
     symbols = ["ETH/USD", "BTC/USD"]
 
-    runs = [await cycle(fake_redis, symbols=symbols, analyzer=analyzer) for _ in range(3)]
+    runs = [await cycle(any_redis, symbols=symbols, analyzer=analyzer) for _ in range(3)]
     asked_before = len(analyzer.requests)
-    after = await cycle(fake_redis, symbols=symbols, analyzer=analyzer)
+    after = await cycle(any_redis, symbols=symbols, analyzer=analyzer)
 
     assert [by_symbol(o)["ETH/USD"].status for o in runs] == [SymbolStatus.FAILED] * 3
     assert any("paused ETH/USD" in w for w in runs[2].warnings)
-    assert await fake_redis.hexists(KEYS.paused, "ETH/USD") == 1
+    assert await any_redis.hexists(KEYS.paused, "ETH/USD") == 1
     assert by_symbol(after)["ETH/USD"].status is SymbolStatus.PAUSED
     assert by_symbol(after)["BTC/USD"].status is SymbolStatus.OK
     assert [r.symbol for r in analyzer.requests[asked_before:]] == ["BTC/USD"]
     assert after.exit_code == 0
 
 
-async def test_a_resumed_symbol_runs_again(fake_redis: Any) -> None:
+async def test_a_resumed_symbol_runs_again(any_redis: Any) -> None:
     analyzer = FakeAnalyzer(answers({"ETH/USD": lambda: InvalidOutput("bad")}))
     for _ in range(3):
-        await cycle(fake_redis, symbols=["ETH/USD"], analyzer=analyzer)
+        await cycle(any_redis, symbols=["ETH/USD"], analyzer=analyzer)
 
-    paused = await cycle(fake_redis, symbols=["ETH/USD"], analyzer=analyzer)
-    await StateStore(fake_redis, KEYS).resume("ETH/USD")
-    resumed = await cycle(fake_redis, symbols=["ETH/USD"], analyzer=FakeAnalyzer(answers()))
+    paused = await cycle(any_redis, symbols=["ETH/USD"], analyzer=analyzer)
+    await StateStore(any_redis, KEYS).resume("ETH/USD")
+    resumed = await cycle(any_redis, symbols=["ETH/USD"], analyzer=FakeAnalyzer(answers()))
 
     assert paused.status is CycleStatus.SKIPPED
     assert paused.exit_code == 0
@@ -484,38 +485,38 @@ async def test_a_resumed_symbol_runs_again(fake_redis: Any) -> None:
 # Idempotence -----------------------------------------------------------------------------------------
 
 
-async def test_a_rerun_in_the_same_minute_publishes_nothing_twice(fake_redis: Any) -> None:
+async def test_a_rerun_in_the_same_minute_publishes_nothing_twice(any_redis: Any) -> None:
     clock = FrozenClock(START)
 
-    first = await cycle(fake_redis, clock=clock)
+    first = await cycle(any_redis, clock=clock)
     clock.advance(20)  # same scheduled minute
-    rerun = await cycle(fake_redis, clock=clock)
+    rerun = await cycle(any_redis, clock=clock)
 
     assert len(first.signals) == 3
     assert rerun.signals == []
     assert all(r.status is SymbolStatus.OK for r in rerun.results)
     assert {r.reason for r in rerun.results} == {"already published this minute"}
-    assert await fake_redis.xlen(KEYS.stream) == 3
-    assert {json.loads(s)["id"] for s in (await fake_redis.hgetall(KEYS.latest)).values()} == {
+    assert await any_redis.xlen(KEYS.stream) == 3
+    assert {json.loads(s)["id"] for s in (await any_redis.hgetall(KEYS.latest)).values()} == {
         f"{s}:2026-11-23T14:05" for s in SYMBOLS
     }
 
 
-async def test_next_minute_publishes_again(fake_redis: Any) -> None:
+async def test_next_minute_publishes_again(any_redis: Any) -> None:
     clock = FrozenClock(START)
 
-    await cycle(fake_redis, clock=clock)
+    await cycle(any_redis, clock=clock)
     clock.advance(60)
-    later = await cycle(fake_redis, clock=clock)
+    later = await cycle(any_redis, clock=clock)
 
     assert len(later.signals) == 3
-    assert await fake_redis.xlen(KEYS.stream) == 6
+    assert await any_redis.xlen(KEYS.stream) == 6
 
 
 # Shutdown ---------------------------------------------------------------------------------------------
 
 
-async def test_shutdown_lets_the_running_symbol_finish_and_starts_no_more(fake_redis: Any) -> None:
+async def test_shutdown_lets_the_running_symbol_finish_and_starts_no_more(any_redis: Any) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
     async def gated(request: AnalysisRequest) -> Analysis:
@@ -525,7 +526,7 @@ async def test_shutdown_lets_the_running_symbol_finish_and_starts_no_more(fake_r
 
     control = Control(grace_seconds=30)
     settings = make_settings(parallel={"max_concurrent": 1, "min_concurrent": 1})
-    task = asyncio.create_task(cycle(fake_redis, gated, settings=settings, control=control))
+    task = asyncio.create_task(cycle(any_redis, gated, settings=settings, control=control))
     await started.wait()
     control.stop()  # SIGTERM
     release.set()
@@ -534,11 +535,11 @@ async def test_shutdown_lets_the_running_symbol_finish_and_starts_no_more(fake_r
     results = outcome.results
     assert results[0].status is SymbolStatus.OK
     assert [(r.status, r.reason) for r in results[1:]] == [(SymbolStatus.NOT_STARTED, "shutdown")] * 2
-    assert await stream_symbols(fake_redis) == ["ETH/USD"]
-    assert [k async for k in fake_redis.scan_iter(KEYS.lock_pattern)] == []
+    assert await stream_symbols(any_redis) == ["ETH/USD"]
+    assert [k async for k in any_redis.scan_iter(KEYS.lock_pattern)] == []
 
 
-async def test_shutdown_grace_over_reports_the_running_symbol_and_releases(fake_redis: Any) -> None:
+async def test_shutdown_grace_over_reports_the_running_symbol_and_releases(any_redis: Any) -> None:
     started, never = asyncio.Event(), asyncio.Event()
 
     async def stuck(request: AnalysisRequest) -> Analysis:
@@ -547,7 +548,7 @@ async def test_shutdown_grace_over_reports_the_running_symbol_and_releases(fake_
         return answers()(request)
 
     control = Control(grace_seconds=0.05)
-    task = asyncio.create_task(cycle(fake_redis, stuck, symbols=["ETH/USD"], control=control))
+    task = asyncio.create_task(cycle(any_redis, stuck, symbols=["ETH/USD"], control=control))
     await started.wait()
     control.stop()
     outcome = await task
@@ -555,21 +556,21 @@ async def test_shutdown_grace_over_reports_the_running_symbol_and_releases(fake_
     eth = by_symbol(outcome)["ETH/USD"]
     assert eth.status is SymbolStatus.TIMEOUT
     assert eth.reason == "shutdown"
-    assert await fake_redis.exists(KEYS.lock("ETH/USD"), KEYS.lease("0-1")) == 0
+    assert await any_redis.exists(KEYS.lock("ETH/USD"), KEYS.lease("0-1")) == 0
 
 
 # Adaptive guards across cycles ---------------------------------------------------------------------
 
 
-async def test_high_latency_skip_ends_once_old_samples_age_out(fake_redis: Any) -> None:
+async def test_high_latency_skip_ends_once_old_samples_age_out(any_redis: Any) -> None:
     clock = FrozenClock(START)
     now = START.timestamp()
-    await fake_redis.lpush(KEYS.latency, *[f"{now - i:.3f}:9500" for i in range(10)])
+    await any_redis.lpush(KEYS.latency, *[f"{now - i:.3f}:9500" for i in range(10)])
     analyzer = FakeAnalyzer(answers())
 
-    skipped = await cycle(fake_redis, clock=clock, analyzer=analyzer)
+    skipped = await cycle(any_redis, clock=clock, analyzer=analyzer)
     clock.advance(make_settings().adaptive.sample_max_age_seconds + 60)
-    recovered = await cycle(fake_redis, clock=clock, analyzer=analyzer)
+    recovered = await cycle(any_redis, clock=clock, analyzer=analyzer)
 
     assert skipped.skip_reason == "high_latency"
     assert skipped.exit_code == 0
@@ -577,23 +578,23 @@ async def test_high_latency_skip_ends_once_old_samples_age_out(fake_redis: Any) 
     assert len(analyzer.requests) == 3
 
 
-async def test_repeated_overruns_start_a_backpressure_cooldown(fake_redis: Any) -> None:
+async def test_repeated_overruns_start_a_backpressure_cooldown(any_redis: Any) -> None:
     # A cycle deadline shorter than one symbol's expected time: nothing can start, every cycle overruns.
     settings = make_settings(timeouts={"total_timeout_seconds": 0.5}, adaptive={"cooldown_cycles": 2})
 
-    outcomes = [await cycle(fake_redis, settings=settings, symbols=["ETH/USD"]) for _ in range(6)]
+    outcomes = [await cycle(any_redis, settings=settings, symbols=["ETH/USD"]) for _ in range(6)]
 
     assert [(r.status, r.reason) for r in outcomes[0].results] == [(SymbolStatus.NOT_STARTED, "deadline")]
     assert [o.skip_reason for o in outcomes] == [None, None, None, "cooldown", "cooldown", None]
     assert [o.exit_code for o in outcomes[3:5]] == [0, 0]
-    counters = await fake_redis.hgetall(KEYS.counters("0-1"))
+    counters = await any_redis.hgetall(KEYS.counters("0-1"))
     assert float(counters["backpressure_cooldowns_total"]) == 1
 
 
-async def test_a_model_answering_garbage_for_every_symbol_pauses_nothing(fake_redis: Any) -> None:
+async def test_a_model_answering_garbage_for_every_symbol_pauses_nothing(any_redis: Any) -> None:
     failures: Failures = {s: (lambda: InvalidOutput("not JSON")) for s in SYMBOLS}
 
     for _ in range(3):
-        await cycle(fake_redis, answers(failures))
+        await cycle(any_redis, answers(failures))
 
-    assert await fake_redis.hgetall(KEYS.paused) == {}
+    assert await any_redis.hgetall(KEYS.paused) == {}

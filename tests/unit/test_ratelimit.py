@@ -20,8 +20,8 @@ from runner.ratelimit import JITTER_TOLERANCE, RateLimiter
 from runner.shards import Shard
 
 
-async def test_slots_are_spaced_by_the_emission_interval(fake_redis: Any) -> None:
-    limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=60)
+async def test_slots_are_spaced_by_the_emission_interval(any_redis: Any) -> None:
+    limiter = RateLimiter(any_redis, Keys(), requests_per_minute=60)
     step = 1.0 + JITTER_TOLERANCE / 59  # a minute's share, plus a margin for late starts
     waits = [(await limiter.reserve(now=1000.0, max_wait=30))[1] for _ in range(4)]
     assert waits == pytest.approx([0.0, step, 2 * step, 3 * step])
@@ -29,8 +29,8 @@ async def test_slots_are_spaced_by_the_emission_interval(fake_redis: Any) -> Non
     assert await limiter.reserve(now=1010.0, max_wait=30) == (True, 0.0)
 
 
-async def test_a_slot_beyond_the_longest_wait_is_refused_and_not_taken(fake_redis: Any) -> None:
-    limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=6)  # one per 10 s (and a margin)
+async def test_a_slot_beyond_the_longest_wait_is_refused_and_not_taken(any_redis: Any) -> None:
+    limiter = RateLimiter(any_redis, Keys(), requests_per_minute=6)  # one per 10 s (and a margin)
     step = 10.0 + JITTER_TOLERANCE / 5
     assert (await limiter.reserve(now=0.0, max_wait=5))[0] is True
     granted, wait = await limiter.reserve(now=0.0, max_wait=5)
@@ -42,8 +42,8 @@ async def test_a_slot_beyond_the_longest_wait_is_refused_and_not_taken(fake_redi
     assert wait == pytest.approx(step)
 
 
-async def test_any_window_of_a_minute_holds_at_most_the_limit(fake_redis: Any) -> None:
-    limiter = RateLimiter(fake_redis, Keys(), requests_per_minute=100)
+async def test_any_window_of_a_minute_holds_at_most_the_limit(any_redis: Any) -> None:
+    limiter = RateLimiter(any_redis, Keys(), requests_per_minute=100)
     starts = []
     for _ in range(250):
         granted, wait = await limiter.reserve(now=0.0, max_wait=1000)
@@ -55,9 +55,9 @@ async def test_any_window_of_a_minute_holds_at_most_the_limit(fake_redis: Any) -
         assert sum(1 for t in starts if s + JITTER_TOLERANCE <= t < s + JITTER_TOLERANCE + 60) <= 100
 
 
-async def test_a_retry_after_pauses_everyone_sharing_the_limit(fake_redis: Any) -> None:
-    a = RateLimiter(fake_redis, Keys(), requests_per_minute=600)
-    b = RateLimiter(fake_redis, Keys(), requests_per_minute=600)
+async def test_a_retry_after_pauses_everyone_sharing_the_limit(any_redis: Any) -> None:
+    a = RateLimiter(any_redis, Keys(), requests_per_minute=600)
+    b = RateLimiter(any_redis, Keys(), requests_per_minute=600)
     await a.pause(now=100.0, seconds=30)
     granted, wait = await b.reserve(now=100.0, max_wait=60)
     assert granted
@@ -66,7 +66,7 @@ async def test_a_retry_after_pauses_everyone_sharing_the_limit(fake_redis: Any) 
     assert granted is False
 
 
-async def test_two_concurrent_cycles_share_one_limit(fake_redis: Any, monkeypatch: Any) -> None:
+async def test_two_concurrent_cycles_share_one_limit(any_redis: Any, monkeypatch: Any) -> None:
     for name in ("REDIS_URL", "RUNNER_CONFIG", "INSTANCE_ID", "MAX_SYMBOLS"):
         monkeypatch.delenv(name, raising=False)
     calls: list[float] = []
@@ -79,7 +79,7 @@ async def test_two_concurrent_cycles_share_one_limit(fake_redis: Any, monkeypatc
     symbols = ["ETH/USD", "BTC/USD", "SOL/USD", "DOGE/USD", "AVAX/USD", "LINK/USD", "UNI/USD", "AAVE/USD"]
 
     def deps() -> Deps:
-        return Deps(fake_redis, FakeAnalyzer(answer, remote=True), SyntheticSource(), SystemClock())
+        return Deps(any_redis, FakeAnalyzer(answer, remote=True), SyntheticSource(), SystemClock())
 
     first, second = await asyncio.gather(
         run_cycle(settings, deps(), symbols=symbols, shard=Shard(0, 2)),

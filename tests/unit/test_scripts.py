@@ -1,4 +1,5 @@
-"""The Lua scripts against fakeredis: locks and takeover, the fenced publish, and cycle state."""
+"""The Lua scripts against fakeredis and a real redis-server: locks and takeover, the fenced publish
+and cycle state."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ async def beat(redis: Any, owner: Owner, until: float) -> None:
 # Locks -----------------------------------------------------------------------------------------
 
 
-async def test_free_locks_are_acquired_with_increasing_fencing_tokens(fake_redis: Any) -> None:
-    got = await manager(fake_redis).acquire(["ETH/USD", "BTC/USD", "SOL/USD"])
+async def test_free_locks_are_acquired_with_increasing_fencing_tokens(any_redis: Any) -> None:
+    got = await manager(any_redis).acquire(["ETH/USD", "BTC/USD", "SOL/USD"])
 
     assert [r.status for r in got.values()] == ["acquired"] * 3
     tokens = [r.token for r in got.values()]
@@ -66,10 +67,10 @@ async def test_free_locks_are_acquired_with_increasing_fencing_tokens(fake_redis
     assert all(r.owned for r in got.values())
 
 
-async def test_lock_record_names_its_owner_and_expires(fake_redis: Any) -> None:
-    got = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
+async def test_lock_record_names_its_owner_and_expires(any_redis: Any) -> None:
+    got = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
 
-    stored = await fake_redis.get(KEYS.lock("ETH/USD"))
+    stored = await any_redis.get(KEYS.lock("ETH/USD"))
     assert stored == got.value
     record = json.loads(stored)
     assert record["instance_id"] == "pod-a"
@@ -78,33 +79,33 @@ async def test_lock_record_names_its_owner_and_expires(fake_redis: Any) -> None:
     assert record["acquired_at"] == pytest.approx(NOW)
     assert record["token"] == got.token
     assert got.owner()["instance_id"] == "pod-a"
-    assert 0 < await fake_redis.ttl(KEYS.lock("ETH/USD")) <= TTL
+    assert 0 < await any_redis.ttl(KEYS.lock("ETH/USD")) <= TTL
 
 
-async def test_a_later_acquisition_gets_a_larger_token(fake_redis: Any) -> None:
-    first = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
-    second = (await manager(fake_redis, OTHER).acquire(["BTC/USD"]))["BTC/USD"]
+async def test_a_later_acquisition_gets_a_larger_token(any_redis: Any) -> None:
+    first = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
+    second = (await manager(any_redis, OTHER).acquire(["BTC/USD"]))["BTC/USD"]
 
     assert second.token > first.token
 
 
-async def test_no_symbols_is_no_round_trip(fake_redis: Any) -> None:
-    assert await manager(fake_redis).acquire([]) == {}
-    assert await manager(fake_redis).release([]) == 0
+async def test_no_symbols_is_no_round_trip(any_redis: Any) -> None:
+    assert await manager(any_redis).acquire([]) == {}
+    assert await manager(any_redis).release([]) == 0
 
 
-async def test_lock_of_a_live_owner_is_held(fake_redis: Any) -> None:
-    theirs = await seed_lock(fake_redis, "ETH/USD")
-    await beat(fake_redis, OTHER, NOW + 20)
+async def test_lock_of_a_live_owner_is_held(any_redis: Any) -> None:
+    theirs = await seed_lock(any_redis, "ETH/USD")
+    await beat(any_redis, OTHER, NOW + 20)
 
-    got = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
+    got = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
 
     assert got.status == "held"
     assert not got.owned
     assert got.token == 0
     assert got.value == theirs
     assert got.owner()["instance_id"] == "pod-b"
-    assert await fake_redis.get(KEYS.lock("ETH/USD")) == theirs
+    assert await any_redis.get(KEYS.lock("ETH/USD")) == theirs
 
 
 @pytest.mark.parametrize(
@@ -117,97 +118,97 @@ async def test_lock_of_a_live_owner_is_held(fake_redis: Any) -> None:
     ],
 )
 async def test_lock_of_an_owner_without_live_heartbeat_is_taken_over(
-    fake_redis: Any, heartbeat: dict[str, str] | None, why: str
+    any_redis: Any, heartbeat: dict[str, str] | None, why: str
 ) -> None:
-    await seed_lock(fake_redis, "ETH/USD")
+    await seed_lock(any_redis, "ETH/USD")
     if heartbeat:
-        await fake_redis.hset(KEYS.heartbeat("pod-b"), mapping=heartbeat)
+        await any_redis.hset(KEYS.heartbeat("pod-b"), mapping=heartbeat)
 
-    got = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
+    got = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
 
     assert got.status == "taken_over", why
     assert got.reason == "heartbeat"
     assert got.owned
-    assert json.loads(await fake_redis.get(KEYS.lock("ETH/USD")))["instance_id"] == "pod-a"
+    assert json.loads(await any_redis.get(KEYS.lock("ETH/USD")))["instance_id"] == "pod-a"
 
 
-async def test_lock_older_than_the_stale_threshold_is_taken_over_for_age(fake_redis: Any) -> None:
-    await seed_lock(fake_redis, "ETH/USD", acquired_at=NOW - STALE - 1)
-    await seed_lock(fake_redis, "BTC/USD", acquired_at=NOW - STALE + 1)
-    await beat(fake_redis, OTHER, NOW + 20)  # the owner is alive, but the lock is too old
+async def test_lock_older_than_the_stale_threshold_is_taken_over_for_age(any_redis: Any) -> None:
+    await seed_lock(any_redis, "ETH/USD", acquired_at=NOW - STALE - 1)
+    await seed_lock(any_redis, "BTC/USD", acquired_at=NOW - STALE + 1)
+    await beat(any_redis, OTHER, NOW + 20)  # the owner is alive, but the lock is too old
 
-    got = await manager(fake_redis).acquire(["ETH/USD", "BTC/USD"])
+    got = await manager(any_redis).acquire(["ETH/USD", "BTC/USD"])
 
     assert (got["ETH/USD"].status, got["ETH/USD"].reason) == ("taken_over", "age")
     assert got["BTC/USD"].status == "held"
 
 
 @pytest.mark.parametrize("garbage", ["not json", "42", '"a string"'])
-async def test_unreadable_lock_record_is_taken_over_as_corrupt(fake_redis: Any, garbage: str) -> None:
-    await fake_redis.set(KEYS.lock("ETH/USD"), garbage)
+async def test_unreadable_lock_record_is_taken_over_as_corrupt(any_redis: Any, garbage: str) -> None:
+    await any_redis.set(KEYS.lock("ETH/USD"), garbage)
 
-    got = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
-
-    assert (got.status, got.reason) == ("taken_over", "corrupt")
-    assert await fake_redis.get(KEYS.lock("ETH/USD")) == got.value
-
-
-async def test_lock_key_of_the_wrong_type_is_reset_and_taken(fake_redis: Any) -> None:
-    await fake_redis.rpush(KEYS.lock("ETH/USD"), "x", "y")
-
-    got = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
+    got = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
 
     assert (got.status, got.reason) == ("taken_over", "corrupt")
-    assert await fake_redis.type(KEYS.lock("ETH/USD")) == "string"
+    assert await any_redis.get(KEYS.lock("ETH/USD")) == got.value
 
 
-async def test_two_runs_racing_for_a_stale_lock_only_one_wins(fake_redis: Any) -> None:
-    await seed_lock(fake_redis, "ETH/USD", Owner("pod-dead", "cycle-dead", 1))  # no heartbeat: stale
+async def test_lock_key_of_the_wrong_type_is_reset_and_taken(any_redis: Any) -> None:
+    await any_redis.rpush(KEYS.lock("ETH/USD"), "x", "y")
+
+    got = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
+
+    assert (got.status, got.reason) == ("taken_over", "corrupt")
+    assert await any_redis.type(KEYS.lock("ETH/USD")) == "string"
+
+
+async def test_two_runs_racing_for_a_stale_lock_only_one_wins(any_redis: Any) -> None:
+    await seed_lock(any_redis, "ETH/USD", Owner("pod-dead", "cycle-dead", 1))  # no heartbeat: stale
     racers = [Owner("pod-a", "cycle-a", 1), Owner("pod-c", "cycle-c", 3)]
     for racer in racers:
-        await beat(fake_redis, racer, NOW + 30)  # both racers are alive, as after their begin step
+        await beat(any_redis, racer, NOW + 30)  # both racers are alive, as after their begin step
 
-    results = await asyncio.gather(*(manager(fake_redis, r).acquire(["ETH/USD"]) for r in racers))
+    results = await asyncio.gather(*(manager(any_redis, r).acquire(["ETH/USD"]) for r in racers))
 
     outcomes = sorted(res["ETH/USD"].status for res in results)
     assert outcomes == ["held", "taken_over"]
     winner = next(res["ETH/USD"] for res in results if res["ETH/USD"].owned)
-    assert await fake_redis.get(KEYS.lock("ETH/USD")) == winner.value
+    assert await any_redis.get(KEYS.lock("ETH/USD")) == winner.value
 
 
-async def test_release_deletes_only_our_own_records(fake_redis: Any) -> None:
-    mine = await manager(fake_redis).acquire(["ETH/USD", "BTC/USD"])
-    theirs = await seed_lock(fake_redis, "BTC/USD")  # BTC/USD was taken over meanwhile
+async def test_release_deletes_only_our_own_records(any_redis: Any) -> None:
+    mine = await manager(any_redis).acquire(["ETH/USD", "BTC/USD"])
+    theirs = await seed_lock(any_redis, "BTC/USD")  # BTC/USD was taken over meanwhile
 
-    released = await manager(fake_redis).release(list(mine.values()))
+    released = await manager(any_redis).release(list(mine.values()))
 
     assert released == 1
-    assert await fake_redis.exists(KEYS.lock("ETH/USD")) == 0
-    assert await fake_redis.get(KEYS.lock("BTC/USD")) == theirs
+    assert await any_redis.exists(KEYS.lock("ETH/USD")) == 0
+    assert await any_redis.get(KEYS.lock("BTC/USD")) == theirs
 
 
-async def test_release_of_an_expired_lock_is_harmless(fake_redis: Any) -> None:
-    mine = await manager(fake_redis).acquire(["ETH/USD"])
-    await fake_redis.delete(KEYS.lock("ETH/USD"))
+async def test_release_of_an_expired_lock_is_harmless(any_redis: Any) -> None:
+    mine = await manager(any_redis).acquire(["ETH/USD"])
+    await any_redis.delete(KEYS.lock("ETH/USD"))
 
-    assert await manager(fake_redis).release(list(mine.values())) == 0
+    assert await manager(any_redis).release(list(mine.values())) == 0
 
 
-async def test_non_integer_fencing_counter_restarts_above_earlier_tokens(fake_redis: Any) -> None:
-    earlier = await manager(fake_redis).acquire(["ETH/USD", "BTC/USD"])
-    await fake_redis.set(KEYS.fencing, "not-a-number")
+async def test_non_integer_fencing_counter_restarts_above_earlier_tokens(any_redis: Any) -> None:
+    earlier = await manager(any_redis).acquire(["ETH/USD", "BTC/USD"])
+    await any_redis.set(KEYS.fencing, "not-a-number")
 
-    later = (await manager(fake_redis).acquire(["SOL/USD"]))["SOL/USD"]
+    later = (await manager(any_redis).acquire(["SOL/USD"]))["SOL/USD"]
 
     assert later.status == "acquired"
     assert later.token > max(r.token for r in earlier.values())
-    assert int(await fake_redis.get(KEYS.fencing)) == later.token
+    assert int(await any_redis.get(KEYS.fencing)) == later.token
 
 
-async def test_fencing_counter_of_the_wrong_type_restarts_too(fake_redis: Any) -> None:
-    await fake_redis.hset(KEYS.fencing, "x", "1")
+async def test_fencing_counter_of_the_wrong_type_restarts_too(any_redis: Any) -> None:
+    await any_redis.hset(KEYS.fencing, "x", "1")
 
-    got = (await manager(fake_redis).acquire(["ETH/USD"]))["ETH/USD"]
+    got = (await manager(any_redis).acquire(["ETH/USD"]))["ETH/USD"]
 
     assert got.status == "acquired"
     assert got.token > 1000
@@ -242,14 +243,14 @@ def publisher(redis: Any) -> Publisher:
     return Publisher(redis, KEYS, maxlen=1000)
 
 
-async def test_published_signal_lands_in_stream_and_latest_and_frees_the_lock(fake_redis: Any) -> None:
-    lock = await locked(fake_redis, "ETH/USD")
+async def test_published_signal_lands_in_stream_and_latest_and_frees_the_lock(any_redis: Any) -> None:
+    lock = await locked(any_redis, "ETH/USD")
     signal = make_signal("ETH/USD", lock.token)
 
-    outcome = await publisher(fake_redis).publish_batch([Pending(signal, lock.key, lock.value)])
+    outcome = await publisher(any_redis).publish_batch([Pending(signal, lock.key, lock.value)])
 
     assert outcome == ["published"]
-    entries = await fake_redis.xrange(KEYS.stream)
+    entries = await any_redis.xrange(KEYS.stream)
     assert len(entries) == 1
     _, fields = entries[0]
     assert set(fields) == {"symbol", "signal"}
@@ -258,19 +259,19 @@ async def test_published_signal_lands_in_stream_and_latest_and_frees_the_lock(fa
     assert doc["id"] == "ETH/USD:2026-11-23T14:05"
     assert doc["fencing_token"] == lock.token
     assert doc["schema_version"] == 1
-    assert json.loads(await fake_redis.hget(KEYS.latest, "ETH/USD")) == doc
-    assert await fake_redis.exists(KEYS.lock("ETH/USD")) == 0
-    assert 0 < await fake_redis.ttl(KEYS.published(signal.id)) <= SIGNAL_ID_TTL_SECONDS
+    assert json.loads(await any_redis.hget(KEYS.latest, "ETH/USD")) == doc
+    assert await any_redis.exists(KEYS.lock("ETH/USD")) == 0
+    assert 0 < await any_redis.ttl(KEYS.published(signal.id)) <= SIGNAL_ID_TTL_SECONDS
 
 
-async def test_published_signal_goes_to_live_listeners(fake_redis: Any) -> None:
-    lock = await locked(fake_redis, "ETH/USD")
+async def test_published_signal_goes_to_live_listeners(any_redis: Any) -> None:
+    lock = await locked(any_redis, "ETH/USD")
     signal = make_signal("ETH/USD", lock.token)
-    listener = fake_redis.pubsub()
+    listener = any_redis.pubsub()
     await listener.subscribe(KEYS.channel)
     await listener.get_message(timeout=1)  # the subscribe confirmation
 
-    await publisher(fake_redis).publish_batch([Pending(signal, lock.key, lock.value)])
+    await publisher(any_redis).publish_batch([Pending(signal, lock.key, lock.value)])
     message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
     await listener.aclose()
 
@@ -278,56 +279,56 @@ async def test_published_signal_goes_to_live_listeners(fake_redis: Any) -> None:
     assert json.loads(message["data"])["id"] == signal.id
 
 
-async def test_same_signal_id_again_is_a_duplicate_and_changes_nothing(fake_redis: Any) -> None:
-    first = await locked(fake_redis, "ETH/USD")
-    await publisher(fake_redis).publish_batch(
+async def test_same_signal_id_again_is_a_duplicate_and_changes_nothing(any_redis: Any) -> None:
+    first = await locked(any_redis, "ETH/USD")
+    await publisher(any_redis).publish_batch(
         [Pending(make_signal("ETH/USD", first.token), first.key, first.value)]
     )
-    latest_before = await fake_redis.hget(KEYS.latest, "ETH/USD")
+    latest_before = await any_redis.hget(KEYS.latest, "ETH/USD")
 
-    rerun = await locked(fake_redis, "ETH/USD", OTHER)  # a re-run in the same minute
-    outcome = await publisher(fake_redis).publish_batch(
+    rerun = await locked(any_redis, "ETH/USD", OTHER)  # a re-run in the same minute
+    outcome = await publisher(any_redis).publish_batch(
         [Pending(make_signal("ETH/USD", rerun.token, action="SELL"), rerun.key, rerun.value)]
     )
 
     assert outcome == ["duplicate"]
-    assert await fake_redis.xlen(KEYS.stream) == 1
-    assert await fake_redis.hget(KEYS.latest, "ETH/USD") == latest_before
-    assert await fake_redis.exists(KEYS.lock("ETH/USD")) == 0  # the lock is freed all the same
+    assert await any_redis.xlen(KEYS.stream) == 1
+    assert await any_redis.hget(KEYS.latest, "ETH/USD") == latest_before
+    assert await any_redis.exists(KEYS.lock("ETH/USD")) == 0  # the lock is freed all the same
 
 
-async def test_signal_of_a_run_that_lost_its_lock_is_fenced(fake_redis: Any) -> None:
-    lock = await locked(fake_redis, "ETH/USD")
-    theirs = await seed_lock(fake_redis, "ETH/USD", token=lock.token + 1)  # taken over meanwhile
+async def test_signal_of_a_run_that_lost_its_lock_is_fenced(any_redis: Any) -> None:
+    lock = await locked(any_redis, "ETH/USD")
+    theirs = await seed_lock(any_redis, "ETH/USD", token=lock.token + 1)  # taken over meanwhile
     signal = make_signal("ETH/USD", lock.token)
 
-    outcome = await publisher(fake_redis).publish_batch([Pending(signal, lock.key, lock.value)])
+    outcome = await publisher(any_redis).publish_batch([Pending(signal, lock.key, lock.value)])
 
     assert outcome == ["fenced"]
-    assert await fake_redis.xlen(KEYS.stream) == 0
-    assert await fake_redis.hgetall(KEYS.latest) == {}
-    assert await fake_redis.exists(KEYS.published(signal.id)) == 0  # the new owner may still publish
-    assert await fake_redis.get(KEYS.lock("ETH/USD")) == theirs
+    assert await any_redis.xlen(KEYS.stream) == 0
+    assert await any_redis.hgetall(KEYS.latest) == {}
+    assert await any_redis.exists(KEYS.published(signal.id)) == 0  # the new owner may still publish
+    assert await any_redis.get(KEYS.lock("ETH/USD")) == theirs
 
 
-async def test_signal_whose_lock_expired_is_fenced(fake_redis: Any) -> None:
-    lock = await locked(fake_redis, "ETH/USD")
-    await fake_redis.delete(lock.key)
+async def test_signal_whose_lock_expired_is_fenced(any_redis: Any) -> None:
+    lock = await locked(any_redis, "ETH/USD")
+    await any_redis.delete(lock.key)
 
-    outcome = await publisher(fake_redis).publish_batch(
+    outcome = await publisher(any_redis).publish_batch(
         [Pending(make_signal("ETH/USD", lock.token), lock.key, lock.value)]
     )
 
     assert outcome == ["fenced"]
-    assert await fake_redis.xlen(KEYS.stream) == 0
+    assert await any_redis.xlen(KEYS.stream) == 0
 
 
-async def test_a_batch_reports_each_signal_on_its_own(fake_redis: Any) -> None:
-    eth = await locked(fake_redis, "ETH/USD")
-    btc = await locked(fake_redis, "BTC/USD")
-    await seed_lock(fake_redis, "BTC/USD")  # lost
+async def test_a_batch_reports_each_signal_on_its_own(any_redis: Any) -> None:
+    eth = await locked(any_redis, "ETH/USD")
+    btc = await locked(any_redis, "BTC/USD")
+    await seed_lock(any_redis, "BTC/USD")  # lost
 
-    outcome = await publisher(fake_redis).publish_batch(
+    outcome = await publisher(any_redis).publish_batch(
         [
             Pending(make_signal("ETH/USD", eth.token), eth.key, eth.value),
             Pending(make_signal("BTC/USD", btc.token), btc.key, btc.value),
@@ -335,12 +336,12 @@ async def test_a_batch_reports_each_signal_on_its_own(fake_redis: Any) -> None:
     )
 
     assert outcome == ["published", "fenced"]
-    assert [f["symbol"] for _, f in await fake_redis.xrange(KEYS.stream)] == ["ETH/USD"]
+    assert [f["symbol"] for _, f in await any_redis.xrange(KEYS.stream)] == ["ETH/USD"]
 
 
-async def test_publisher_flushes_submitted_signals_on_close(fake_redis: Any) -> None:
-    locks = [await locked(fake_redis, s) for s in ("ETH/USD", "BTC/USD")]
-    pub = publisher(fake_redis)
+async def test_publisher_flushes_submitted_signals_on_close(any_redis: Any) -> None:
+    locks = [await locked(any_redis, s) for s in ("ETH/USD", "BTC/USD")]
+    pub = publisher(any_redis)
     pub.start()
 
     for lock, symbol in zip(locks, ("ETH/USD", "BTC/USD"), strict=True):
@@ -349,7 +350,7 @@ async def test_publisher_flushes_submitted_signals_on_close(fake_redis: Any) -> 
 
     assert pub.outcomes == {"ETH/USD:2026-11-23T14:05": "published", "BTC/USD:2026-11-23T14:05": "published"}
     assert pub.errors == []
-    assert await fake_redis.xlen(KEYS.stream) == 2
+    assert await any_redis.xlen(KEYS.stream) == 2
 
 
 # Cycle state: begin ------------------------------------------------------------------------------
@@ -361,16 +362,16 @@ async def begin(store: StateStore, owner: Owner = ME, *, readonly: bool = False,
     )
 
 
-async def test_begin_takes_the_lease_and_writes_the_heartbeat(fake_redis: Any) -> None:
-    snap = await begin(StateStore(fake_redis, KEYS))
+async def test_begin_takes_the_lease_and_writes_the_heartbeat(any_redis: Any) -> None:
+    snap = await begin(StateStore(any_redis, KEYS))
 
     assert snap.lease is not None
     assert snap.lease.status == "acquired"
-    assert await fake_redis.get(KEYS.lease("0-1")) == snap.lease.value
-    assert 0 < await fake_redis.ttl(KEYS.lease("0-1")) <= 80
-    beat_until = float(await fake_redis.hget(KEYS.heartbeat("pod-a"), "cycle-a"))
+    assert await any_redis.get(KEYS.lease("0-1")) == snap.lease.value
+    assert 0 < await any_redis.ttl(KEYS.lease("0-1")) <= 80
+    beat_until = float(await any_redis.hget(KEYS.heartbeat("pod-a"), "cycle-a"))
     assert beat_until == pytest.approx(NOW + 30)
-    assert 0 < await fake_redis.ttl(KEYS.heartbeat("pod-a")) <= 30
+    assert 0 < await any_redis.ttl(KEYS.heartbeat("pod-a")) <= 30
     assert snap.kill_switch == {}
     assert snap.breaker == BreakerState()
     assert snap.paused == {}
@@ -378,8 +379,8 @@ async def test_begin_takes_the_lease_and_writes_the_heartbeat(fake_redis: Any) -
     assert snap.warnings == []
 
 
-async def test_a_second_run_sees_the_lease_held(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_a_second_run_sees_the_lease_held(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     first = await begin(store)
 
     second = await begin(store, OTHER)
@@ -388,36 +389,36 @@ async def test_a_second_run_sees_the_lease_held(fake_redis: Any) -> None:
     assert second.lease.status == "held"
     assert not second.lease.owned
     assert second.lease.owner()["cycle_id"] == "cycle-a"
-    assert await fake_redis.get(KEYS.lease("0-1")) == first.lease.value
+    assert await any_redis.get(KEYS.lease("0-1")) == first.lease.value
 
 
-async def test_shards_have_their_own_leases(fake_redis: Any) -> None:
-    zero = await begin(StateStore(fake_redis, KEYS, "0-2"))
-    one = await begin(StateStore(fake_redis, KEYS, "1-2"), OTHER)
+async def test_shards_have_their_own_leases(any_redis: Any) -> None:
+    zero = await begin(StateStore(any_redis, KEYS, "0-2"))
+    one = await begin(StateStore(any_redis, KEYS, "1-2"), OTHER)
 
     assert zero.lease.owned
     assert one.lease.owned
 
 
-async def test_readonly_begin_takes_nothing_and_writes_no_heartbeat(fake_redis: Any) -> None:
-    snap = await begin(StateStore(fake_redis, KEYS), readonly=True)
+async def test_readonly_begin_takes_nothing_and_writes_no_heartbeat(any_redis: Any) -> None:
+    snap = await begin(StateStore(any_redis, KEYS), readonly=True)
 
     assert snap.lease is None
-    assert await fake_redis.exists(KEYS.lease("0-1"), KEYS.heartbeat("pod-a"), KEYS.fencing) == 0
+    assert await any_redis.exists(KEYS.lease("0-1"), KEYS.heartbeat("pod-a"), KEYS.fencing) == 0
 
 
-async def test_begin_reads_every_guards_state(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_begin_reads_every_guards_state(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     await store.set_kill_switch("incident", "ops", START)
-    await fake_redis.hset(
+    await any_redis.hset(
         KEYS.breaker("llm_service"), mapping=BreakerState(state="open", opened_at=NOW).to_fields()
     )
-    await fake_redis.hset(
+    await any_redis.hset(
         KEYS.backpressure("0-1"), mapping={"consecutive_overruns": "1", "cooldown_remaining": "2"}
     )
-    await fake_redis.lpush(KEYS.latency, *[f"{NOW - 100 + i}:{1000 + i}" for i in range(15)])
-    await fake_redis.hset(KEYS.paused, "DOGE/USD", '{"reason": "invalid_output"}')
-    await fake_redis.hset(store.spend_key(START), "usd", "1.25")
+    await any_redis.lpush(KEYS.latency, *[f"{NOW - 100 + i}:{1000 + i}" for i in range(15)])
+    await any_redis.hset(KEYS.paused, "DOGE/USD", '{"reason": "invalid_output"}')
+    await any_redis.hset(store.spend_key(START), "usd", "1.25")
 
     snap = await begin(store)
 
@@ -444,11 +445,11 @@ async def test_begin_reads_every_guards_state(fake_redis: Any) -> None:
     ],
 )
 async def test_begin_resets_a_key_of_the_wrong_type_with_a_warning(
-    fake_redis: Any, key: str, setup: Any
+    any_redis: Any, key: str, setup: Any
 ) -> None:
-    await setup(fake_redis, key)
+    await setup(any_redis, key)
 
-    snap = await begin(StateStore(fake_redis, KEYS))
+    snap = await begin(StateStore(any_redis, KEYS))
 
     assert any(key in w for w in snap.warnings), snap.warnings
     assert snap.breaker == BreakerState()
@@ -456,41 +457,41 @@ async def test_begin_resets_a_key_of_the_wrong_type_with_a_warning(
     assert snap.paused == {}
     assert snap.lease is not None
     assert snap.lease.owned
-    assert await fake_redis.type(key) in ("none", "hash")
+    assert await any_redis.type(key) in ("none", "hash")
 
 
-async def test_readonly_begin_warns_about_wrong_types_but_repairs_nothing(fake_redis: Any) -> None:
-    await fake_redis.set(KEYS.breaker("llm_service"), "open")
+async def test_readonly_begin_warns_about_wrong_types_but_repairs_nothing(any_redis: Any) -> None:
+    await any_redis.set(KEYS.breaker("llm_service"), "open")
 
-    snap = await begin(StateStore(fake_redis, KEYS), readonly=True)
+    snap = await begin(StateStore(any_redis, KEYS), readonly=True)
 
     assert any(KEYS.breaker("llm_service") in w for w in snap.warnings)
     assert snap.breaker == BreakerState()
-    assert await fake_redis.get(KEYS.breaker("llm_service")) == "open"
+    assert await any_redis.get(KEYS.breaker("llm_service")) == "open"
 
 
-async def test_begin_treats_an_unreadable_breaker_as_closed_keeping_its_version(fake_redis: Any) -> None:
-    await fake_redis.hset(KEYS.breaker("llm_service"), mapping={"state": "melted", "version": "4"})
+async def test_begin_treats_an_unreadable_breaker_as_closed_keeping_its_version(any_redis: Any) -> None:
+    await any_redis.hset(KEYS.breaker("llm_service"), mapping={"state": "melted", "version": "4"})
 
-    snap = await begin(StateStore(fake_redis, KEYS))
+    snap = await begin(StateStore(any_redis, KEYS))
 
     assert snap.breaker == BreakerState(version=4)
     assert any("unreadable" in w for w in snap.warnings)
 
 
-async def test_begin_resets_unreadable_backpressure(fake_redis: Any) -> None:
-    await fake_redis.hset(KEYS.backpressure("0-1"), mapping={"cooldown_remaining": "-3"})
+async def test_begin_resets_unreadable_backpressure(any_redis: Any) -> None:
+    await any_redis.hset(KEYS.backpressure("0-1"), mapping={"cooldown_remaining": "-3"})
 
-    snap = await begin(StateStore(fake_redis, KEYS))
+    snap = await begin(StateStore(any_redis, KEYS))
 
     assert snap.backpressure.cooldown_remaining == 0
     assert any("backpressure" in w for w in snap.warnings)
 
 
-async def test_begin_with_a_non_integer_fencing_counter_restarts_it(fake_redis: Any) -> None:
-    await fake_redis.set(KEYS.fencing, "garbage")
+async def test_begin_with_a_non_integer_fencing_counter_restarts_it(any_redis: Any) -> None:
+    await any_redis.set(KEYS.fencing, "garbage")
 
-    snap = await begin(StateStore(fake_redis, KEYS))
+    snap = await begin(StateStore(any_redis, KEYS))
 
     assert snap.lease.owned
     assert snap.lease.token > 1000
@@ -500,8 +501,8 @@ async def test_begin_with_a_non_integer_fencing_counter_restarts_it(fake_redis: 
 # Kill switch ---------------------------------------------------------------------------------------
 
 
-async def test_kill_switch_on_and_off(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_kill_switch_on_and_off(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
 
     await store.set_kill_switch("market closed", "alice", START)
     on = await store.read_kill_switch()
@@ -514,10 +515,10 @@ async def test_kill_switch_on_and_off(fake_redis: Any) -> None:
     assert await store.read_kill_switch() == {}
 
 
-async def test_kill_switch_of_the_wrong_type_reads_as_off(fake_redis: Any) -> None:
-    await fake_redis.set(KEYS.kill_switch, "on")
+async def test_kill_switch_of_the_wrong_type_reads_as_off(any_redis: Any) -> None:
+    await any_redis.set(KEYS.kill_switch, "on")
 
-    assert await StateStore(fake_redis, KEYS).read_kill_switch() == {}
+    assert await StateStore(any_redis, KEYS).read_kill_switch() == {}
 
 
 # Cycle state: record -------------------------------------------------------------------------------
@@ -575,22 +576,22 @@ async def stats(redis: Any, symbol: str) -> dict[str, Any]:
     return json.loads(await redis.hget(KEYS.stats, symbol))
 
 
-async def test_record_appends_to_a_capped_history_newest_first(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_appends_to_a_capped_history_newest_first(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     for i in range(5):
         await record(store, payload(summary=json.dumps({"n": i}), history_len=3))
 
-    history = [json.loads(x) for x in await fake_redis.lrange(KEYS.history, 0, -1)]
+    history = [json.loads(x) for x in await any_redis.lrange(KEYS.history, 0, -1)]
 
     assert history == [{"n": 4}, {"n": 3}, {"n": 2}]
 
 
-async def test_record_keeps_per_symbol_stats(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_keeps_per_symbol_stats(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
 
     await record(store, payload(symbols=[update("ETH/USD", True, duration_ms=1000)]))
     await record(store, payload(symbols=[update("ETH/USD", False, duration_ms=2000)]))
-    st = await stats(fake_redis, "ETH/USD")
+    st = await stats(any_redis, "ETH/USD")
 
     assert st["runs"] == 2
     assert st["successes"] == 1
@@ -601,15 +602,15 @@ async def test_record_keeps_per_symbol_stats(fake_redis: Any) -> None:
     assert st["last_action"] == "BUY"  # the last action seen is kept
 
 
-async def test_symbol_is_paused_after_pause_after_faults_of_its_own(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_symbol_is_paused_after_pause_after_faults_of_its_own(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     paused_now = []
     for _ in range(3):
         result = await record(store, payload(symbols=[update("ETH/USD", False, fault=True)]))
         paused_now.append(result.paused_now)
 
     assert paused_now == [[], [], ["ETH/USD"]]
-    entry = json.loads(await fake_redis.hget(KEYS.paused, "ETH/USD"))
+    entry = json.loads(await any_redis.hget(KEYS.paused, "ETH/USD"))
     assert entry["failures"] == 3
     assert entry["reason"].startswith("invalid_output")
     assert entry["cycle_id"] == "cycle-a"
@@ -617,28 +618,28 @@ async def test_symbol_is_paused_after_pause_after_faults_of_its_own(fake_redis: 
     assert again.paused_now == []  # already paused: reported once
 
 
-async def test_outage_failures_never_pause_a_symbol(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_outage_failures_never_pause_a_symbol(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     for _ in range(6):
         result = await record(store, payload(symbols=[update("ETH/USD", False, fault=False)]))
         assert result.paused_now == []
 
-    assert await fake_redis.hexists(KEYS.paused, "ETH/USD") == 0
-    assert (await stats(fake_redis, "ETH/USD"))["consecutive_errors"] == 6
+    assert await any_redis.hexists(KEYS.paused, "ETH/USD") == 0
+    assert (await stats(any_redis, "ETH/USD"))["consecutive_errors"] == 6
 
 
-async def test_a_success_clears_the_fault_streak(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_a_success_clears_the_fault_streak(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     sequence = [False, False, True, False, False]
     for ok in sequence:
         result = await record(store, payload(symbols=[update("ETH/USD", ok, fault=not ok)]))
         assert result.paused_now == []
 
-    assert (await stats(fake_redis, "ETH/USD"))["consecutive_symbol_faults"] == 2
+    assert (await stats(any_redis, "ETH/USD"))["consecutive_symbol_faults"] == 2
 
 
-async def test_resume_unpauses_and_clears_the_streak(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_resume_unpauses_and_clears_the_streak(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     for _ in range(3):
         await record(store, payload(symbols=[update("ETH/USD", False, fault=True)]))
 
@@ -647,37 +648,37 @@ async def test_resume_unpauses_and_clears_the_streak(fake_redis: Any) -> None:
 
     assert resumed is True
     assert resumed_again is False
-    assert await fake_redis.hexists(KEYS.paused, "ETH/USD") == 0
-    st = await stats(fake_redis, "ETH/USD")
+    assert await any_redis.hexists(KEYS.paused, "ETH/USD") == 0
+    st = await stats(any_redis, "ETH/USD")
     assert (st["consecutive_symbol_faults"], st["consecutive_errors"]) == (0, 0)
 
 
-async def test_record_releases_our_lease_and_heartbeat(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_releases_our_lease_and_heartbeat(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     snap = await begin(store)
 
     await record(store, payload(lease_value=snap.lease.value, release_heartbeat=True))
 
-    assert await fake_redis.exists(KEYS.lease("0-1")) == 0
-    assert await fake_redis.hexists(KEYS.heartbeat("pod-a"), "cycle-a") == 0
+    assert await any_redis.exists(KEYS.lease("0-1")) == 0
+    assert await any_redis.hexists(KEYS.heartbeat("pod-a"), "cycle-a") == 0
     assert (await begin(store, OTHER)).lease.status == "acquired"
 
 
-async def test_record_leaves_a_lease_that_is_no_longer_ours(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_leaves_a_lease_that_is_no_longer_ours(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     ours = await begin(store)
-    await fake_redis.delete(KEYS.lease("0-1"))
+    await any_redis.delete(KEYS.lease("0-1"))
     theirs = await begin(store, OTHER)
 
     await record(store, payload(lease_value=ours.lease.value))
 
-    assert await fake_redis.get(KEYS.lease("0-1")) == theirs.lease.value
+    assert await any_redis.get(KEYS.lease("0-1")) == theirs.lease.value
 
 
-async def test_record_releases_only_locks_still_ours(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
-    held = await manager(fake_redis).acquire(["ETH/USD", "BTC/USD"])
-    theirs = await seed_lock(fake_redis, "BTC/USD")
+async def test_record_releases_only_locks_still_ours(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
+    held = await manager(any_redis).acquire(["ETH/USD", "BTC/USD"])
+    theirs = await seed_lock(any_redis, "BTC/USD")
 
     await record(
         store,
@@ -685,12 +686,12 @@ async def test_record_releases_only_locks_still_ours(fake_redis: Any) -> None:
         lock_keys=[r.key for r in held.values()],
     )
 
-    assert await fake_redis.exists(KEYS.lock("ETH/USD")) == 0
-    assert await fake_redis.get(KEYS.lock("BTC/USD")) == theirs
+    assert await any_redis.exists(KEYS.lock("ETH/USD")) == 0
+    assert await any_redis.get(KEYS.lock("BTC/USD")) == theirs
 
 
-async def test_record_accumulates_counter_totals(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_accumulates_counter_totals(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     series = 'signal_generation_total{action="BUY",symbol="ETH/USD"}'
 
     await record(store, payload(counters={series: 2, "cycle_failures_total": 1}))
@@ -700,16 +701,16 @@ async def test_record_accumulates_counter_totals(fake_redis: Any) -> None:
     assert result.counters["cycle_failures_total"] == 1
 
 
-async def test_record_keeps_the_latency_window(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_keeps_the_latency_window(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
 
     await record(store, payload(latency=[f"{NOW}:{ms}" for ms in range(8)], latency_keep=5))
 
-    assert await fake_redis.lrange(KEYS.latency, 0, -1) == [f"{NOW}:{ms}" for ms in (7, 6, 5, 4, 3)]
+    assert await any_redis.lrange(KEYS.latency, 0, -1) == [f"{NOW}:{ms}" for ms in (7, 6, 5, 4, 3)]
 
 
-async def test_record_remembers_the_last_success(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_remembers_the_last_success(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
 
     success = await record(store, payload(last_success=NOW))
     after_a_failure = await record(store, payload())
@@ -718,56 +719,56 @@ async def test_record_remembers_the_last_success(fake_redis: Any) -> None:
     assert after_a_failure.last_success == NOW
 
 
-async def test_record_without_any_success_has_no_last_success(fake_redis: Any) -> None:
-    result = await record(StateStore(fake_redis, KEYS), payload())
+async def test_record_without_any_success_has_no_last_success(any_redis: Any) -> None:
+    result = await record(StateStore(any_redis, KEYS), payload())
 
     assert result.last_success is None
 
 
-async def test_record_saves_backpressure(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_saves_backpressure(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
 
     await record(store, payload(backpressure={"consecutive_overruns": "2", "cooldown_remaining": "0"}))
 
-    assert await fake_redis.hgetall(KEYS.backpressure("0-1")) == {
+    assert await any_redis.hgetall(KEYS.backpressure("0-1")) == {
         "consecutive_overruns": "2",
         "cooldown_remaining": "0",
     }
     assert (await begin(store)).backpressure.consecutive_overruns == 2
 
 
-async def test_record_adds_up_todays_spend(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_adds_up_todays_spend(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
 
     await record(store, payload(spend={"usd": 0.25, "calls": 2}))
     await record(store, payload(spend={"usd": 0.5, "calls": 1}))
     await record(store, payload(spend={"usd": 0, "calls": 0}))
 
-    spend = await fake_redis.hgetall(store.spend_key(START))
+    spend = await any_redis.hgetall(store.spend_key(START))
     assert float(spend["usd"]) == pytest.approx(0.75)
     assert spend["calls"] == "3"
-    assert 0 < await fake_redis.ttl(store.spend_key(START)) <= 3 * 86400
+    assert 0 < await any_redis.ttl(store.spend_key(START)) <= 3 * 86400
     assert (await begin(store)).spend_usd == pytest.approx(0.75)
 
 
-async def test_record_resets_state_keys_of_the_wrong_type(fake_redis: Any) -> None:
-    await fake_redis.set(KEYS.history, "oops")
-    await fake_redis.rpush(KEYS.stats, "x")
-    await fake_redis.set(KEYS.counters("0-1"), "7")
+async def test_record_resets_state_keys_of_the_wrong_type(any_redis: Any) -> None:
+    await any_redis.set(KEYS.history, "oops")
+    await any_redis.rpush(KEYS.stats, "x")
+    await any_redis.set(KEYS.counters("0-1"), "7")
 
     result = await record(
-        StateStore(fake_redis, KEYS),
+        StateStore(any_redis, KEYS),
         payload(summary='{"n": 1}', symbols=[update("ETH/USD", True)], counters={"cycles_total": 1}),
     )
 
     assert len(result.warnings) == 3
-    assert await fake_redis.lrange(KEYS.history, 0, -1) == ['{"n": 1}']
-    assert (await stats(fake_redis, "ETH/USD"))["runs"] == 1
+    assert await any_redis.lrange(KEYS.history, 0, -1) == ['{"n": 1}']
+    assert (await stats(any_redis, "ETH/USD"))["runs"] == 1
     assert result.counters == {"cycles_total": 1.0}
 
 
-async def test_record_saves_the_breaker_only_at_the_expected_version(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_record_saves_the_breaker_only_at_the_expected_version(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     opened = BreakerState(state="open", failure_count=5, opened_at=NOW)
     fields = {k: v for k, v in opened.to_fields().items() if k != "version"}
 
@@ -784,8 +785,8 @@ async def test_record_saves_the_breaker_only_at_the_expected_version(fake_redis:
 # Breaker compare-and-set ---------------------------------------------------------------------------
 
 
-async def test_breaker_cas_refuses_a_stale_version(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_breaker_cas_refuses_a_stale_version(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     opened = BreakerState(state="open", failure_count=5, opened_at=NOW)
 
     first = await store.save_breaker(0, opened)
@@ -797,17 +798,17 @@ async def test_breaker_cas_refuses_a_stale_version(fake_redis: Any) -> None:
     assert fresh == (True, BreakerState(failure_count=1, version=2))
 
 
-async def test_breaker_cas_over_a_key_of_the_wrong_type_starts_at_version_zero(fake_redis: Any) -> None:
-    await fake_redis.set(KEYS.breaker("llm_service"), "garbage")
+async def test_breaker_cas_over_a_key_of_the_wrong_type_starts_at_version_zero(any_redis: Any) -> None:
+    await any_redis.set(KEYS.breaker("llm_service"), "garbage")
 
-    saved, state = await StateStore(fake_redis, KEYS).save_breaker(0, BreakerState(failure_count=2))
+    saved, state = await StateStore(any_redis, KEYS).save_breaker(0, BreakerState(failure_count=2))
 
     assert saved is True
     assert state == BreakerState(failure_count=2, version=1)
 
 
-async def test_reset_breaker_closes_it_whatever_its_state(fake_redis: Any) -> None:
-    store = StateStore(fake_redis, KEYS)
+async def test_reset_breaker_closes_it_whatever_its_state(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
     await store.save_breaker(0, BreakerState(state="open", failure_count=9, opened_at=NOW))
 
     state = await store.reset_breaker(Breaker())
