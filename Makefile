@@ -12,7 +12,7 @@ install:
 
 lint:
 	$(PY) -m ruff check runner tests bench
-	$(PY) -m ruff format --check runner
+	$(PY) -m ruff format --check runner tests bench
 
 types:
 	$(PY) -m mypy

@@ -78,9 +78,24 @@ def start_redis(directory: Path, port: int | None = None, *extra: str) -> RedisS
     binary = require_binary("redis-server")
     port = port or free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory), "--daemonize", "no", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--daemonize",
+            "no",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
     return RedisServer(port, proc, directory)
@@ -134,9 +149,12 @@ class CliResult:
 
 def cli_env(redis_url: str | None, state_dir: Path, **extra: str) -> dict[str, str]:
     """A clean environment for a runner subprocess."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RUNNER_", "REDIS_", "SCRIPTED_", "OPENROUTER", "OPENCODE", "PUSHGATEWAY"))
-           and k not in ("KUBERNETES_SERVICE_HOST", "INSTANCE_ID", "MAX_SYMBOLS", "LOG_LEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RUNNER_", "REDIS_", "SCRIPTED_", "OPENROUTER", "OPENCODE", "PUSHGATEWAY"))
+        and k not in ("KUBERNETES_SERVICE_HOST", "INSTANCE_ID", "MAX_SYMBOLS", "LOG_LEVEL")
+    }
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["RUNNER_STATE_DIR"] = str(state_dir)
     if redis_url:
@@ -147,7 +165,11 @@ def cli_env(redis_url: str | None, state_dir: Path, **extra: str) -> dict[str, s
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> CliResult:
     proc = subprocess.run(
-        [sys.executable, "-m", "runner", *args], env=env, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "runner", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
@@ -155,8 +177,12 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> CliRes
 
 def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "runner", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -232,7 +258,8 @@ def pushgateway_server() -> Iterator[Pushgateway]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=", "--web.enable-admin-api"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
     yield Pushgateway(port, proc)

@@ -123,9 +123,7 @@ FUTURE_SAMPLES = (
 
 
 @pytest.mark.scenario("16")
-@pytest.mark.parametrize(
-    "jump_h", [0, 3]
-)
+@pytest.mark.parametrize("jump_h", [0, 3])
 async def test_latency_samples_age_out_after_a_clock_jump(
     jump_h, measure, clean_env, real_redis, redis_server
 ):

@@ -429,9 +429,7 @@ async def test_breaker_recovers_through_half_open_probes(any_redis: Any) -> None
     for _ in range(2):
         await cycle(any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=broken)
         clock.advance(1)
-    still_open = await cycle(
-        any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
-    )
+    still_open = await cycle(any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy)
     clock.advance(60)
     first_probe = await cycle(
         any_redis, symbols=["ETH/USD"], settings=settings, clock=clock, analyzer=healthy
