@@ -9,6 +9,7 @@ that is leaving never stops the server under a run that is arriving.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, RedisError
 
 from runner.errors import RedisUnavailable
 
@@ -84,40 +85,49 @@ def _config(directory: Path) -> str:
 
 
 def _start(directory: Path) -> None:
-    socket_path = directory / SOCKET_NAME
     with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
+        (directory / SOCKET_NAME).unlink()
     conf = directory / "redis.conf"
     conf.write_text(_config(directory), encoding="utf-8")
     try:
         subprocess.run([server_binary(), str(conf)], check=True, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as exc:
         raise RedisUnavailable(f"embedded Redis could not start: {exc}") from None
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while not socket_path.exists():
-        if time.monotonic() > deadline:
-            raise RedisUnavailable(f"embedded Redis did not start; see {directory / 'redis.log'}")
-        time.sleep(0.01)
 
 
-async def _alive(client: aioredis.Redis) -> bool:
+async def _probe(client: aioredis.Redis) -> str:
+    """``serving``; ``loading``, answering LOADING until its data is in memory; or ``absent``,
+    nothing listening on the socket (yet: the file exists a moment before the server listens)."""
     try:
-        return bool(await client.ping())
+        await client.ping()
+    except BusyLoadingError:
+        return "loading"
     except (RedisError, OSError):
-        return False
+        return "absent"
+    return "serving"
 
 
 async def connect(directory: Path, options: dict[str, object]) -> aioredis.Redis:
-    """A client of the embedded server, starting the server if it is not running."""
+    """A client of the embedded server, starting the server if it is not running.
+
+    Returns once the server serves commands, still under the file lock, so that no run is handed
+    a server that is starting or loading its data.
+    """
     socket_path = directory / SOCKET_NAME
     with file_lock(directory):
         client = aioredis.Redis(unix_socket_path=str(socket_path), client_name=_name(), **options)  # type: ignore[arg-type]
-        if not await _alive(client):
-            await client.aclose()
+        state = await _probe(client)
+        if state == "absent":
             _start(directory)
-            client = aioredis.Redis(unix_socket_path=str(socket_path), client_name=_name(), **options)  # type: ignore[arg-type]
-            if not await _alive(client):
-                raise RedisUnavailable(f"embedded Redis at {socket_path} does not answer")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while state != "serving":
+            if time.monotonic() > deadline:
+                await client.aclose()
+                raise RedisUnavailable(
+                    f"embedded Redis at {socket_path} does not answer; see {directory / 'redis.log'}"
+                )
+            await asyncio.sleep(0.02)
+            state = await _probe(client)
     return client
 
 

@@ -157,6 +157,8 @@ def cli_env(redis_url: str | None, state_dir: Path, **extra: str) -> dict[str, s
     }
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["RUNNER_STATE_DIR"] = str(state_dir)
+    # As in-process tests (filterwarnings = error): a deprecated call fails the run.
+    env["PYTHONWARNINGS"] = "error::DeprecationWarning"
     if redis_url:
         env["REDIS_URL"] = redis_url
     env.update(extra)

@@ -261,7 +261,12 @@ class OpenCodeAnalyzer:
         try:
             return await asyncio.shield(creating)
         except asyncio.CancelledError:
-            creating.add_done_callback(self._remove_when_created)
+            if creating.done():
+                # Created just as we were cancelled: a callback would only run after whatever
+                # comes next (``aclose`` included), so the clean-up starts now.
+                self._remove_when_created(creating)
+            else:
+                creating.add_done_callback(self._remove_when_created)
             raise
 
     def _remove_when_created(self, creating: asyncio.Task[str]) -> None:
@@ -462,10 +467,11 @@ class OpenCodeAnalyzer:
             log.warning("could not delete OpenCode session %s: %s", session_id, exc)
 
     async def aclose(self) -> None:
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=CLEANUP_SECONDS + 1)
-            if self._background:  # a creation still waiting for its reply: its clean-up too
-                await asyncio.wait(set(self._background), timeout=CLEANUP_SECONDS)
+        loop = asyncio.get_running_loop()
+        # A creation that finishes starts its session's clean-up: wait for that one too.
+        until = loop.time() + 2 * CLEANUP_SECONDS + 1
+        while self._background and loop.time() < until:
+            await asyncio.wait(set(self._background), timeout=until - loop.time())
         await self.client.aclose()
 
 

@@ -6,6 +6,7 @@ CronJob sees, and what is left in Redis afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -14,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.conftest import embedded_running, free_port, run_cli, start_cli
+from tests.conftest import embedded_client, embedded_running, free_port, run_cli, start_cli
 from tests.integration.helpers import (
     assert_one_error_line,
     env_for,
@@ -408,6 +410,33 @@ def test_embedded_status_alone_starts_and_stops_the_server(embedded_dir):
 
     assert res.code == 0, res.stderr
     assert res.json()["last_cycle"] is None
+    assert not embedded_running(embedded_dir)
+
+
+def _grow_embedded_state(state_dir: Path, keys: int) -> None:
+    """Start the embedded server as a run does, fill it with ``keys`` keys, save and stop it."""
+    from runner.embedded import server_binary
+
+    subprocess.run([server_binary(), str(state_dir / "redis.conf")], check=True, timeout=10)
+    wait_until(lambda: embedded_running(state_dir), timeout=10)
+    client = embedded_client(state_dir)
+    client.execute_command("DEBUG", "POPULATE", keys, "filler")
+    with contextlib.suppress(redis.ConnectionError):
+        client.shutdown(save=True)
+    wait_until(lambda: not embedded_running(state_dir), timeout=10)
+
+
+def test_a_run_waits_while_the_embedded_server_loads_a_large_state_file(embedded_dir):
+    """A large runner.rdb takes the server a moment to load, and it answers every command with
+    LOADING meanwhile: the run that starts it waits for it, rather than failing."""
+    env = env_for(None, embedded_dir)
+    assert run_cli(["cycle", "--json", "--symbols", "ETH/USD"], env).code == 0
+    _grow_embedded_state(embedded_dir, 500_000)
+
+    res = run_cli(["cycle", "--json", "--symbols", "BTC/USD"], env)
+
+    assert res.code == 0, res.stderr
+    assert [s["symbol"] for s in res.json()["signals"]] == ["BTC/USD"]
     assert not embedded_running(embedded_dir)
 
 
