@@ -25,9 +25,13 @@ FAST: dict[str, str] = {
 }
 
 
-def scheduled_now(offset_minutes: int = 0) -> str:
-    """The current UTC minute (what the CronJob would pass), honoured by the runner within an hour."""
-    now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=offset_minutes)
+def scheduled_now(offset_minutes: int = 0, at: datetime | None = None) -> str:
+    """The current UTC minute (what the CronJob would pass), honoured by the runner within an hour.
+
+    Tests that give each round its own minute pass one ``at`` for all rounds: offsets from a
+    clock read at each round would repeat a minute whenever a minute boundary falls between them.
+    """
+    now = (at or datetime.now(UTC)).replace(second=0, microsecond=0) + timedelta(minutes=offset_minutes)
     return now.strftime("%Y-%m-%dT%H:%M:00Z")
 
 

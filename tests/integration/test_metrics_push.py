@@ -7,23 +7,18 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SCRIPTED, Pushgateway, cli_env, free_port, run_cli
+from tests.integration.helpers import scheduled_now
 
 
 def key(**labels: str) -> tuple[tuple[str, str], ...]:
     """The sorted label set of a series pushed by shard 0/1."""
     return tuple(sorted({"instance": "", "job": "autonomous_runner", "shard": "0-1", **labels}.items()))
-
-
-def minute(offset: int) -> str:
-    now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=offset)
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def total(samples: dict[tuple[tuple[str, str], ...], float], **labels: str) -> float:
@@ -35,14 +30,14 @@ def test_counters_pushed_after_two_cycles_are_the_sum_of_both(
 ) -> None:
     env = cli_env(redis_server.url, tmp_path, PUSHGATEWAY_URL=pushgateway.url)
     first = run_cli(
-        ["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], {**env, "RUNNER_SCHEDULED_AT": minute(-2)}
+        ["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-2)}
     )
     assert first.code == 0, first.stderr
     after_one = pushgateway.metrics()
     assert total(after_one["signal_generation_total"], job="autonomous_runner", shard="0-1") == 2
     second = run_cli(
         ["cycle", "--json", "--symbols", "ETH/USD,BTC/USD,SOL/USD"],
-        {**env, "RUNNER_SCHEDULED_AT": minute(-1)},
+        {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-1)},
     )
     assert second.code == 0, second.stderr
     after_two = pushgateway.metrics()

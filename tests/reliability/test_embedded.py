@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ def test_concurrent_embedded_runs_do_not_corrupt_state(measure, embedded_dir: Pa
     env = runner_env(None, embedded_dir, SCRIPTED_DELAY="0.3", RUNNER_SYMBOLS=json.dumps(symbols))
     codes: list[int] = []
     took: list[float] = []
+    first = datetime.now(UTC)
     for r in range(3):
-        minute = {"RUNNER_SCHEDULED_AT": scheduled_now(-30 - r)}
+        minute = {"RUNNER_SCHEDULED_AT": scheduled_now(-30 - r, at=first)}
         procs = [
             spawn(["cycle", "--json", "--shard", shard], {**env, **minute}, tmp_path / "runs")
             for shard in ("0/1", "0/2", "1/2")

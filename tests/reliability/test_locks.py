@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -208,8 +209,9 @@ def test_invocations_at_once_publish_each_signal_once(measure, real_redis, redis
     symbols = ["ETH/USD", "BTC/USD", "SOL/USD", "DOGE/USD", "AVAX/USD", "LINK/USD"]
     base = runner_env(redis_server.url, tmp_path, SCRIPTED_DELAY="0.4", RUNNER_SYMBOLS=json.dumps(symbols))
     rounds, codes, locked, skipped = 3, [], 0, 0
+    first = datetime.now(UTC)
     for r in range(rounds):
-        env = {**base, "RUNNER_SCHEDULED_AT": scheduled_now(-10 - r)}
+        env = {**base, "RUNNER_SCHEDULED_AT": scheduled_now(-10 - r, at=first)}
         shards = ["0/1", "0/1", "0/2", "1/2"]
         procs = [
             spawn(
@@ -266,9 +268,10 @@ def test_two_cli_runs_race_for_one_stale_lock(measure, real_redis, redis_server,
     ETH/USD signal per round is published, with a fencing token above the dead owner's."""
     rounds, wins, tokens = 3, [], []
     env = runner_env(redis_server.url, tmp_path, SCRIPTED_DELAY="1.0")
+    first = datetime.now(UTC)
     for r in range(rounds):
         dead = _plant_stale_lock(real_redis, "ETH/USD", 1000 * (r + 1))
-        minute = {"RUNNER_SCHEDULED_AT": scheduled_now(-20 - r)}
+        minute = {"RUNNER_SCHEDULED_AT": scheduled_now(-20 - r, at=first)}
         procs = [
             spawn(
                 ["cycle", "--json", "--symbols", "ETH/USD", "--shard", shard],

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
-from tests.integration.helpers import counter_totals, lock_keys, stream_signals
+from tests.integration.helpers import counter_totals, lock_keys, scheduled_now, stream_signals
 from tests.reliability.conftest import soak_cycles
 from tests.reliability.support import Proc, bad_lines, reap_all, run, runner_env, spawn
 
@@ -44,9 +44,10 @@ def universe(u: int) -> list[str]:
     return [f"{b}/{QUOTES[u]}" for b in BASES]
 
 
-def minute_at(offset: int) -> str:
-    now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=offset)
-    return now.strftime("%Y-%m-%dT%H:%M:00Z")
+def minute_at(offset: int, start: datetime) -> str:
+    """Every scheduled minute is an offset from one ``start``: offsets from a clock read at each
+    run would repeat a minute whenever a minute boundary falls between two reads."""
+    return scheduled_now(offset, at=start)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Pauser(threading.Thread):
         self.client.close()
 
 
-def plan(rng: random.Random, base: dict[str, str]) -> list[Spec]:
+def plan(rng: random.Random, base: dict[str, str], start: datetime) -> list[Spec]:
     specs = []
     for i in range(CYCLES):
         u, offset = divmod(i, len(OFFSETS))
@@ -106,7 +107,7 @@ def plan(rng: random.Random, base: dict[str, str]) -> list[Spec]:
             **base,
             "INSTANCE_ID": f"soak-{i}",
             "RUNNER_SYMBOLS": json.dumps(symbols),
-            "RUNNER_SCHEDULED_AT": minute_at(OFFSETS[offset]),
+            "RUNNER_SCHEDULED_AT": minute_at(OFFSETS[offset], start),
             "SCRIPTED_DELAY": f"{rng.uniform(0, 0.4):.2f}",
         }
         spec = Spec(i, symbols, rng.choice(SHARDS), env["RUNNER_SCHEDULED_AT"], env)
@@ -192,7 +193,8 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
         RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__RECOVERY_TIMEOUT_SECONDS="1",
         RUNNER_ADAPTIVE__PAUSE_AFTER_FAILURES="1000",
     )
-    specs = plan(rng, base)
+    start = datetime.now(UTC)
+    specs = plan(rng, base, start)
     client = own_redis.client()
     memory_before = int(client.info("memory")["used_memory"])
     pauser = Pauser(own_redis, random.Random(seed + 1))
@@ -256,7 +258,7 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
         **base,
         "INSTANCE_ID": "soak-fresh",
         "RUNNER_SYMBOLS": json.dumps(every),
-        "RUNNER_SCHEDULED_AT": minute_at(-55),
+        "RUNNER_SCHEDULED_AT": minute_at(-55, start),
         "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "20",
     }
     assert run(["breaker", "reset"], fresh_env, tmp_path / "runs").code == 0
