@@ -3,7 +3,7 @@
 A cycle is a short process, so its start-up is a real share of its cost. Two settings make it
 cheaper without changing what runs:
 
-- The collector is off while modules load: imports allocate a hundred thousand objects that all
+- The collector is off while modules load: imports allocate some 80,000 tracked objects that all
   live until exit, and walking them again and again finds nothing to free. ``runner.cli``
   freezes them and turns the collector back on before a command starts its work.
 - pydantic's plugin discovery is skipped: the runner uses no plugins, and looking for them reads
