@@ -169,8 +169,6 @@ async def record_outcome(
             settings.adaptive.backpressure_max_overruns,
             settings.adaptive.cooldown_cycles,
         )
-    if run is not None:
-        run.events = plan.breaker_events
     try:
         async with asyncio.timeout(budget):
             result = await store.record(
@@ -188,8 +186,10 @@ async def record_outcome(
                 )
                 log.warning("%s", msg)
                 outcome.warnings.append(msg)
-            if run is not None and plan.payload["breaker"] is not None and not result.breaker_saved:
-                result.breaker = await _save_breaker_retry(store, settings, run, result.breaker)
+            if plan.payload["breaker"] is not None and not result.breaker_saved:
+                result.breaker = await _save_breaker_retry(
+                    store, settings, plan.breaker_events, result.breaker
+                )
     except (RedisUnavailable, TimeoutError) as exc:
         reason = str(exc) or "Redis did not answer before the cycle ran out of time"
         msg = f"could not record the cycle: {reason}"
@@ -276,16 +276,17 @@ def _fields(state: BreakerState) -> dict[str, str]:
 
 
 async def _save_breaker_retry(
-    store: StateStore, settings: Settings, run: RunState, fresh: BreakerState | None
+    store: StateStore, settings: Settings, events: list[tuple[Event, float]], fresh: BreakerState | None
 ) -> BreakerState:
+    """Replay this cycle's events on the breaker another run just changed, and save again."""
     cfg = settings.circuit_breaker.llm_service
     state = fresh or BreakerState()
     for _ in range(5):
-        new = breaker.replay(state, run.events, cfg)
+        new = breaker.replay(state, events, cfg)
         saved, state = await store.save_breaker(state.version, new)
         if saved:
             return state
-    log.warning("circuit breaker busy: this cycle's %d outcome(s) were not counted", len(run.events))
+    log.warning("circuit breaker busy: this cycle's %d outcome(s) were not counted", len(events))
     return state
 
 
