@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import redis
 
+from runner.config import ENV_ALIASES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -137,6 +139,18 @@ async def any_redis(request: pytest.FixtureRequest) -> Any:
     await client.aclose()
 
 
+def settings_variable(name: str) -> bool:
+    """Whether the runner's settings read the environment variable ``name``."""
+    return name.startswith("RUNNER_") or name in ENV_ALIASES or name == "KUBERNETES_SERVICE_HOST"
+
+
+def drop_settings_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings reads ``os.environ`` itself: keep the machine's runner variables out."""
+    for name in list(os.environ):
+        if settings_variable(name):
+            monkeypatch.delenv(name, raising=False)
+
+
 @dataclass
 class CliResult:
     code: int
@@ -152,8 +166,7 @@ def cli_env(redis_url: str | None, state_dir: Path, **extra: str) -> dict[str, s
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("RUNNER_", "REDIS_", "SCRIPTED_", "OPENROUTER", "OPENCODE", "PUSHGATEWAY"))
-        and k not in ("KUBERNETES_SERVICE_HOST", "INSTANCE_ID", "MAX_SYMBOLS", "LOG_LEVEL")
+        if not settings_variable(k) and not k.startswith(("REDIS_", "SCRIPTED_", "OPENROUTER", "OPENCODE"))
     }
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["RUNNER_STATE_DIR"] = str(state_dir)

@@ -17,7 +17,6 @@ import asyncio
 import copy
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
@@ -34,6 +33,7 @@ import pytest
 import yaml
 
 from runner.config import ROOT_KEY, Settings, load_settings
+from tests.conftest import drop_settings_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -370,18 +370,7 @@ def pod_settings(
     literal env, stand-ins for the Secret's values and the downward API."""
     container = runner_container(workload)
     config_path = write_mounted_config(rendered, workload, tmp_path)
-    for name in list(os.environ):
-        if name.startswith("RUNNER_") or name in (
-            "REDIS_URL",
-            "INSTANCE_ID",
-            "LOG_LEVEL",
-            "MAX_SYMBOLS",
-            "OPENROUTER_API_KEY",
-            "OPENCODE_URL",
-            "OPENCODE_SERVER_PASSWORD",
-            "PUSHGATEWAY_URL",
-        ):
-            monkeypatch.delenv(name)
+    drop_settings_variables(monkeypatch)
     stand_ins = {
         "redis-url": "redis://redis:6379/0",
         "openrouter-api-key": "test-key",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RedisServer, start_redis
+from tests.conftest import RedisServer, drop_settings_variables, start_redis
 from tests.reliability.report import SCENARIOS, Recorder, Report, Row, describe
 from tests.reliability.support import stop_server
 from tests.support.stub_llm import StubLLM, stub_llm_session  # noqa: F401 - a fixture, used by name
@@ -97,12 +97,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """For in-process cycles: pydantic-settings reads os.environ, keep runner variables out."""
-    for name in list(os.environ):
-        if name.startswith("RUNNER_") or name in (
-            "REDIS_URL", "INSTANCE_ID", "LOG_LEVEL", "MAX_SYMBOLS", "OPENROUTER_API_KEY",
-            "OPENCODE_URL", "OPENCODE_SERVER_PASSWORD", "PUSHGATEWAY_URL", "KUBERNETES_SERVICE_HOST",
-        ):  # fmt: skip
-            monkeypatch.delenv(name, raising=False)
+    drop_settings_variables(monkeypatch)
 
 
 @pytest.fixture
