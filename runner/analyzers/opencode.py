@@ -261,17 +261,20 @@ class OpenCodeAnalyzer:
         try:
             return await asyncio.shield(creating)
         except asyncio.CancelledError:
-            if creating.done():
-                # Created just as we were cancelled: a callback would only run after whatever
-                # comes next (``aclose`` included), so the clean-up starts now.
-                self._remove_when_created(creating)
-            else:
-                creating.add_done_callback(self._remove_when_created)
+            # A task of its own, started now, so that ``aclose`` waits for it.
+            self._spawn(self._remove_once_created(creating))
             raise
 
-    def _remove_when_created(self, creating: asyncio.Task[str]) -> None:
-        if not creating.cancelled() and creating.exception() is None:
-            self._spawn(self._remove(creating.result(), abort=False))
+    async def _remove_once_created(self, creating: asyncio.Task[str]) -> None:
+        try:
+            session_id = await creating
+        except asyncio.CancelledError:
+            if creating.cancelled():
+                return  # the creation was cut off: there is no session we could know of
+            raise
+        except Exception:
+            return  # the creation failed: no session
+        await self._remove(session_id, abort=False)
 
     async def _create_session(self, request: AnalysisRequest, deadline: float) -> str:
         response = await self._request(
@@ -467,11 +470,10 @@ class OpenCodeAnalyzer:
             log.warning("could not delete OpenCode session %s: %s", session_id, exc)
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        # A creation that finishes starts its session's clean-up: wait for that one too.
-        until = loop.time() + 2 * CLEANUP_SECONDS + 1
-        while self._background and loop.time() < until:
-            await asyncio.wait(set(self._background), timeout=until - loop.time())
+        """Wait for the clean-ups still running (a session being created, then removed), then
+        close the HTTP client."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=2 * CLEANUP_SECONDS + 1)
         await self.client.aclose()
 
 
