@@ -311,7 +311,7 @@ def runner_env(server: Server, extra: dict[str, str] | None = None) -> dict[str,
     return env
 
 
-CYCLE_IMPORTS = "import runner.cli, runner.connection, runner.cycle"
+CYCLE_IMPORTS = "import runner.cli, runner.factory, runner.cycle"
 STACK = ("redis.asyncio", "pydantic_settings", "typer")
 
 

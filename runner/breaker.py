@@ -19,8 +19,15 @@ from typing import Any
 
 from runner.config import Breaker as BreakerConfig
 
+
+class State(StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
 #: Gauge value per state for ``circuit_breaker_state``.
-STATE_VALUE = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
+STATE_VALUE = {State.CLOSED: 0.0, State.HALF_OPEN: 0.5, State.OPEN: 1.0}
 
 
 class Event(StrEnum):
@@ -33,7 +40,7 @@ class Event(StrEnum):
 class BreakerState:
     """What is persisted for one breaker."""
 
-    state: str = "closed"
+    state: State = State.CLOSED
     failure_count: int = 0
     success_count: int = 0
     half_open_calls: int = 0
@@ -41,6 +48,9 @@ class BreakerState:
     half_open_at: float | None = None
     last_failure_at: float | None = None
     version: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", State(self.state))
 
     def to_fields(self) -> dict[str, str]:
         """Hash fields for Redis (None becomes an empty string)."""
@@ -56,9 +66,11 @@ class BreakerState:
             raw = fields.get(name, "")
             return None if raw in ("", None) else float(raw)
 
-        state = str(fields.get("state", "closed"))
-        if state not in STATE_VALUE:
-            raise ValueError(f"unknown breaker state {state!r}")
+        raw = str(fields.get("state", "closed"))
+        try:
+            state = State(raw)
+        except ValueError as exc:
+            raise ValueError(f"unknown breaker state {raw!r}") from exc
         return cls(
             state=state,
             failure_count=int(fields.get("failure_count") or 0),
@@ -82,9 +94,9 @@ class Gate:
 
 def gate(s: BreakerState, now: float, cfg: BreakerConfig) -> Gate:
     """Whether calls may go out, and how many (pure)."""
-    if s.state == "closed":
+    if s.state is State.CLOSED:
         return Gate(allow=True)
-    if s.state == "open":
+    if s.state is State.OPEN:
         ready_at = (s.opened_at or 0.0) + cfg.recovery_timeout_seconds
         if now >= ready_at:
             return Gate(allow=True, probes=cfg.half_open_max_calls)
@@ -103,8 +115,8 @@ def claim_probes(s: BreakerState, wanted: int, now: float, cfg: BreakerConfig) -
     if not g.allow or g.probes is None:
         return s, 0
     granted = min(wanted, g.probes)
-    if s.state == "open":
-        s = replace(s, state="half_open", half_open_calls=0, success_count=0, half_open_at=now)
+    if s.state is State.OPEN:
+        s = replace(s, state=State.HALF_OPEN, half_open_calls=0, success_count=0, half_open_at=now)
     elif s.half_open_calls >= cfg.half_open_max_calls:
         # The earlier probers never reported back: hand out new probes, keep any successes.
         s = replace(s, half_open_calls=0, half_open_at=now)
@@ -115,14 +127,14 @@ def transition(s: BreakerState, event: Event, now: float, cfg: BreakerConfig) ->
     """The state after ``event`` at ``now`` (pure; ``version`` is left to storage)."""
     if event is Event.RESET:
         return BreakerState(version=s.version)
-    if s.state == "closed":
+    if s.state is State.CLOSED:
         if event is Event.SUCCESS:
             return replace(s, failure_count=0)
         failures = s.failure_count + 1
         if failures >= cfg.failure_threshold:
             return replace(
                 s,
-                state="open",
+                state=State.OPEN,
                 failure_count=failures,
                 opened_at=now,
                 last_failure_at=now,
@@ -130,7 +142,7 @@ def transition(s: BreakerState, event: Event, now: float, cfg: BreakerConfig) ->
                 half_open_calls=0,
             )
         return replace(s, failure_count=failures, last_failure_at=now)
-    if s.state == "half_open":
+    if s.state is State.HALF_OPEN:
         if event is Event.SUCCESS:
             successes = s.success_count + 1
             if successes >= cfg.success_threshold:
@@ -138,7 +150,7 @@ def transition(s: BreakerState, event: Event, now: float, cfg: BreakerConfig) ->
             return replace(s, success_count=successes)
         return replace(
             s,
-            state="open",
+            state=State.OPEN,
             failure_count=s.failure_count + 1,
             opened_at=now,
             last_failure_at=now,

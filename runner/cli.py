@@ -8,11 +8,10 @@ import asyncio
 import contextlib
 import gc
 import json
-import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -24,13 +23,14 @@ from typer._click import exceptions as click_exc
 
 from runner import __version__
 from runner.config import Settings, load_settings, parse_symbols, public_view
-from runner.errors import ConfigError, DependencyError, ExitCode, RunnerError
+from runner.errors import ConfigError, ExitCode, RunnerError
 
 if TYPE_CHECKING:
     # Annotations only: the modules behind them load when a command needs them.
+    from runner.analysis import Progress
     from runner.models import Outcome, SymbolResult
     from runner.shards import Shard
-    from runner.state import StateStore
+    from runner.store.state import StateStore
 
 T = TypeVar("T")
 
@@ -162,8 +162,8 @@ def cycle(
     _setup_logs(settings)
     machine = json_out or not sys.stdout.isatty()
     # Loaded here rather than in the coroutine so that they load as part of start-up.
-    import runner.connection
-    import runner.cycle  # noqa: F401
+    import runner.cycle
+    import runner.factory  # noqa: F401
 
     def report(message: str, code: ExitCode) -> None:
         # Scripts reading stdout get a document even when the cycle could not run at all.
@@ -184,66 +184,28 @@ async def _cycle(
     machine: bool,
     metrics_file: Path | None = None,
 ) -> Outcome:
-    from runner.clock import SystemClock
-    from runner.connection import open_redis
-    from runner.cycle import Control, Deps, run_cycle
-    from runner.factory import build_analyzer, build_market
+    from runner.cycle import Control, Exports, run_cycle
+    from runner.factory import open_deps
 
-    handle = await open_redis(settings)
-    if handle.embedded is not None:
-        logging.getLogger("runner").info("using %s; set REDIS_URL to use a server", handle.description)
-    analyzer = build_analyzer(settings)
-    market = build_market(settings)
     control = Control(grace_seconds=settings.graceful_shutdown.timeout_seconds)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, control.stop)
-    progress_cb = None
-    bar: Any = None
-    if not machine:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn("analyzing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        task = bar.add_task("", total=None)
-
-        def progress_cb(event: str, symbol: str, result: SymbolResult | None) -> None:
-            if event == "plan":
-                bar.update(task, total=int(symbol))
-            elif event == "done":
-                bar.update(task, advance=1, description=symbol)
-
-        bar.start()
-    deps = Deps(redis=handle.client, analyzer=analyzer, market=market, clock=SystemClock())
-    try:
-        outcome = await run_cycle(
-            settings,
-            deps,
-            symbols=symbols,
-            shard=shard,
-            dry_run=dry_run,
-            control=control,
-            progress=progress_cb,
-            metrics_file=str(metrics_file) if metrics_file else None,
-        )
-    finally:
-        if bar is not None:
-            bar.stop()
+    async with open_deps(settings) as deps, _progress_bar(machine) as progress_cb:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        with contextlib.suppress(Exception):
-            await analyzer.aclose()
-        with contextlib.suppress(Exception):
-            await market.aclose()
-        await handle.aclose()
+            loop.add_signal_handler(sig, control.stop)
+        try:
+            outcome = await run_cycle(
+                settings,
+                deps,
+                symbols=symbols,
+                shard=shard,
+                dry_run=dry_run,
+                control=control,
+                progress=progress_cb,
+                exports=Exports(metrics_file=str(metrics_file) if metrics_file else None),
+            )
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
     if machine:
         print(outcome.model_dump_json(exclude={"stats"}))
     else:
@@ -253,6 +215,37 @@ async def _cycle(
 
         render.print_cycle(Console(), outcome)
     return outcome
+
+
+@contextlib.asynccontextmanager
+async def _progress_bar(machine: bool) -> AsyncIterator[Progress | None]:
+    """A progress bar on stderr for people at a terminal; nothing for machines."""
+    if machine:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    bar = Bar(
+        TextColumn("analyzing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("", total=None)
+
+    def update(event: str, symbol: str, result: SymbolResult | None) -> None:
+        if event == "plan":
+            bar.update(task, total=int(symbol))
+        elif event == "done":
+            bar.update(task, advance=1, description=symbol)
+
+    with bar:
+        yield update
 
 
 @app.command()
@@ -297,30 +290,25 @@ def status(
 
 
 async def _status(settings: Settings) -> tuple[dict[str, Any], int, list[str]]:
-    from runner.connection import open_redis
-    from runner.cycle import keys_for
-    from runner.status import health, read_status
+    from runner.health import health
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
+    from runner.store.status import read_status
 
-    handle = await open_redis(settings)
-    try:
+    async with redis_session(settings) as handle:
         now = datetime.now(UTC)
-        doc = await read_status(handle.client, keys_for(settings), settings, now)
-    finally:
-        await handle.aclose()
+        doc = await read_status(handle.client, Keys.for_settings(settings), settings, now)
     code, problems = health(doc, settings, now.timestamp())
     return doc, code, problems
 
 
 async def _with_store(settings: Settings, action: Callable[[StateStore], Awaitable[T]]) -> T:
-    from runner.connection import open_redis
-    from runner.cycle import keys_for
-    from runner.state import StateStore
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
+    from runner.store.state import StateStore
 
-    handle = await open_redis(settings)
-    try:
-        return await action(StateStore(handle.client, keys_for(settings)))
-    finally:
-        await handle.aclose()
+    async with redis_session(settings) as handle:
+        return await action(StateStore(handle.client, Keys.for_settings(settings)))
 
 
 @kill_app.command("on")
@@ -329,7 +317,7 @@ def kill_on(
     config: ConfigOpt = None,
 ) -> None:
     """Halt all cycles until `runner kill-switch off`."""
-    from runner.cycle import resolve_instance_id
+    from runner.identity import resolve_instance_id
 
     if not reason.strip():
         fail("--reason: must not be empty", ExitCode.USAGE)
@@ -371,7 +359,7 @@ def resume(
 def breaker_reset(config: ConfigOpt = None) -> None:
     """Close the circuit breaker by hand."""
     settings = settings_or_exit(config)
-    run_async(lambda: _with_store(settings, lambda s: s.reset_breaker(settings.circuit_breaker.llm_service)))
+    run_async(lambda: _with_store(settings, lambda s: s.reset_breaker()))
     print("circuit breaker closed")
 
 
@@ -391,15 +379,15 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from runner.connection import open_redis, redis_errors
-    from runner.cycle import keys_for
     from runner.render import ACTION_STYLE
+    from runner.store import streams
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
 
-    handle = await open_redis(settings)
-    keys = keys_for(settings)
     console = Console()
+    stream = Keys.for_settings(settings).stream
 
-    def show(fields: Any) -> None:
+    def show(fields: dict[str, Any]) -> None:
         raw = str(fields.get("signal", ""))
         if machine:
             print(raw, flush=True)
@@ -414,27 +402,13 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
         line.append(f" {float(s.get('confidence', 0)):.2f}  {s.get('reasoning', '')[:90]}")
         console.print(line)
 
-    try:
-        async with redis_errors("reading the signal stream"):
-            recent: list[Any] = (
-                list(await handle.client.xrevrange(keys.stream, count=last) or []) if last else []
-            )
-            for _, fields in reversed(recent):
-                show(fields)
-            cursor: Any = recent[0][0] if recent else "$"
-        while True:
-            try:
-                async with redis_errors("following the signal stream"):
-                    replies: Any = await handle.client.xread({keys.stream: cursor}, block=1000, count=100)
-            except DependencyError:
-                await asyncio.sleep(1)
-                continue
-            for _, entries in replies or []:
-                for entry_id, fields in entries:
-                    cursor = entry_id
-                    show(fields)
-    finally:
-        await handle.aclose()
+    async with redis_session(settings) as handle:
+        recent = await streams.latest(handle.client, stream, last)
+        for _, fields in recent:
+            show(fields)
+        after = recent[-1][0] if recent else await streams.end_of(handle.client, stream)
+        async for _, fields in streams.follow(handle.client, stream, after):
+            show(fields)
 
 
 @app.command("config")

@@ -205,8 +205,8 @@ class RedisSettings(Section):
         if parts.scheme != "unix":
             try:
                 port = parts.port
-            except ValueError:
-                raise ValueError(f"has a bad port: {redact_url(value)!r}") from None
+            except ValueError as exc:
+                raise ValueError(f"has a bad port: {redact_url(value)!r}") from exc
             if not parts.hostname:
                 raise ValueError(f"has no host: {redact_url(value)!r}")
             del port
@@ -370,9 +370,9 @@ def read_config_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from exc
     import yaml  # only when there is a file to read
 
     try:
@@ -381,7 +381,7 @@ def read_config_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path}: {problem}{where}") from None
+        raise ConfigError(f"config file {path}: {problem}{where}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict) or set(data) != {ROOT_KEY}:
@@ -440,9 +440,9 @@ def load_settings(
         raise ConfigError(
             f"{ROOT_KEY}.{field} ({name}): must be JSON for a list or a section, "
             f"e.g. RUNNER_SYMBOLS='[\"ETH/USD\"]' (got {raw!r})"
-        ) from None
+        ) from exc
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password"})) from None
+        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password"})) from exc
     finally:
         _FILE_VALUES.reset(tokens[0])
         _ALIAS_VALUES.reset(tokens[1])
@@ -471,7 +471,7 @@ def parse_symbols(text: str) -> list[str]:
         try:
             validate_symbol(item)
         except ValueError as exc:
-            raise ConfigError(f"--symbols: {exc}") from None
+            raise ConfigError(f"--symbols: {exc}") from exc
     return list(dict.fromkeys(items))
 
 

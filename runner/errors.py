@@ -11,21 +11,60 @@ The tree::
           │    └── RateLimited  429 / 503 with an optional Retry-After
           ├── PermanentError    retrying cannot help: 400, 403, unknown symbol
           │    └── AuthError    401 / 402: every call will fail, so the cycle fails fast
-          └── InvalidOutput     the answer did not validate (reason ``invalid_output``)
+          └── InvalidOutput     the answer did not validate (code ``invalid_output``)
 
 Errors are translated where they enter the program (the Redis client wrapper, each analyzer),
-so the cycle only ever sees these types.
+so the cycle only ever sees these types. Each analyzer error carries a ``Code``: metrics, the
+breaker and auto-pause read codes, never message text.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type when it has none), shortened."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+class Code(StrEnum):
+    """Why a symbol ended as it did: the machine-readable twin of its human ``reason``.
+
+    The values are the ``reason`` labels of ``signal_generation_skipped_total``.
+    """
+
+    OK = "ok"
+    #: Published by an earlier run of the same minute: nothing new to publish.
+    DUPLICATE = "duplicate"
+    #: An unexpected error (a bug in an analyzer).
+    ERROR = "error"
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    AUTH = "auth"
+    INVALID_OUTPUT = "invalid_output"
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    #: Redis failed during the symbol's work (the rate limit, say).
+    REDIS = "redis"
+    #: One attempt ran out of its time.
+    TIMEOUT = "timeout"
+    #: The cycle's deadline came first (not started, or cut off).
+    DEADLINE = "deadline"
+    #: SIGTERM: not started, or cut off when the grace period ran out.
+    SHUTDOWN = "shutdown"
+    BUDGET = "budget"
+    BREAKER_OPEN = "breaker_open"
+    BREAKER_HALF_OPEN = "breaker_half_open"
+    #: An earlier symbol's credentials were refused: every call would fail the same way.
+    AUTH_FAILED = "auth_failed"
+    LOCKED = "locked"
+    PAUSED = "paused"
+    #: The run lost the symbol's lock before publishing.
+    FENCED = "fenced"
+    #: Redis did not take the publish.
+    PUBLISH_FAILED = "publish_failed"
 
 
 class ExitCode(IntEnum):
@@ -54,9 +93,9 @@ class RedisUnavailable(DependencyError):
 
 
 class AnalyzerError(RunnerError):
-    """One analysis failed. ``reason`` is the short machine-readable cause."""
+    """One analysis failed. ``code`` is the machine-readable cause."""
 
-    reason = "error"
+    code = Code.ERROR
     #: Whether this failure says something about the analyzer service as a whole (an outage),
     #: and so counts toward the circuit breaker.
     outage = False
@@ -68,7 +107,7 @@ class TransientError(AnalyzerError):
     """A failure worth retrying: timeout, connection reset, 5xx (``retry_after`` if the server
     said when to come back)."""
 
-    reason = "transient"
+    code = Code.TRANSIENT
     outage = True
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
@@ -79,31 +118,31 @@ class TransientError(AnalyzerError):
 class RateLimited(TransientError):
     """The analyzer (or the shared rate limit) asked us to slow down; not an outage."""
 
-    reason = "rate_limited"
+    code = Code.RATE_LIMITED
     outage = False
 
 
 class PermanentError(AnalyzerError):
     """A failure that retrying cannot fix (bad request, forbidden, unknown symbol)."""
 
-    reason = "permanent"
+    code = Code.PERMANENT
 
 
 class AuthError(PermanentError):
     """Credentials refused or money exhausted: every call will fail the same way."""
 
-    reason = "auth"
+    code = Code.AUTH
 
 
 class InvalidOutput(AnalyzerError):
     """The analyzer answered, but the answer did not validate."""
 
-    reason = "invalid_output"
+    code = Code.INVALID_OUTPUT
     symbol_fault = True
 
 
 class UnknownSymbol(PermanentError):
     """The market source or analyzer does not know this symbol."""
 
-    reason = "unknown_symbol"
+    code = Code.UNKNOWN_SYMBOL
     symbol_fault = True

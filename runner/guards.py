@@ -1,7 +1,7 @@
 """Whether a cycle may run now: kill switch, maintenance, cooldown, breaker, latency, lease.
 
 Pure: ``decide(snapshot, settings, now)`` reads a snapshot of the state (loaded in one round
-trip by ``state.py``) and returns a ``Decision``. A guarded skip is a normal outcome (exit 0).
+trip by ``store/state.py``) and returns a ``Decision``. A guarded skip is a normal outcome (exit 0).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from runner import adaptive, breaker
 from runner.adaptive import Backpressure, Plan
 from runner.breaker import BreakerState, Gate
 from runner.config import Settings
-from runner.locks import LockResult
+from runner.store.locks import LockResult
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class Snapshot:
     lease: LockResult | None
     spend_usd: float = 0.0
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def owned_lease(self) -> LockResult | None:
+        """The cycle lease when this run holds it."""
+        return self.lease if self.lease is not None and self.lease.owned else None
 
 
 @dataclass(frozen=True)

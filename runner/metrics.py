@@ -2,19 +2,15 @@
 processes (``rate()`` and ``histogram_quantile()`` work), and the gauges of the last cycle.
 
 Series are stored as hash fields named like the exposition (``name{label="v"}``). This module
-names the metrics and computes what one cycle adds (pure); ``state.py`` applies it atomically
-and returns the totals; ``exposition.py`` turns them into prometheus-client families (imported
-only when metrics are pushed or written, to keep ``runner cycle`` start-up short).
+names the metrics and computes what one cycle adds (pure); ``store/state.py`` applies it
+atomically and returns the totals; ``exposition.py`` turns them into prometheus-client families
+(imported only when metrics are pushed or written, to keep ``runner cycle`` start-up short).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
 
 BACKSLASH, NEWLINE = chr(92), chr(10)
 
@@ -137,10 +133,3 @@ def parse_series(text: str) -> tuple[str, dict[str, str]] | None:
         return None
     labels = {k: unescape_label(v) for k, v in _LABEL.findall(match.group(2) or "")}
     return match.group(1), labels
-
-
-def registry(counters: Mapping[str, float], gauges: Mapping[str, float]) -> CollectorRegistry:
-    """A prometheus-client registry holding exactly these totals and gauges (see ``exposition``)."""
-    from runner.exposition import build_registry
-
-    return build_registry(counters, gauges)

@@ -1,13 +1,19 @@
-"""The data the cycle produces: signals, per-symbol results and the cycle outcome."""
+"""The data the cycle produces: signals, per-symbol results and the cycle outcome.
+
+Results carry a machine code (``errors.Code``) next to the human ``reason``; times stay
+datetimes until they are written out.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from runner.errors import ExitCode
+from runner.clock import iso_ms
+from runner.errors import Code, ExitCode
 
 SCHEMA_VERSION = 1
 MAX_REASONING_CHARS = 2000
@@ -86,6 +92,8 @@ class SymbolResult(BaseModel):
 
     symbol: str
     status: SymbolStatus
+    #: Why, for machines (metrics, breaker, auto-pause); ``reason`` says it for people.
+    code: Code
     reason: str | None = None
     attempts: int = 0
     duration_ms: int = 0
@@ -106,7 +114,7 @@ class Outcome(BaseModel):
     skip_reason: str | None = None
     skip_detail: str | None = None
     exit_code: int
-    started_at: str
+    started_at: datetime
     scheduled_minute: str
     duration_ms: int
     published: bool = True
@@ -114,6 +122,10 @@ class Outcome(BaseModel):
     results: list[SymbolResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     stats: dict[str, Any] = Field(default_factory=dict)
+
+    @field_serializer("started_at")
+    def _iso(self, value: datetime) -> str:
+        return iso_ms(value)
 
     def summary(self) -> dict[str, Any]:
         """The compact record kept in the cycle history."""
@@ -128,7 +140,7 @@ class Outcome(BaseModel):
             "skip_reason": self.skip_reason,
             "skip_detail": self.skip_detail,
             "exit_code": self.exit_code,
-            "started_at": self.started_at,
+            "started_at": iso_ms(self.started_at),
             "scheduled_minute": self.scheduled_minute,
             "duration_ms": self.duration_ms,
             "signals": len(self.signals),

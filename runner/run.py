@@ -1,35 +1,54 @@
 """What a running cycle carries from step to step: what it talks to (``Deps``), how a signal
-handler stops it (``Control``) and its mutable state (``RunState``).
+handler stops it (``Control``), what it exports to (``Exports``) and the facts fixed at its start
+(``Run``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-
-from runner import adaptive
 from runner.analyzers.base import Analyzer
-from runner.breaker import BreakerState, Event
 from runner.clock import Clock, Deadline
 from runner.config import Settings
-from runner.guards import Decision
-from runner.locks import LockResult, Owner
 from runner.market.base import CandleSource
-from runner.ratelimit import RateLimiter
 from runner.shards import Shard
+from runner.store.connection import Client
+from runner.store.cycle_store import CycleStore
+from runner.store.keys import Keys
+from runner.store.locks import Owner
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+#: Publishing, recording and releasing may run past the deadline by at most this much.
+WIND_DOWN_MAX_SECONDS = 5.0
 
 
 @dataclass
 class Deps:
     """What a cycle talks to; tests pass fakes."""
 
-    redis: aioredis.Redis
+    redis: Client
     analyzer: Analyzer
     market: CandleSource
     clock: Clock
+
+
+@dataclass
+class Exports:
+    """Where a cycle's metrics go besides Redis: the Pushgateway (from the settings), a textfile,
+    a callback (``runner serve`` keeps the registry for ``/metrics``)."""
+
+    metrics_file: str | None = None
+    on_metrics: Callable[[CollectorRegistry], None] | None = None
+
+    def wanted(self, settings: Settings) -> bool:
+        return bool(settings.metrics.pushgateway_url or self.metrics_file or self.on_metrics)
 
 
 @dataclass
@@ -41,6 +60,22 @@ class Control:
     _timeouts: list[asyncio.Timeout] = field(default_factory=list)
     _deadline: Deadline | None = None
 
+    def attach(self, deadline: Deadline) -> None:
+        """The cycle's deadline, brought forward to the grace period on ``stop``."""
+        self._deadline = deadline
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
+        """``asyncio.timeout(seconds)`` that ``stop`` shortens to the grace period."""
+        async with asyncio.timeout(seconds) as timeout:
+            self._timeouts.append(timeout)
+            if self.stopping.is_set():
+                self._shorten(timeout)
+            try:
+                yield timeout
+            finally:
+                self._timeouts.remove(timeout)
+
     def stop(self) -> None:
         """Start no new symbol; give in-flight ones the grace period, then cancel them."""
         if self.stopping.is_set():
@@ -48,38 +83,42 @@ class Control:
         self.stopping.set()
         if self._deadline is not None:
             self._deadline.shorten(self.grace_seconds)
-        loop = asyncio.get_running_loop()
-        for t in self._timeouts:
-            when = t.when()
-            target = loop.time() + self.grace_seconds
-            if when is None or when > target:
-                t.reschedule(target)
+        for timeout in self._timeouts:
+            self._shorten(timeout)
+
+    def _shorten(self, timeout: asyncio.Timeout) -> None:
+        target = asyncio.get_running_loop().time() + self.grace_seconds
+        when = timeout.when()
+        if when is None or when > target:
+            timeout.reschedule(target)
 
 
-@dataclass
-class RunState:
-    """Mutable state of one running cycle (kept out of the step functions' signatures)."""
+@dataclass(frozen=True)
+class Run:
+    """The facts of one cycle fixed at its start."""
 
     settings: Settings
     deps: Deps
     owner: Owner
     shard: Shard
+    #: The scheduled minute the run belongs to (signal ids are per minute).
     minute: datetime
     started: datetime
+    #: ``deps.clock.monotonic()`` at the start.
+    t0: float
     deadline: Deadline
-    decision: Decision
-    dry_run: bool
-    breaker_base: BreakerState
-    breaker_live: BreakerState
-    probes_left: int | None
-    locks: dict[str, LockResult] = field(default_factory=dict)
-    events: list[tuple[Event, float]] = field(default_factory=list)
-    latencies: list[tuple[float, float]] = field(default_factory=list)
-    auth_failure: str | None = None
-    rejected: int = 0
-    limiter: RateLimiter | None = None
-    samples: list[adaptive.Sample] = field(default_factory=list)
-    spent_before: float = 0.0
-    spent_usd: float = 0.0
-    remote_calls: int = 0
-    warnings: list[str] = field(default_factory=list)
+    keys: Keys
+    store: CycleStore
+    exports: Exports
+
+    @property
+    def dry_run(self) -> bool:
+        return self.store.dry_run
+
+    def elapsed_ms(self) -> int:
+        return int((self.deps.clock.monotonic() - self.t0) * 1000)
+
+    def budget(self) -> float:
+        """Seconds the wind-down (publish, record, release) may still take."""
+        wind_down = min(self.settings.graceful_shutdown.timeout_seconds / 2, WIND_DOWN_MAX_SECONDS)
+        return max(0.05, self.deadline.at + wind_down - self.deps.clock.monotonic())

@@ -23,15 +23,17 @@ from croniter import croniter
 from prometheus_client import CollectorRegistry, generate_latest
 
 from runner import breaker
-from runner.clock import SystemClock, iso_ms
+from runner.clock import iso_ms
 from runner.config import Settings
-from runner.connection import RedisHandle, open_redis
-from runner.cycle import Control, Deps, keys_for, resolve_instance_id, run_cycle
+from runner.cycle import Control, Deps, Exports, run_cycle
 from runner.errors import ConfigError, RedisUnavailable
-from runner.factory import build_analyzer, build_market
+from runner.factory import open_deps
+from runner.health import health
+from runner.identity import resolve_instance_id
 from runner.models import Outcome
 from runner.shards import Shard
-from runner.status import health, read_status
+from runner.store.keys import Keys
+from runner.store.status import read_status
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class Service:
         self.state = ServiceState(instance_id=resolve_instance_id(settings))
         self.stopping = asyncio.Event()
         self.control: Control | None = None
-        self.handle: RedisHandle | None = None
+        self.deps: Deps | None = None
 
     def stop(self) -> None:
         """SIGTERM: no new cycle; the current one gets the grace period."""
@@ -79,9 +81,11 @@ class Service:
             self.control.stop()
 
     async def run(self, host: str, port: int) -> None:
-        self.handle = await open_redis(self.settings)
-        analyzer, market = build_analyzer(self.settings), build_market(self.settings)
-        deps = Deps(redis=self.handle.client, analyzer=analyzer, market=market, clock=SystemClock())
+        async with open_deps(self.settings) as deps:
+            self.deps = deps
+            await self._serve(deps, host, port)
+
+    async def _serve(self, deps: Deps, host: str, port: int) -> None:
         server = await asyncio.start_server(self._serve_http, host, port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,11 +104,6 @@ class Service:
         finally:
             server.close()
             await server.wait_closed()
-            with contextlib.suppress(Exception):
-                await analyzer.aclose()
-            with contextlib.suppress(Exception):
-                await market.aclose()
-            await self.handle.aclose()
             log.info("stopped")
 
     async def _one_cycle(self, deps: Deps, fire: datetime) -> None:
@@ -128,7 +127,11 @@ class Service:
         event = breaker.Event.SUCCESS
         try:
             self.state.last = await run_cycle(
-                settings, deps, shard=self.shard, control=self.control, on_metrics=self._keep_metrics
+                settings,
+                deps,
+                shard=self.shard,
+                control=self.control,
+                exports=Exports(on_metrics=self._keep_metrics),
             )
         except RedisUnavailable as exc:
             event = breaker.Event.FAILURE
@@ -195,11 +198,11 @@ class Service:
         }
 
     async def _status_doc(self) -> dict[str, Any] | None:
-        if self.handle is None:
+        if self.deps is None:
             return None
         try:
             return await read_status(
-                self.handle.client, keys_for(self.settings), self.settings, datetime.now(UTC)
+                self.deps.redis, Keys.for_settings(self.settings), self.settings, datetime.now(UTC)
             )
         except RedisUnavailable:
             return None

@@ -38,8 +38,8 @@ def parse_shard(text: str) -> Shard:
     try:
         left, right = text.split("/")
         index, count = int(left), int(right)
-    except ValueError:
-        raise ConfigError(f"--shard: must look like I/N, e.g. 0/3 (got {text!r})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--shard: must look like I/N, e.g. 0/3 (got {text!r})") from exc
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"--shard: need 0 <= I < N (got {text!r})")
     return Shard(index, count)

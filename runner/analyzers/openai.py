@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from runner.analyzers.base import AnalysisRequest
+from runner.analyzers.http import error_for_status, retry_after_seconds
 from runner.analyzers.prompt import SIGNAL_SCHEMA, SYSTEM_PROMPT, parse_answer, prompt_hash, user_prompt
 from runner.config import Settings
 from runner.errors import (
@@ -34,28 +35,6 @@ from runner.errors import (
     TransientError,
 )
 from runner.models import Analysis
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds form; an HTTP date counts as unknown)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def error_for_status(status: int, message: str, retry_after: float | None) -> AnalyzerError:
-    """The runner error for an HTTP status from the API."""
-    text = f"HTTP {status}: {message}"[:300]
-    if status == 429:
-        return RateLimited(text, retry_after)
-    if status in (401, 402):
-        return AuthError(text)
-    if status == 408 or status >= 500:
-        return TransientError(text, retry_after)
-    return PermanentError(text)
 
 
 def _message(body: Any) -> str:
@@ -76,7 +55,7 @@ def _body_error(err: Any) -> AnalyzerError:
         status = int(code) if code is not None else 502
     except (TypeError, ValueError):
         status = 502
-    return error_for_status(status, f"error in a 200 response: {message}", None)
+    return error_for_status(status, f"HTTP {status}: error in a 200 response: {message}")
 
 
 class OpenAIAnalyzer:
@@ -135,18 +114,19 @@ class OpenAIAnalyzer:
             response = await self.client.post(
                 "chat/completions", json=self._body(model, request, user), timeout=timeout
             )
-        except httpx.TimeoutException:
-            raise TransientError(f"no answer from {model} within {request.timeout:.1f}s") from None
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"no answer from {model} within {request.timeout:.1f}s") from exc
         except httpx.HTTPError as exc:
-            raise TransientError(f"cannot reach the API: {type(exc).__name__}") from None
+            raise TransientError(f"cannot reach the API: {type(exc).__name__}") from exc
         try:
             body = response.json()
         except ValueError:
             body = None
         if response.status_code != 200:
+            detail = _message(body) if body is not None else response.reason_phrase
             raise error_for_status(
                 response.status_code,
-                _message(body) if body is not None else response.reason_phrase,
+                f"HTTP {response.status_code}: {detail}",
                 retry_after_seconds(response.headers.get("retry-after")),
             )
         if not isinstance(body, dict):

@@ -38,6 +38,7 @@ import httpx
 
 from runner import __version__
 from runner.analyzers.base import AnalysisRequest
+from runner.analyzers.http import error_for_status, retry_after_seconds
 from runner.analyzers.prompt import (
     SIGNAL_SCHEMA,
     SYSTEM_PROMPT,
@@ -53,7 +54,6 @@ from runner.errors import (
     ConfigError,
     InvalidOutput,
     PermanentError,
-    RateLimited,
     TransientError,
 )
 from runner.models import Analysis
@@ -70,16 +70,6 @@ CLEANUP_SECONDS = 3.0
 #: Seconds for the aborts alone, so that the delete still gets its turn.
 ABORT_SECONDS = 2.0
 CONNECT_SECONDS = 5.0
-
-
-def retry_after_seconds(value: Any) -> float | None:
-    """``Retry-After`` as seconds (the delta-seconds form; an HTTP date counts as unknown)."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None
 
 
 def _short(text: Any, limit: int = 200) -> str:
@@ -101,13 +91,8 @@ def error_from_info(error: Any) -> AnalyzerError:
         text = f"model API error{f' HTTP {status}' if status else ''}: {message}"
         headers = data.get("responseHeaders")
         retry_after = retry_after_seconds(headers.get("retry-after") if isinstance(headers, dict) else None)
-        if status == 429:
-            return RateLimited(text, retry_after)
-        if status in (401, 402):
-            return AuthError(text)
-        if isinstance(status, int) and 400 <= status < 500 and status != 408:
-            return PermanentError(text)
-        return TransientError(text, retry_after)
+        # No status (a connection failure inside OpenCode) is an outage like a 502.
+        return error_for_status(status if isinstance(status, int) else 502, text, retry_after)
     if name in ("StructuredOutputError", "MessageOutputLengthError"):
         return InvalidOutput(f"{name}: {message}")
     if name in ("ContextOverflowError", "ContentFilterError"):
@@ -333,7 +318,7 @@ class OpenCodeAnalyzer:
                 try:  # no tool call, but the text may still be the JSON object asked for
                     return parse_answer(text, request, **provenance)
                 except InvalidOutput as exc:
-                    raise InvalidOutput(f"{failure} and the text answer is unusable: {exc}") from None
+                    raise InvalidOutput(f"{failure} and the text answer is unusable: {exc}") from exc
             raise failure
         if info.get("structured") is not None:
             return validate_answer(info["structured"], request, **provenance)
@@ -379,14 +364,14 @@ class OpenCodeAnalyzer:
         try:
             async with asyncio.timeout(remaining):
                 return await self.client.request(method, path, timeout=timeout, **kwargs)
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransientError(
                 f"no answer from the OpenCode server within {remaining:.1f}s ({method} {_route(path)})"
-            ) from None
+            ) from exc
         except httpx.HTTPError as exc:
             raise TransientError(
                 f"cannot reach the OpenCode server at {self.base_url}: {type(exc).__name__}"
-            ) from None
+            ) from exc
 
     def _http_error(self, response: httpx.Response, doing: str, *, vanished: bool) -> AnalyzerError:
         status = response.status_code
@@ -398,20 +383,16 @@ class OpenCodeAnalyzer:
             return AuthError(
                 "the OpenCode server requires a password (HTTP 401): set OPENCODE_SERVER_PASSWORD"
             )
-        message = f"OpenCode HTTP {status} {doing}: {_body_message(response)}"[:300]
+        message = f"OpenCode HTTP {status} {doing}: {_body_message(response)}"
         retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        if status == 429:
-            return RateLimited(message, retry_after)
-        if status == 408 or status >= 500 or (status == 404 and vanished):
-            return TransientError(message, retry_after)
-        return PermanentError(message)
+        return error_for_status(status, message, retry_after, vanished=vanished)
 
     @staticmethod
     def _json(response: httpx.Response, doing: str) -> Any:
         try:
             return response.json()
-        except ValueError:
-            raise TransientError(f"OpenCode answered {doing} with a body that is not JSON") from None
+        except ValueError as exc:
+            raise TransientError(f"OpenCode answered {doing} with a body that is not JSON") from exc
 
     # --- clean-up ----------------------------------------------------------------------------
 

@@ -83,9 +83,9 @@ def extract_json(text: str) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise InvalidOutput(f"answer is not JSON ({exc.args[0][:80] if exc.args else exc})") from None
-    except RecursionError:
-        raise InvalidOutput("answer is nested too deeply to be a signal") from None
+        raise InvalidOutput(f"answer is not JSON ({exc.args[0][:80] if exc.args else exc})") from exc
+    except RecursionError as exc:
+        raise InvalidOutput("answer is nested too deeply to be a signal") from exc
 
 
 def validate_answer(data: Any, request: AnalysisRequest, **provenance: Any) -> Analysis:
@@ -119,7 +119,7 @@ def validate_answer(data: Any, request: AnalysisRequest, **provenance: Any) -> A
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "answer"
-        raise InvalidOutput(f"{where}: {first['msg']} (got {str(first.get('input'))[:60]!r})") from None
+        raise InvalidOutput(f"{where}: {first['msg']} (got {str(first.get('input'))[:60]!r})") from exc
 
 
 def parse_answer(text: str, request: AnalysisRequest, **provenance: Any) -> Analysis:

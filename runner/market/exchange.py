@@ -44,8 +44,8 @@ def parse_ohlc(symbol: str, body: Any, until: datetime, count: int) -> list[Cand
         try:
             start = datetime.fromtimestamp(int(row[0]), UTC)
             candle = Candle(start, float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[6]))
-        except (TypeError, ValueError, IndexError):
-            raise InvalidOutput(f"exchange returned a malformed candle: {str(row)[:80]}") from None
+        except (TypeError, ValueError, IndexError) as exc:
+            raise InvalidOutput(f"exchange returned a malformed candle: {str(row)[:80]}") from exc
         if start < last_minute:
             out.append(candle)
     if not out:
@@ -72,13 +72,13 @@ class ExchangeSource:
                 "/0/public/OHLC", params={"pair": kraken_pair(symbol), "interval": 1, "since": since}
             )
         except httpx.HTTPError as exc:
-            raise TransientError(f"exchange unreachable: {type(exc).__name__}") from None
+            raise TransientError(f"exchange unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientError(f"exchange answered HTTP {response.status_code}")
         try:
             body = response.json()
-        except ValueError:
-            raise TransientError(f"exchange answered HTTP {response.status_code} without JSON") from None
+        except ValueError as exc:
+            raise TransientError(f"exchange answered HTTP {response.status_code} without JSON") from exc
         return parse_ohlc(symbol, body, until, count)
 
     async def aclose(self) -> None:

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from runner.metrics import COUNTERS, GAUGES, HISTOGRAMS, Increments, registry
+from runner.exposition import build_registry
+from runner.metrics import COUNTERS, GAUGES, HISTOGRAMS, Increments
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "k8s" / "alerts" / "autonomous-runner.rules.yml"
@@ -210,7 +211,7 @@ def test_exposed_names_match_the_real_exposition() -> None:
         inc.inc(f"{family}_total", {"symbol": "BTC/USD"})
     for family in HISTOGRAMS:
         inc.observe(family, 1.0)
-    text = generate_latest(registry(inc.values, dict.fromkeys(GAUGES, 1.0))).decode()
+    text = generate_latest(build_registry(inc.values, dict.fromkeys(GAUGES, 1.0))).decode()
     written = {
         re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", line).group()  # type: ignore[union-attr]
         for line in text.splitlines()

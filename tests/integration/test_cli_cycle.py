@@ -415,7 +415,7 @@ def test_embedded_status_alone_starts_and_stops_the_server(embedded_dir):
 
 def _grow_embedded_state(state_dir: Path, keys: int) -> None:
     """Start the embedded server as a run does, fill it with ``keys`` keys, save and stop it."""
-    from runner.embedded import server_binary
+    from runner.store.embedded import server_binary
 
     subprocess.run([server_binary(), str(state_dir / "redis.conf")], check=True, timeout=10)
     wait_until(lambda: embedded_running(state_dir), timeout=10)

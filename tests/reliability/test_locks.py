@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from runner.locks import ACQUIRE_SCRIPT
 from runner.shards import Shard
+from runner.store import scripts
 from tests.integration.helpers import (
     counter_totals,
     lock_keys,
@@ -321,13 +321,23 @@ def test_many_takers_race_in_the_lua_script(measure, real_redis, tmp_path: Path)
         def take(
             i: int, rows: list[list[object]] = rows, barrier: threading.Barrier = barrier, r: int = r
         ) -> None:
-            script = clients[i].register_script(ACQUIRE_SCRIPT)
+            script = clients[i].register_script(scripts.ACQUIRE)
             # Each taker is a live run: its heartbeat is written before it takes locks.
             clients[i].hset(f"runner:heartbeat:taker-{i}", f"cycle-{r}-{i}", str(time.time() + 30))
             clients[i].expire(f"runner:heartbeat:taker-{i}", 30)
-            args = [f"taker-{i}", f"cycle-{r}-{i}", i, time.time(), 90, 120, "runner:heartbeat:"]
+            keys, args = scripts.pack(
+                {"fencing": "runner:fencing"},
+                {"locks": ["signal:lock:ETH/USD"]},
+                {
+                    "owner": {"instance_id": f"taker-{i}", "cycle_id": f"cycle-{r}-{i}", "pid": i},
+                    "now": time.time(),
+                    "ttl": 90,
+                    "stale": 120,
+                    "hb_prefix": "runner:heartbeat:",
+                },
+            )
             barrier.wait()
-            rows[i] = json.loads(script(keys=["runner:fencing", "signal:lock:ETH/USD"], args=args))[0]
+            rows[i] = json.loads(script(keys=keys, args=args))[0]
 
         threads = [threading.Thread(target=take, args=(i,)) for i in range(takers)]
         for t in threads:

@@ -14,13 +14,13 @@ from runner.analyzers.base import AnalysisRequest
 from runner.analyzers.fake import FakeAnalyzer
 from runner.clock import Clock, FrozenClock, SystemClock
 from runner.config import Settings, load_settings
-from runner.cycle import Control, Deps, keys_for, run_cycle
+from runner.cycle import Control, Deps, run_cycle
 from runner.errors import AuthError, InvalidOutput, PermanentError, TransientError
-from runner.keys import Keys
-from runner.locks import Owner
 from runner.market.synthetic import SyntheticSource
 from runner.models import Analysis, CycleStatus, Outcome, SymbolStatus
-from runner.state import StateStore
+from runner.store.keys import Keys
+from runner.store.locks import Owner
+from runner.store.state import StateStore
 
 SYMBOLS = ["ETH/USD", "BTC/USD", "SOL/USD"]
 KEYS = Keys()
@@ -245,7 +245,7 @@ async def test_another_cycle_holding_the_lease_skips_this_one(any_redis: Any) ->
 
 
 async def test_kill_switch_skips_the_cycle(any_redis: Any) -> None:
-    await StateStore(any_redis, keys_for(make_settings())).set_kill_switch(
+    await StateStore(any_redis, Keys.for_settings(make_settings())).set_kill_switch(
         "incident", "ops", datetime.now(UTC)
     )
     analyzer = FakeAnalyzer(answers())

@@ -13,7 +13,7 @@ from runner.adaptive import Backpressure, Sample
 from runner.breaker import BreakerState
 from runner.config import Settings, load_settings
 from runner.guards import Snapshot, decide, in_maintenance, parse_window
-from runner.locks import LockResult
+from runner.store.locks import LockResult
 
 NOW = datetime(2026, 11, 23, 14, 5, 41, tzinfo=UTC)
 TS = NOW.timestamp()

@@ -13,11 +13,11 @@ from runner.analyzers.fake import FakeAnalyzer, hold
 from runner.clock import SystemClock
 from runner.config import load_settings
 from runner.cycle import Deps, run_cycle
-from runner.keys import Keys
 from runner.market.synthetic import SyntheticSource
 from runner.models import Analysis, SymbolStatus
-from runner.ratelimit import JITTER_TOLERANCE, RateLimiter
 from runner.shards import Shard
+from runner.store.keys import Keys
+from runner.store.ratelimit import JITTER_TOLERANCE, RateLimiter
 
 
 async def test_slots_are_spaced_by_the_emission_interval(any_redis: Any) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from runner.adaptive import Backpressure, Plan
-from runner.breaker import BreakerState, Event, Gate
-from runner.clock import Deadline, FrozenClock
+from runner.adaptive import Backpressure
+from runner.analysis import Tally
+from runner.breaker import BreakerState, Event
 from runner.config import Settings, load_settings
-from runner.guards import Decision, Snapshot
-from runner.locks import LockResult, Owner
+from runner.errors import Code
+from runner.guards import Snapshot
 from runner.models import CycleStatus, Outcome, Signal, SymbolResult, SymbolStatus
 from runner.record import plan_record
-from runner.run import Deps, RunState
-from runner.shards import Shard
+from runner.store.locks import LockResult, LockStatus, Owner
 
 STARTED = datetime(2026, 3, 2, 12, 0, 1, tzinfo=UTC)
 OWNER = Owner("pod-a", "cycle-1", pid=1)
@@ -24,14 +23,14 @@ def settings(**overrides: Any) -> Settings:
     return load_settings(None, overrides, environ={})
 
 
-def snapshot(backpressure: Backpressure | None = None) -> Snapshot:
+def snapshot(backpressure: Backpressure | None = None, lease: LockResult | None = None) -> Snapshot:
     return Snapshot(
         kill_switch={},
         breaker=BreakerState(),
         backpressure=backpressure or Backpressure(),
         samples=[],
         paused={},
-        lease=None,
+        lease=lease,
     )
 
 
@@ -41,7 +40,7 @@ def outcome(status: CycleStatus, results: list[SymbolResult], **kw: Any) -> Outc
         instance_id=OWNER.instance_id,
         status=status,
         exit_code=0,
-        started_at=STARTED.isoformat().replace("+00:00", "Z"),
+        started_at=STARTED,
         scheduled_minute="2026-03-02T12:00",
         duration_ms=kw.pop("duration_ms", 800),
         results=results,
@@ -49,32 +48,16 @@ def outcome(status: CycleStatus, results: list[SymbolResult], **kw: Any) -> Outc
     )
 
 
-def run_state(cfg: Settings, locks: dict[str, LockResult] | None = None) -> RunState:
-    clock = FrozenClock(STARTED)
-    plan = Plan(
-        concurrency=4, symbol_timeout=10, p95_ms=0, p99_ms=0, high_latency=False, skip=False, samples=0
-    )
-    return RunState(
-        settings=cfg,
-        deps=Deps(redis=None, analyzer=None, market=None, clock=clock),  # type: ignore[arg-type]
-        owner=OWNER,
-        shard=Shard(0, 1),
-        minute=STARTED.replace(second=0),
-        started=STARTED,
-        deadline=Deadline(clock, 45),
-        decision=Decision(plan=plan, gate=Gate(allow=True)),
-        dry_run=False,
-        breaker_base=BreakerState(),
-        breaker_live=BreakerState(),
-        probes_left=None,
-        locks=locks or {},
-    )
+def tally() -> Tally:
+    """What the analysis step hands the record step, for a run that found the breaker closed."""
+    return Tally(breaker_base=BreakerState(), breaker=BreakerState())
 
 
-def failed(symbol: str, reason: str, *, fault: bool) -> SymbolResult:
+def failed(symbol: str, code: Code, reason: str, *, fault: bool) -> SymbolResult:
     return SymbolResult(
         symbol=symbol,
         status=SymbolStatus.FAILED,
+        code=code,
         reason=reason,
         attempts=1,
         duration_ms=50,
@@ -90,7 +73,7 @@ def test_a_skipped_cycle_counts_its_reason_and_releases_nothing() -> None:
     cfg = settings()
     done = outcome(CycleStatus.SKIPPED, [], skip_reason="breaker_open", skip_detail="open")
 
-    plan = plan_record(cfg, OWNER, done, None, None, snapshot())
+    plan = plan_record(cfg, OWNER, done, snapshot())
 
     assert plan.lock_keys == []
     assert plan.payload["breaker"] is None
@@ -102,9 +85,12 @@ def test_a_skipped_cycle_counts_its_reason_and_releases_nothing() -> None:
 
 def test_a_model_answering_garbage_everywhere_is_one_breaker_failure_and_no_symbol_is_to_blame() -> None:
     cfg = settings()
-    results = [failed(s, "invalid_output: not JSON", fault=True) for s in ("ETH/USD", "BTC/USD", "SOL/USD")]
+    results = [
+        failed(s, Code.INVALID_OUTPUT, "invalid_output: not JSON", fault=True)
+        for s in ("ETH/USD", "BTC/USD", "SOL/USD")
+    ]
 
-    plan = plan_record(cfg, OWNER, outcome(CycleStatus.FAILED, results), run_state(cfg), None, snapshot())
+    plan = plan_record(cfg, OWNER, outcome(CycleStatus.FAILED, results), snapshot(), tally=tally())
 
     assert plan.breaker_events == [(Event.FAILURE, STARTED.timestamp())]
     assert plan.payload["breaker"]["fields"]["failure_count"] == "1"
@@ -113,10 +99,10 @@ def test_a_model_answering_garbage_everywhere_is_one_breaker_failure_and_no_symb
 
 def test_one_symbols_own_bad_answer_is_its_fault_and_not_the_breakers() -> None:
     cfg = settings()
-    ok = SymbolResult(symbol="BTC/USD", status=SymbolStatus.OK, attempts=1, duration_ms=40)
-    results = [failed("ETH/USD", "invalid_output: confidence", fault=True), ok]
+    ok = SymbolResult(symbol="BTC/USD", status=SymbolStatus.OK, code=Code.OK, attempts=1, duration_ms=40)
+    results = [failed("ETH/USD", Code.INVALID_OUTPUT, "invalid_output: confidence", fault=True), ok]
 
-    plan = plan_record(cfg, OWNER, outcome(CycleStatus.PARTIAL, results), run_state(cfg), None, snapshot())
+    plan = plan_record(cfg, OWNER, outcome(CycleStatus.PARTIAL, results), snapshot(), tally=tally())
 
     assert plan.breaker_events == []
     assert plan.payload["breaker"] is None
@@ -126,11 +112,11 @@ def test_one_symbols_own_bad_answer_is_its_fault_and_not_the_breakers() -> None:
 def test_only_the_locks_the_run_owns_are_released_and_takeovers_are_counted() -> None:
     cfg = settings()
     locks = {
-        "ETH/USD": LockResult("signal:lock:ETH/USD", "acquired", 7, '{"cycle_id":"cycle-1"}'),
+        "ETH/USD": LockResult("signal:lock:ETH/USD", LockStatus.ACQUIRED, 7, '{"cycle_id":"cycle-1"}'),
         "BTC/USD": LockResult(
-            "signal:lock:BTC/USD", "taken_over", 8, '{"cycle_id":"cycle-1"}', "heartbeat_gone"
+            "signal:lock:BTC/USD", LockStatus.TAKEN_OVER, 8, '{"cycle_id":"cycle-1"}', "heartbeat_gone"
         ),
-        "SOL/USD": LockResult("signal:lock:SOL/USD", "held", 0, '{"cycle_id":"other"}'),
+        "SOL/USD": LockResult("signal:lock:SOL/USD", LockStatus.HELD, 0, '{"cycle_id":"other"}'),
     }
     signal = Signal(
         id="ETH/USD:2026-03-02T12:00",
@@ -148,13 +134,15 @@ def test_only_the_locks_the_run_owns_are_released_and_takeovers_are_counted() ->
         fencing_token=7,
     )
     results = [
-        SymbolResult(symbol="ETH/USD", status=SymbolStatus.OK, attempts=1, duration_ms=5, signal=signal),
-        SymbolResult(symbol="BTC/USD", status=SymbolStatus.OK, attempts=1, duration_ms=5),
-        SymbolResult(symbol="SOL/USD", status=SymbolStatus.LOCKED, reason="held by pod-b"),
+        SymbolResult(
+            symbol="ETH/USD", status=SymbolStatus.OK, code=Code.OK, attempts=1, duration_ms=5, signal=signal
+        ),
+        SymbolResult(symbol="BTC/USD", status=SymbolStatus.OK, code=Code.OK, attempts=1, duration_ms=5),
+        SymbolResult(symbol="SOL/USD", status=SymbolStatus.LOCKED, code=Code.LOCKED, reason="held by pod-b"),
     ]
     done = outcome(CycleStatus.COMPLETED, results, signals=[signal])
 
-    plan = plan_record(cfg, OWNER, done, run_state(cfg, locks), None, snapshot())
+    plan = plan_record(cfg, OWNER, done, snapshot(), tally=tally(), locks=locks)
 
     assert plan.lock_keys == ["signal:lock:ETH/USD", "signal:lock:BTC/USD"]
     assert len(plan.payload["lock_values"]) == 2
@@ -165,11 +153,11 @@ def test_only_the_locks_the_run_owns_are_released_and_takeovers_are_counted() ->
 
 def test_the_overrun_that_completes_the_streak_starts_a_cooldown() -> None:
     cfg = settings(adaptive={"backpressure_max_overruns": 3, "cooldown_cycles": 2})
-    lease = LockResult("runner:cycle:lease", "acquired", 1, "cycle-1")
+    lease = LockResult("runner:cycle:lease", LockStatus.ACQUIRED, 1, "cycle-1")
     late = outcome(CycleStatus.COMPLETED, [], duration_ms=int(cfg.timeouts.total_timeout_seconds * 1000) + 1)
 
     plan = plan_record(
-        cfg, OWNER, late, run_state(cfg), lease, snapshot(Backpressure(consecutive_overruns=2))
+        cfg, OWNER, late, snapshot(Backpressure(consecutive_overruns=2), lease=lease), tally=tally()
     )
 
     assert plan.cooling

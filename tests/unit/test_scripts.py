@@ -12,12 +12,11 @@ import pytest
 
 from runner.breaker import BreakerState
 from runner.clock import FrozenClock
-from runner.config import Breaker
-from runner.keys import SIGNAL_ID_TTL_SECONDS, Keys
-from runner.locks import LockManager, LockResult, Owner
 from runner.models import Signal
-from runner.publish import Pending, Publisher
-from runner.state import StateStore
+from runner.store.keys import SIGNAL_ID_TTL_SECONDS, Keys
+from runner.store.locks import LockManager, LockResult, Owner
+from runner.store.publish import Pending, Publisher, signal_target
+from runner.store.state import StateStore
 
 KEYS = Keys()
 START = datetime(2026, 11, 23, 14, 5, 0, tzinfo=UTC)
@@ -91,7 +90,6 @@ async def test_a_later_acquisition_gets_a_larger_token(any_redis: Any) -> None:
 
 async def test_no_symbols_is_no_round_trip(any_redis: Any) -> None:
     assert await manager(any_redis).acquire([]) == {}
-    assert await manager(any_redis).release([]) == 0
 
 
 async def test_lock_of_a_live_owner_is_held(any_redis: Any) -> None:
@@ -176,24 +174,6 @@ async def test_two_runs_racing_for_a_stale_lock_only_one_wins(any_redis: Any) ->
     assert await any_redis.get(KEYS.lock("ETH/USD")) == winner.value
 
 
-async def test_release_deletes_only_our_own_records(any_redis: Any) -> None:
-    mine = await manager(any_redis).acquire(["ETH/USD", "BTC/USD"])
-    theirs = await seed_lock(any_redis, "BTC/USD")  # BTC/USD was taken over meanwhile
-
-    released = await manager(any_redis).release(list(mine.values()))
-
-    assert released == 1
-    assert await any_redis.exists(KEYS.lock("ETH/USD")) == 0
-    assert await any_redis.get(KEYS.lock("BTC/USD")) == theirs
-
-
-async def test_release_of_an_expired_lock_is_harmless(any_redis: Any) -> None:
-    mine = await manager(any_redis).acquire(["ETH/USD"])
-    await any_redis.delete(KEYS.lock("ETH/USD"))
-
-    assert await manager(any_redis).release(list(mine.values())) == 0
-
-
 async def test_non_integer_fencing_counter_restarts_above_earlier_tokens(any_redis: Any) -> None:
     earlier = await manager(any_redis).acquire(["ETH/USD", "BTC/USD"])
     await any_redis.set(KEYS.fencing, "not-a-number")
@@ -240,14 +220,21 @@ async def locked(redis: Any, symbol: str, owner: Owner = ME) -> LockResult:
 
 
 def publisher(redis: Any) -> Publisher:
-    return Publisher(redis, KEYS, maxlen=1000)
+    return Publisher(redis, KEYS)
+
+
+def pending(signal: Signal, lock: LockResult) -> Pending:
+    """The signal as the cycle hands it to the publisher, entitled by ``lock``."""
+    return Pending(
+        signal.id, signal.symbol, signal.to_json(), lock.key, lock.value, signal_target(KEYS, 1000)
+    )
 
 
 async def test_published_signal_lands_in_stream_and_latest_and_frees_the_lock(any_redis: Any) -> None:
     lock = await locked(any_redis, "ETH/USD")
     signal = make_signal("ETH/USD", lock.token)
 
-    outcome = await publisher(any_redis).publish_batch([Pending(signal, lock.key, lock.value)])
+    outcome = await publisher(any_redis).publish_batch([pending(signal, lock)])
 
     assert outcome == ["published"]
     entries = await any_redis.xrange(KEYS.stream)
@@ -271,7 +258,7 @@ async def test_published_signal_goes_to_live_listeners(any_redis: Any) -> None:
     await listener.subscribe(KEYS.channel)
     await listener.get_message(timeout=1)  # the subscribe confirmation
 
-    await publisher(any_redis).publish_batch([Pending(signal, lock.key, lock.value)])
+    await publisher(any_redis).publish_batch([pending(signal, lock)])
     message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
     await listener.aclose()
 
@@ -281,14 +268,12 @@ async def test_published_signal_goes_to_live_listeners(any_redis: Any) -> None:
 
 async def test_same_signal_id_again_is_a_duplicate_and_changes_nothing(any_redis: Any) -> None:
     first = await locked(any_redis, "ETH/USD")
-    await publisher(any_redis).publish_batch(
-        [Pending(make_signal("ETH/USD", first.token), first.key, first.value)]
-    )
+    await publisher(any_redis).publish_batch([pending(make_signal("ETH/USD", first.token), first)])
     latest_before = await any_redis.hget(KEYS.latest, "ETH/USD")
 
     rerun = await locked(any_redis, "ETH/USD", OTHER)  # a re-run in the same minute
     outcome = await publisher(any_redis).publish_batch(
-        [Pending(make_signal("ETH/USD", rerun.token, action="SELL"), rerun.key, rerun.value)]
+        [pending(make_signal("ETH/USD", rerun.token, action="SELL"), rerun)]
     )
 
     assert outcome == ["duplicate"]
@@ -302,7 +287,7 @@ async def test_signal_of_a_run_that_lost_its_lock_is_fenced(any_redis: Any) -> N
     theirs = await seed_lock(any_redis, "ETH/USD", token=lock.token + 1)  # taken over meanwhile
     signal = make_signal("ETH/USD", lock.token)
 
-    outcome = await publisher(any_redis).publish_batch([Pending(signal, lock.key, lock.value)])
+    outcome = await publisher(any_redis).publish_batch([pending(signal, lock)])
 
     assert outcome == ["fenced"]
     assert await any_redis.xlen(KEYS.stream) == 0
@@ -315,9 +300,7 @@ async def test_signal_whose_lock_expired_is_fenced(any_redis: Any) -> None:
     lock = await locked(any_redis, "ETH/USD")
     await any_redis.delete(lock.key)
 
-    outcome = await publisher(any_redis).publish_batch(
-        [Pending(make_signal("ETH/USD", lock.token), lock.key, lock.value)]
-    )
+    outcome = await publisher(any_redis).publish_batch([pending(make_signal("ETH/USD", lock.token), lock)])
 
     assert outcome == ["fenced"]
     assert await any_redis.xlen(KEYS.stream) == 0
@@ -330,8 +313,8 @@ async def test_a_batch_reports_each_signal_on_its_own(any_redis: Any) -> None:
 
     outcome = await publisher(any_redis).publish_batch(
         [
-            Pending(make_signal("ETH/USD", eth.token), eth.key, eth.value),
-            Pending(make_signal("BTC/USD", btc.token), btc.key, btc.value),
+            pending(make_signal("ETH/USD", eth.token), eth),
+            pending(make_signal("BTC/USD", btc.token), btc),
         ]
     )
 
@@ -344,11 +327,13 @@ async def test_publisher_flushes_submitted_signals_on_close(any_redis: Any) -> N
     pub = publisher(any_redis)
     pub.start()
 
-    for lock, symbol in zip(locks, ("ETH/USD", "BTC/USD"), strict=True):
-        pub.submit(Pending(make_signal(symbol, lock.token), lock.key, lock.value))
+    futures = [
+        pub.submit(pending(make_signal(symbol, lock.token), lock))
+        for lock, symbol in zip(locks, ("ETH/USD", "BTC/USD"), strict=True)
+    ]
     await pub.close()
 
-    assert pub.outcomes == {"ETH/USD:2026-11-23T14:05": "published", "BTC/USD:2026-11-23T14:05": "published"}
+    assert [f.result() for f in futures] == ["published", "published"]
     assert pub.errors == []
     assert await any_redis.xlen(KEYS.stream) == 2
 
@@ -418,7 +403,7 @@ async def test_begin_reads_every_guards_state(any_redis: Any) -> None:
     )
     await any_redis.lpush(KEYS.latency, *[f"{NOW - 100 + i}:{1000 + i}" for i in range(15)])
     await any_redis.hset(KEYS.paused, "DOGE/USD", '{"reason": "invalid_output"}')
-    await any_redis.hset(store.spend_key(START), "usd", "1.25")
+    await any_redis.hset(KEYS.spend(START), "usd", "1.25")
 
     snap = await begin(store)
 
@@ -564,12 +549,7 @@ def update(
 
 
 async def record(store: StateStore, p: dict[str, Any], lock_keys: list[str] | None = None) -> Any:
-    return await store.record(
-        p,
-        lock_keys=lock_keys or [],
-        heartbeat_key=KEYS.heartbeat(ME.instance_id),
-        spend_key=store.spend_key(START),
-    )
+    return await store.record(p, lock_keys=lock_keys or [], instance_id=ME.instance_id, day=START)
 
 
 async def stats(redis: Any, symbol: str) -> dict[str, Any]:
@@ -744,10 +724,10 @@ async def test_record_adds_up_todays_spend(any_redis: Any) -> None:
     await record(store, payload(spend={"usd": 0.5, "calls": 1}))
     await record(store, payload(spend={"usd": 0, "calls": 0}))
 
-    spend = await any_redis.hgetall(store.spend_key(START))
+    spend = await any_redis.hgetall(KEYS.spend(START))
     assert float(spend["usd"]) == pytest.approx(0.75)
     assert spend["calls"] == "3"
-    assert 0 < await any_redis.ttl(store.spend_key(START)) <= 3 * 86400
+    assert 0 < await any_redis.ttl(KEYS.spend(START)) <= 3 * 86400
     assert (await begin(store)).spend_usd == pytest.approx(0.75)
 
 
@@ -811,7 +791,7 @@ async def test_reset_breaker_closes_it_whatever_its_state(any_redis: Any) -> Non
     store = StateStore(any_redis, KEYS)
     await store.save_breaker(0, BreakerState(state="open", failure_count=9, opened_at=NOW))
 
-    state = await store.reset_breaker(Breaker())
+    state = await store.reset_breaker()
 
     assert state.state == "closed"
     assert state.failure_count == 0

@@ -1,28 +1,19 @@
-"""``runner status``: everything an operator needs to know, read in one pipelined round trip,
-and the health verdict for ``--check`` (pure).
-"""
+"""``runner status``: everything an operator needs to know, read in one pipelined round trip
+(after the scans for locks, heartbeats and shards). The health verdict is ``runner.health``."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from runner import adaptive, breaker
-from runner.breaker import BreakerState
 from runner.config import Settings
-from runner.connection import redis_errors
-from runner.keys import Keys
-from runner.state import as_float
-
-
-def _json(raw: Any) -> Any:
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
-        return None
+from runner.store import replies
+from runner.store.connection import redis_errors
+from runner.store.keys import Keys
+from runner.store.replies import as_float, json_object
 
 
 async def _scan(client: aioredis.Redis, pattern: str, limit: int = 5000) -> list[str]:
@@ -45,8 +36,8 @@ async def read_status(
     async with redis_errors("reading status"):
         lock_keys = await _scan(client, keys.lock_pattern)
         hb_keys = await _scan(client, keys.heartbeat_pattern)
-        bp_keys = await _scan(client, keys._k("runner:backpressure:*"))
-        spend_key = keys._k(f"runner:spend:{now:%Y-%m-%d}")
+        bp_keys = await _scan(client, keys.backpressure_pattern)
+        spend_key = keys.spend(now)
         hashes = [
             keys.breaker("llm_service"),
             keys.kill_switch,
@@ -86,20 +77,15 @@ async def read_status(
                 pipe.hgetall(key)
             pipe.xlen(keys.stream)
             pipe.get(keys.last_cycle)
-            replies = await pipe.execute(raise_on_error=False)
-    it = iter(replies)
+            answers = await pipe.execute(raise_on_error=False)
+    it = iter(answers)
     history_raw, latency_raw = next(it), next(it)
     breaker_raw, kill_raw, paused_raw, stats_raw, latest_raw, spend_raw = (next(it) for _ in range(6))
 
-    def as_dict(x: Any) -> dict[str, str]:
-        return dict(x) if isinstance(x, dict) else {}
-
-    history = [h for h in (_json(x) for x in (history_raw or [])) if isinstance(h, dict)]
+    as_dict = replies.pairs
+    history = [h for h in (json_object(x) for x in (history_raw or [])) if h is not None]
     ts = now.timestamp()
-    try:
-        breaker_state = BreakerState.from_fields(as_dict(breaker_raw))
-    except ValueError:
-        breaker_state = BreakerState()
+    breaker_state = replies.breaker_state(as_dict(breaker_raw), keys.breaker("llm_service"))
     cfg = settings.circuit_breaker.llm_service
     g = breaker.gate(breaker_state, ts, cfg)
     samples = adaptive.parse_samples(latency_raw if isinstance(latency_raw, list) else [])
@@ -108,8 +94,7 @@ async def read_status(
     locks = []
     for key in lock_keys:
         value, ttl = next(it), next(it)
-        owner = _json(value) if isinstance(value, str) else None
-        owner = owner if isinstance(owner, dict) else {}
+        owner = json_object(value) or {}
         locks.append(
             {
                 "symbol": keys.symbol_of_lock(key),
@@ -137,28 +122,25 @@ async def read_status(
         lock["owner_alive"] = alive
     cooldown = {}
     for key in bp_keys:
-        cooldown[key.rsplit(":", 1)[-1].replace("-", "/")] = as_dict(next(it))
+        cooldown[keys.shard_of_backpressure(key)] = as_dict(next(it))
     stream_len = next(it)
-    last_full = _json(next(it))
+    last_full = json_object(next(it))
     stats = {
-        s: v for s, v in ((s, _json(raw)) for s, raw in as_dict(stats_raw).items()) if isinstance(v, dict)
+        s: v for s, v in ((s, json_object(raw)) for s, raw in as_dict(stats_raw).items()) if v is not None
     }
     latest = {
-        s: v for s, v in ((s, _json(raw)) for s, raw in as_dict(latest_raw).items()) if isinstance(v, dict)
+        s: v for s, v in ((s, json_object(raw)) for s, raw in as_dict(latest_raw).items()) if v is not None
     }
-    paused = {
-        s: (_json(raw) if isinstance(_json(raw), dict) else {"reason": raw})
-        for s, raw in as_dict(paused_raw).items()
-    }
+    paused = {s: _or_reason(json_object(raw), raw) for s, raw in as_dict(paused_raw).items()}
     kill = as_dict(kill_raw)
     spend = as_dict(spend_raw)
     return {
         "now": now.isoformat(),
         # The full ``runner cycle --json`` document of the last cycle, else its summary.
-        "last_cycle": last_full if isinstance(last_full, dict) else (history[0] if history else None),
+        "last_cycle": last_full if last_full is not None else (history[0] if history else None),
         "history": history,
         "breaker": {
-            "state": breaker_state.state,
+            "state": breaker_state.state.value,
             "failure_count": breaker_state.failure_count,
             "opened_at": breaker_state.opened_at,
             "success_count": breaker_state.success_count,
@@ -166,7 +148,7 @@ async def read_status(
             "next_probe_at": g.retry_at,
             "value": breaker.STATE_VALUE[breaker_state.state],
         },
-        "breakers": {"llm_service": breaker_state.state},
+        "breakers": {"llm_service": breaker_state.state.value},
         "kill_switch": {
             "on": kill.get("on") == "1",
             "reason": kill.get("reason"),
@@ -197,38 +179,6 @@ async def read_status(
     }
 
 
-def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, list[str]]:
-    """0 healthy, 1 degraded, 3 unhealthy, with the reasons (pure)."""
-    problems: list[tuple[int, str]] = []
-    last = doc.get("last_cycle")
-    if doc["kill_switch"]["on"]:
-        problems.append((1, f"kill switch on: {doc['kill_switch'].get('reason')}"))
-    if doc["breaker"]["state"] == "open":
-        problems.append((3, "circuit breaker open"))
-    elif doc["breaker"]["state"] == "half_open":
-        problems.append((1, "circuit breaker half-open"))
-    if any(int(v.get("cooldown_remaining") or 0) > 0 for v in doc["cooldown"].values()):
-        problems.append((1, "backpressure cooldown"))
-    if doc["paused"]:
-        problems.append((1, f"{len(doc['paused'])} symbol(s) paused"))
-    if last is None:
-        problems.append((1, "no cycle has run yet"))
-    else:
-        started = _parse(last.get("started_at"))
-        if started is not None and now - started > 5 * 60:
-            problems.append((3, f"last cycle started {int(now - started)}s ago"))
-        elif started is not None and now - started > 2 * 60:
-            problems.append((1, f"last cycle started {int(now - started)}s ago"))
-        if last.get("status") == "failed":
-            problems.append((3, "last cycle failed"))
-        elif last.get("status") == "partial":
-            problems.append((1, "last cycle partial"))
-    code = max((c for c, _ in problems), default=0)
-    return code, [m for _, m in problems]
-
-
-def _parse(iso: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+def _or_reason(record: dict[str, Any] | None, raw: str) -> dict[str, Any]:
+    """A paused symbol's record; a bare string (written by hand) is its reason."""
+    return record if record is not None else {"reason": raw}

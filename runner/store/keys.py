@@ -8,6 +8,11 @@ derive from a lock's owner) lives in one slot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runner.config import Settings
 
 #: How long a published signal id is remembered, so a re-run cannot publish it twice.
 SIGNAL_ID_TTL_SECONDS = 6 * 3600
@@ -26,6 +31,17 @@ class Keys:
     channel_name: str = "channel:raw-signals"
     latest_name: str = "signals:latest"
     lock_prefix: str = "signal:lock:"
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Keys:
+        """The names a deployment's settings give (prefix, publish names, lock prefix)."""
+        return cls(
+            prefix=settings.redis.key_prefix,
+            stream_name=settings.publish.stream,
+            channel_name=settings.publish.channel,
+            latest_name=settings.publish.latest_hash,
+            lock_prefix=settings.locks.redis_key_prefix,
+        )
 
     def _k(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -91,6 +107,14 @@ class Keys:
         return self._k(f"runner:backpressure:{shard}")
 
     @property
+    def backpressure_pattern(self) -> str:
+        return self._k("runner:backpressure:*")
+
+    def shard_of_backpressure(self, key: str) -> str:
+        """``runner:backpressure:0-2`` -> ``0/2``."""
+        return key.rsplit(":", 1)[-1].replace("-", "/")
+
+    @property
     def latency(self) -> str:
         """Recent analysis latencies, newest first, as ``<epoch>:<ms>``."""
         return self._k("runner:latency")
@@ -113,6 +137,20 @@ class Keys:
     def last_cycle(self) -> str:
         """The full outcome of the last cycle (the ``runner cycle --json`` document)."""
         return self._k("runner:last_cycle")
+
+    def spend(self, day: datetime) -> str:
+        """Analyzer spend and calls of one UTC day."""
+        return self._k(f"runner:spend:{day:%Y-%m-%d}")
+
+    @property
+    def ratelimit_tat(self) -> str:
+        """The shared rate limit's theoretical arrival time (GCRA)."""
+        return self._k("runner:ratelimit:tat")
+
+    @property
+    def ratelimit_pause(self) -> str:
+        """Until when a 429's Retry-After pauses every caller."""
+        return self._k("runner:ratelimit:pause")
 
     def counters(self, shard: str) -> str:
         """Cumulative metric totals of one shard (series -> value); each shard pushes its own."""

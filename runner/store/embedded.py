@@ -92,7 +92,7 @@ def _start(directory: Path) -> None:
     try:
         subprocess.run([server_binary(), str(conf)], check=True, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RedisUnavailable(f"embedded Redis could not start: {exc}") from None
+        raise RedisUnavailable(f"embedded Redis could not start: {exc}") from exc
 
 
 async def _probe(client: aioredis.Redis) -> str:

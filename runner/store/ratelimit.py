@@ -14,36 +14,9 @@ import json
 
 import redis.asyncio as aioredis
 
-from runner.connection import redis_errors
-from runner.keys import Keys
-
-#: KEYS[1] theoretical arrival time (TAT, epoch seconds), KEYS[2] pause-until (epoch seconds).
-#: ARGV: now, emission interval, tolerance ((burst - 1) * interval), longest acceptable wait.
-#: Returns JSON [granted (0/1), seconds to wait].
-RESERVE_SCRIPT = """
-local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tolerance, max_wait = tonumber(ARGV[3]), tonumber(ARGV[4])
-local pause_until = tonumber(redis.pcall('GET', KEYS[2])) or 0
-local tat = tonumber(redis.pcall('GET', KEYS[1])) or 0
-local start = math.max(now, pause_until)
-tat = math.max(tat, start)
-local at = math.max(start, tat - tolerance)
-if at - now > max_wait then return cjson.encode({0, at - now}) end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-return cjson.encode({1, at - now})
-"""
-
-#: KEYS[1] pause-until; ARGV: until (epoch seconds). Only ever extends the pause.
-PAUSE_SCRIPT = """
-local current = tonumber(redis.pcall('GET', KEYS[1])) or 0
-local untl = tonumber(ARGV[1])
-if untl > current then
-  redis.call('SET', KEYS[1], tostring(untl), 'PX', math.ceil((untl - tonumber(ARGV[2])) * 1000) + 1000)
-end
-return 1
-"""
-
+from runner.store import scripts
+from runner.store.connection import redis_errors
+from runner.store.keys import Keys
 
 #: Seconds a call may start after its slot without breaking the per-minute bound.
 JITTER_TOLERANCE = 0.25
@@ -58,20 +31,30 @@ class RateLimiter:
         # many into a 60-second window.
         self.interval = 60.0 / requests_per_minute + JITTER_TOLERANCE / max(requests_per_minute - 1, 1)
         self.tolerance = (max(burst, 1) - 1) * self.interval
-        self.keys = [keys._k("runner:ratelimit:tat"), keys._k("runner:ratelimit:pause")]
-        self._reserve = client.register_script(RESERVE_SCRIPT)
-        self._pause = client.register_script(PAUSE_SCRIPT)
+        self.keys = keys
+        self._reserve = client.register_script(scripts.RESERVE)
+        self._pause = client.register_script(scripts.PAUSE)
 
     async def reserve(self, now: float, max_wait: float) -> tuple[bool, float]:
         """(granted, seconds to wait before calling); not granted: no slot was taken."""
+        keys, args = scripts.pack(
+            {"tat": self.keys.ratelimit_tat, "pause": self.keys.ratelimit_pause},
+            args={
+                "now": now,
+                "interval": self.interval,
+                "tolerance": self.tolerance,
+                "max_wait": max(max_wait, 0.0),
+            },
+        )
         async with redis_errors("reserving a rate-limit slot"):
-            raw = await self._reserve(
-                keys=self.keys, args=[now, self.interval, self.tolerance, max(max_wait, 0.0)]
-            )
+            raw = await self._reserve(keys=keys, args=args)
         granted, wait = json.loads(raw)
         return bool(granted), max(float(wait), 0.0)
 
     async def pause(self, now: float, seconds: float) -> None:
         """Everyone sharing the limit waits ``seconds`` (a 429's Retry-After)."""
+        keys, args = scripts.pack(
+            {"pause": self.keys.ratelimit_pause}, args={"until": now + seconds, "now": now}
+        )
         async with redis_errors("pausing the rate limit"):
-            await self._pause(keys=[self.keys[1]], args=[now + seconds, now])
+            await self._pause(keys=keys, args=args)

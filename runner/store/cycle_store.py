@@ -1,0 +1,177 @@
+"""What one cycle reads and writes in Redis, as one object the cycle talks to.
+
+``CycleStore`` is a live run: it takes the lease, keeps the heartbeat, locks the symbols,
+publishes and records. ``DryRunStore`` reads the same state and writes nothing (no heartbeat, no
+lease, no locks, no publish, no record), so a dry run follows the same steps as a live one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from runner import breaker
+from runner.breaker import BreakerState
+from runner.clock import Clock
+from runner.config import Settings
+from runner.guards import Snapshot
+from runner.store.keys import Keys
+from runner.store.locks import Heartbeat, LockManager, LockResult, LockStatus, Owner
+from runner.store.publish import DryPublisher, Publisher
+from runner.store.ratelimit import RateLimiter
+from runner.store.state import RecordResult, StateStore, lease_ttl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Holding:
+    """What a run holds while it works: its locks, and the publisher that may use them."""
+
+    locks: dict[str, LockResult]
+    publisher: Publisher | DryPublisher
+
+    def owned(self) -> list[str]:
+        return [s for s, lr in self.locks.items() if lr.owned]
+
+
+class CycleStore:
+    """One live cycle's Redis steps; each is one round trip."""
+
+    dry_run = False
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        settings: Settings,
+        shard_key: str,
+        owner: Owner,
+        clock: Clock,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.owner = owner
+        self.clock = clock
+        self.state = StateStore(client, keys, shard_key)
+
+    async def begin(self, now: datetime) -> Snapshot:
+        """Heartbeat, lease and every guard's state (one script)."""
+        s = self.settings
+        return await self.state.begin(
+            self.owner,
+            now,
+            lease_ttl=lease_ttl(s.timeouts.total_timeout_seconds, s.graceful_shutdown.timeout_seconds),
+            stale_seconds=s.locks.stale_threshold_seconds,
+            heartbeat_ttl=s.heartbeat.ttl_seconds,
+            latency_n=s.adaptive.latency_window_size,
+            readonly=self.dry_run,
+        )
+
+    async def claim_probes(
+        self, state: BreakerState, wanted: int, now: float
+    ) -> tuple[BreakerState, int | None]:
+        """Move a due breaker to half-open and take up to ``wanted`` probe calls for this run."""
+        cfg = self.settings.circuit_breaker.llm_service
+        granted = 0
+
+        def claim(current: BreakerState) -> BreakerState | None:
+            nonlocal granted
+            new, granted = breaker.claim_probes(current, wanted, now, cfg)
+            return new if granted else None
+
+        state, saved = await self.state.update_breaker(claim, state)
+        return state, granted if saved else 0
+
+    def rate_limiter(self, remote: bool) -> RateLimiter | None:
+        """The shared rate limit, for an analyzer whose calls are remote."""
+        if not remote:
+            return None
+        return RateLimiter(self.client, self.keys, self.settings.rate_limit.requests_per_minute)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, symbols: list[str], budget: Callable[[], float]) -> AsyncIterator[Holding]:
+        """Keep the heartbeat alive, lock ``symbols`` and publish while inside the block; on the way
+        out, stop the heartbeat and flush what is left to publish (within ``budget()`` seconds)."""
+        s = self.settings
+        heartbeat = Heartbeat(
+            self.client,
+            self.keys,
+            self.owner,
+            self.clock,
+            s.heartbeat.ttl_seconds,
+            s.heartbeat.interval_seconds,
+        )
+        locks = LockManager(
+            self.client,
+            self.keys,
+            self.owner,
+            self.clock,
+            s.locks.ttl_seconds,
+            s.locks.stale_threshold_seconds,
+        )
+        publisher = Publisher(self.client, self.keys, budget)
+        heartbeat.start()
+        try:
+            holding = Holding(await locks.acquire(symbols), publisher)
+            for symbol, lr in holding.locks.items():
+                if lr.status is LockStatus.TAKEN_OVER:
+                    was = lr.previous_owner()
+                    log.warning(
+                        "took over the stale lock of %s (%s; held by %s, cycle %s)",
+                        symbol,
+                        lr.reason,
+                        was.get("instance_id", "?"),
+                        was.get("cycle_id", "?"),
+                    )
+            publisher.start()
+            try:
+                yield holding
+            finally:
+                await publisher.close()
+        finally:
+            await heartbeat.stop(within=min(s.redis.socket_timeout_seconds + 1, budget()))
+
+    async def record(
+        self, payload: dict[str, Any], lock_keys: list[str], day: datetime
+    ) -> RecordResult | None:
+        """Write the outcome and release what the run holds (one script)."""
+        return await self.state.record(
+            payload, lock_keys=lock_keys, instance_id=self.owner.instance_id, day=day
+        )
+
+    async def update_breaker(
+        self, mutate: Callable[[BreakerState], BreakerState | None], state: BreakerState | None
+    ) -> tuple[BreakerState, bool]:
+        return await self.state.update_breaker(mutate, state)
+
+
+class DryRunStore(CycleStore):
+    """Reads what a live run reads; writes nothing and holds nothing."""
+
+    dry_run = True
+
+    async def claim_probes(
+        self, state: BreakerState, wanted: int, now: float
+    ) -> tuple[BreakerState, int | None]:
+        return state, None  # a dry run claims no probe: it cannot change the breaker
+
+    def rate_limiter(self, remote: bool) -> RateLimiter | None:
+        return None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, symbols: list[str], budget: Callable[[], float]) -> AsyncIterator[Holding]:
+        locks = {s: LockResult(self.keys.lock(s), LockStatus.ACQUIRED, 0, "") for s in symbols}
+        yield Holding(locks, DryPublisher())
+
+    async def record(
+        self, payload: dict[str, Any], lock_keys: list[str], day: datetime
+    ) -> RecordResult | None:
+        return None

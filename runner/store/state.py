@@ -1,0 +1,254 @@
+"""Redis I/O for the cycle's cross-run state: one script per step, one round trip each.
+
+* ``begin``: writes our heartbeat, takes the cycle lease and reads every guard's state.
+* ``record``: appends the cycle summary, updates per-symbol stats (pausing a symbol whose own
+  failures repeat), the latency window, backpressure, metric totals and the breaker (versioned
+  compare-and-set), and releases the lease, the heartbeat entry and any lock still held.
+* ``update_breaker``: the one compare-and-set loop for every change of the breaker.
+* the operator commands: kill switch, resume, breaker reset.
+
+Breaker transitions are computed in Python (``breaker.py``) and saved with a version check, so
+two processes never overwrite each other's transition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from runner import adaptive
+from runner.breaker import BreakerState
+from runner.guards import Snapshot
+from runner.store import replies, scripts
+from runner.store.connection import redis_errors
+from runner.store.keys import HISTORY_LENGTH, LEASE_SLACK_SECONDS, Keys
+from runner.store.locks import Owner, parse_take
+
+log = logging.getLogger(__name__)
+
+#: How often a compare-and-set of the breaker is retried against racing processes.
+BREAKER_ATTEMPTS = 5
+
+#: A change of the breaker: the new state for the current one, or None when there is none to make.
+Mutation = Callable[[BreakerState], BreakerState | None]
+
+
+@dataclass
+class RecordResult:
+    """What the record step reports back."""
+
+    paused_now: list[str] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
+    breaker: BreakerState | None = None
+    breaker_saved: bool = True
+    last_success: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class StateStore:
+    """The cycle's Redis steps and the operator commands. Each public method is one round trip,
+    but for ``update_breaker`` when another process changes the breaker at the same moment."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, shard: str = "0-1") -> None:
+        self.client = client
+        self.keys = keys
+        self.shard = shard
+        self._begin = client.register_script(scripts.BEGIN)
+        self._record = client.register_script(scripts.RECORD)
+        self._cas = client.register_script(scripts.BREAKER_CAS)
+        self._read_breaker = client.register_script(scripts.BREAKER_READ)
+        self._resume = client.register_script(scripts.RESUME)
+
+    @property
+    def breaker_key(self) -> str:
+        return self.keys.breaker("llm_service")
+
+    async def begin(
+        self,
+        owner: Owner,
+        now: datetime,
+        *,
+        lease_ttl: int,
+        stale_seconds: int,
+        heartbeat_ttl: int,
+        latency_n: int,
+        readonly: bool,
+    ) -> Snapshot:
+        """Heartbeat, lease and every guard's state in one script."""
+        keys, args = scripts.pack(
+            {
+                "fencing": self.keys.fencing,
+                "lease": self.keys.lease(self.shard),
+                "heartbeat": self.keys.heartbeat(owner.instance_id),
+                "kill_switch": self.keys.kill_switch,
+                "breaker": self.breaker_key,
+                "backpressure": self.keys.backpressure(self.shard),
+                "latency": self.keys.latency,
+                "paused": self.keys.paused,
+                "spend": self.keys.spend(now),
+            },
+            args={
+                "owner": owner.to_arg(),
+                "now": now.timestamp(),
+                "lease_ttl": lease_ttl,
+                "stale": stale_seconds,
+                "hb_prefix": self.keys.heartbeat_prefix,
+                "hb_ttl": heartbeat_ttl,
+                "latency_n": latency_n,
+                "readonly": readonly,
+            },
+        )
+        async with redis_errors("the cycle's first step"):
+            raw = await self._begin(keys=keys, args=args)
+        data = json.loads(raw)
+        warnings = [str(w) for w in data.get("warnings") or []]
+        breaker = replies.breaker_state(replies.pairs(data.get("breaker")), self.breaker_key, warnings)
+        backpressure = replies.backpressure(
+            replies.pairs(data.get("backpressure")), self.keys.backpressure(self.shard), warnings
+        )
+        lease_row = data.get("lease")
+        latency = data.get("latency")
+        return Snapshot(
+            kill_switch=replies.pairs(data.get("kill")),
+            breaker=breaker,
+            backpressure=backpressure,
+            samples=adaptive.parse_samples(latency if isinstance(latency, list) else []),
+            paused=replies.pairs(data.get("paused")),
+            lease=parse_take(self.keys.lease(self.shard), lease_row) if lease_row else None,
+            spend_usd=replies.spend_usd(replies.pairs(data.get("spend"))),
+            warnings=warnings,
+        )
+
+    async def record(
+        self, payload: dict[str, Any], *, lock_keys: list[str], instance_id: str, day: datetime
+    ) -> RecordResult:
+        """Write the cycle's results and release what it holds, in one script.
+
+        ``payload`` is ``record.plan_record``'s; ``lock_keys`` are the locks still held, in the
+        order of its ``lock_values``.
+        """
+        keys, args = scripts.pack(
+            {
+                "history": self.keys.history,
+                "stats": self.keys.stats,
+                "paused": self.keys.paused,
+                "latency": self.keys.latency,
+                "backpressure": self.keys.backpressure(self.shard),
+                "counters": self.keys.counters(self.shard),
+                "gauges": self.keys.gauges(self.shard),
+                "lease": self.keys.lease(self.shard),
+                "heartbeat": self.keys.heartbeat(instance_id),
+                "breaker": self.breaker_key,
+                "spend": self.keys.spend(day),
+                "last_cycle": self.keys.last_cycle,
+            },
+            {"locks": lock_keys},
+            {"history_len": HISTORY_LENGTH, **payload},
+        )
+        async with redis_errors("recording the cycle"):
+            raw = await self._record(keys=keys, args=args)
+        data = json.loads(raw)
+        counters: dict[str, float] = {}
+        for k, v in replies.pairs(data.get("counters")).items():
+            value = replies.as_float(v)
+            if value is not None:
+                counters[k] = value
+        current = replies.pairs(data.get("breaker"))
+        try:
+            breaker: BreakerState | None = BreakerState.from_fields(current)
+        except ValueError:
+            breaker = None
+        return RecordResult(
+            paused_now=[str(s) for s in data.get("paused_now") or []],
+            counters=counters,
+            breaker=breaker,
+            breaker_saved=bool(data.get("breaker_saved")),
+            last_success=replies.as_float(data.get("last_success")),
+            warnings=[str(w) for w in data.get("warnings") or []],
+        )
+
+    # The breaker ------------------------------------------------------------------------------
+
+    async def save_breaker(self, expected_version: int, new: BreakerState) -> tuple[bool, BreakerState]:
+        """Compare-and-set the breaker; on a conflict returns (False, the fresher state)."""
+        fields = new.to_fields()
+        fields.pop("version")
+        keys, args = scripts.pack(
+            {"breaker": self.breaker_key}, args={"expected": expected_version, "fields": fields}
+        )
+        async with redis_errors("saving the circuit breaker"):
+            raw = await self._cas(keys=keys, args=args)
+        saved, current = json.loads(raw)
+        return bool(saved), replies.breaker_state(replies.pairs(current), self.breaker_key)
+
+    async def read_breaker(self) -> BreakerState:
+        """The breaker as stored (closed when absent or unreadable)."""
+        keys, args = scripts.pack({"breaker": self.breaker_key})
+        async with redis_errors("reading the circuit breaker"):
+            raw = await self._read_breaker(keys=keys, args=args)
+        return replies.breaker_state(replies.pairs(json.loads(raw)), self.breaker_key)
+
+    async def update_breaker(
+        self, mutate: Mutation, state: BreakerState | None = None
+    ) -> tuple[BreakerState, bool]:
+        """Apply ``mutate`` to the stored breaker with a compare-and-set, retrying when another
+        process changed it first; returns the state now stored and whether ours was saved.
+
+        ``state`` is the caller's last reading (read afresh when None). A mutation that returns
+        None has nothing to change: that counts as saved.
+        """
+        current = state if state is not None else await self.read_breaker()
+        for _ in range(BREAKER_ATTEMPTS):
+            new = mutate(current)
+            if new is None:
+                return current, True
+            saved, current = await self.save_breaker(current.version, new)
+            if saved:
+                return current, True
+        return current, False
+
+    async def reset_breaker(self) -> BreakerState:
+        """Close the breaker by hand, whatever its state."""
+        state, _ = await self.update_breaker(lambda s: BreakerState(version=s.version))
+        return state
+
+    # Operator commands ---------------------------------------------------------------------
+
+    async def set_kill_switch(self, reason: str, by: str, now: datetime) -> None:
+        async with redis_errors("setting the kill switch"), self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.kill_switch)
+            pipe.hset(
+                self.keys.kill_switch,
+                mapping={"on": "1", "reason": reason, "by": by, "at": f"{now.timestamp():.3f}"},
+            )
+            await pipe.execute()
+
+    async def clear_kill_switch(self) -> bool:
+        async with redis_errors("clearing the kill switch"):
+            return bool(await self.client.delete(self.keys.kill_switch))
+
+    async def read_kill_switch(self) -> dict[str, str]:
+        async with redis_errors("reading the kill switch"):
+            kind = await self.client.type(self.keys.kill_switch)
+            if kind != "hash":
+                return {}
+            return replies.pairs(await self.client.hgetall(self.keys.kill_switch))
+
+    async def resume(self, symbol: str) -> bool:
+        """Un-pause ``symbol``; returns whether it was paused."""
+        keys, args = scripts.pack(
+            {"paused": self.keys.paused, "stats": self.keys.stats}, args={"symbol": symbol}
+        )
+        async with redis_errors("resuming a symbol"):
+            return bool(await self._resume(keys=keys, args=args))
+
+
+def lease_ttl(total_timeout: float, grace: float) -> int:
+    """How long a cycle lease lives if its holder dies without releasing it."""
+    return int(total_timeout + grace + LEASE_SLACK_SECONDS)

@@ -1,0 +1,54 @@
+"""Reading the signal stream: the latest entries, then every new one as it arrives (``runner watch``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from runner.errors import DependencyError
+from runner.store.connection import redis_errors
+
+#: Seconds one blocking read waits for new entries before it asks again.
+BLOCK_SECONDS = 1.0
+#: Seconds to wait before reading again after Redis failed.
+RETRY_SECONDS = 1.0
+
+Entry = tuple[str, dict[str, Any]]
+
+
+async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]:
+    """The newest ``count`` entries of ``stream``, oldest first."""
+    if count <= 0:
+        return []
+    async with redis_errors("reading the signal stream"):
+        entries: list[Any] = list(await client.xrevrange(stream, count=count) or [])
+    return [(str(i), dict(f)) for i, f in reversed(entries)]
+
+
+async def end_of(client: aioredis.Redis, stream: str) -> str:
+    """The id of the newest entry now (``0-0`` for an empty stream): following from there misses
+    nothing, where a bare ``$`` on every read would miss what arrives between two reads."""
+    newest = await latest(client, stream, 1)
+    return newest[-1][0] if newest else "0-0"
+
+
+async def follow(client: aioredis.Redis, stream: str, after: str) -> AsyncIterator[Entry]:
+    """Every entry added to ``stream`` after the entry id ``after``, as it arrives; a Redis outage
+    is waited out (the read resumes where it stopped)."""
+    cursor = after
+    while True:
+        try:
+            async with redis_errors("following the signal stream"):
+                replies: Any = await client.xread(
+                    {stream: cursor}, block=int(BLOCK_SECONDS * 1000), count=100
+                )
+        except DependencyError:
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        for _, entries in replies or []:
+            for entry_id, fields in entries:
+                cursor = str(entry_id)
+                yield cursor, dict(fields)
