@@ -182,6 +182,93 @@ class AnalyzerSettings(Section):
     opencode_password: SecretStr | None = None
 
 
+StageName = Literal["signal", "score", "advise"]
+STAGE_ORDER: tuple[StageName, ...] = ("signal", "score", "advise")
+
+
+class StageSettings(Section):
+    """One stage after the signal: who answers it (``builtin`` by default) and how long it may take."""
+
+    backend: Literal["builtin", "openai", "opencode", "plugin"] = "builtin"
+    #: For ``backend: plugin``: ``module:factory``, where ``factory(settings, stage)`` returns the stage.
+    plugin: str | None = None
+    #: openai: model id; opencode: provider/model. Default: ``analyzer.model``.
+    model: str | None = None
+    #: openai: the API. Default: ``analyzer.base_url``.
+    base_url: str | None = None
+    #: opencode: the agent that answers this stage.
+    agent: str = ""
+    #: Seconds one attempt may take; default: the adaptive symbol timeout.
+    timeout_seconds: PositiveFloat | None = None
+    #: ``none``: the stage may only answer; ``agent``: an OpenCode agent keeps the tools and MCP
+    #: servers its own config grants (for agents that look things up).
+    tools: Literal["none", "agent"] = "none"
+
+
+class ScoreStage(StageSettings):
+    agent: str = "signal-scorer"
+
+
+class AdviseStage(StageSettings):
+    agent: str = "trade-advisor"
+
+
+class ReportStage(StageSettings):
+    """The report after every chain; ``report: false`` switches it off."""
+
+    enabled: bool = True
+    agent: str = "cycle-reporter"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if isinstance(value, str) and value.strip().lower() in (
+            "true",
+            "false",
+            "1",
+            "0",
+            "yes",
+            "no",
+            "on",
+            "off",
+        ):
+            return {"enabled": value.strip().lower() in ("true", "1", "yes", "on")}
+        return value
+
+
+class Risk(Section):
+    """Limits applied in code to every advice after the stage answers, never left to a model."""
+
+    #: The largest position one advice may size, in percent of the book.
+    max_position_size_pct: Annotated[float, Field(gt=0, le=100)] = 10.0
+    #: Summed over the cycle's advice, best score first.
+    max_total_exposure_pct: Annotated[float, Field(gt=0, le=100)] = 50.0
+    max_positions: Annotated[int, Field(ge=1, le=1000)] = 15
+
+
+class Pipeline(Section):
+    """Signal -> score -> advise per symbol, then a report per cycle (``signal`` is the analyzer)."""
+
+    stages: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER))
+    report: ReportStage = ReportStage()
+    score: ScoreStage = ScoreStage()
+    advise: AdviseStage = AdviseStage()
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, value: list[str]) -> list[str]:
+        if not value or value[0] != "signal":
+            raise ValueError(f"must start with signal (got {value!r})")
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once (got {value!r})")
+        if value != [s for s in STAGE_ORDER if s in value]:
+            raise ValueError(f"must keep the order signal, score, advise (got {value!r})")
+        return value
+
+
 class Market(Section):
     source: Literal["synthetic", "exchange"] = "synthetic"
     #: One-minute candles per symbol: the built-in analyzer needs 35 (EMA21 + RSI14).
@@ -267,6 +354,8 @@ class Settings(BaseSettings):
     graceful_shutdown: GracefulShutdown = GracefulShutdown()
     rate_limit: RateLimit = RateLimit()
     analyzer: AnalyzerSettings = AnalyzerSettings()
+    pipeline: Pipeline = Pipeline()
+    risk: Risk = Risk()
     market: Market = Market()
     redis: RedisSettings = RedisSettings()
     publish: Publish = Publish()

@@ -4,8 +4,8 @@ run_cycle(settings, deps) -> Outcome
   1. start: identity, deadline, the store (a dry run's writes nothing)
   2. begin: heartbeat, lease, guard state (one script) and the guard decision (pure)
   3. select the symbols (paused, shard, max)
-  4. lock them (one script) and run each symbol's chain in a sliding window, publishing as it
-     goes (``analysis.py``)
+  4. lock them (one script) and run each symbol's chain of stages in a sliding window,
+     publishing as it goes, then the cycle's advice and its report (``analysis.py``)
   5. conclude: record the outcome and release (one script), export the metrics (``record.py``)
 
 The core returns an ``Outcome``; only the CLI turns it into an exit code.
@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 
 from runner import breaker, logs
-from runner.analysis import Progress, Tally, analyze_all, symbol_result
+from runner.analysis import Progress, Tally, analyze_all, report_step, symbol_result
+from runner.chains import Chain
 from runner.clock import Deadline
 from runner.config import Settings
 from runner.errors import Code, ExitCode
@@ -26,7 +27,7 @@ from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus, deci
 from runner.record import conclude
 from runner.run import Control, Deps, Exports, Run
 from runner.shards import Shard, select
-from runner.store.cycle_store import CycleStore, DryRunStore
+from runner.store.cycle_store import CycleStore, DryRunStore, Holding
 from runner.store.keys import Keys
 from runner.store.locks import Owner
 
@@ -90,21 +91,39 @@ async def run_cycle(
             control=control,
             progress=progress,
         )
-    results = {s: c.settle() for s, c in chains.items()}
-    for s in selected:
-        if s not in results:
-            holder = holding.locks[s].owner()
-            results[s] = symbol_result(
-                s,
-                SymbolStatus.LOCKED,
-                Code.LOCKED,
-                f"held by {holder.get('instance_id', '?')} (cycle {holder.get('cycle_id', '?')})",
-            )
+        report, report_record = await report_step(
+            run,
+            settle(run, selected, chains, holding),
+            decision=decision,
+            tally=tally,
+            holding=holding,
+            lease=snap.owned_lease,
+            control=control,
+        )
+    results = settle(run, selected, chains, holding)  # again: the publisher has flushed everything now
     errors = holding.publisher.errors
     warnings = [*snap.warnings, *([f"publishing failed: {errors[0]}"] if errors else [])]
-    outcome = ran(run, [results[s] for s in selected] + paused_results, decision, tally, probes, warnings)
+    if not report_record.ok and report_record.reason != "off":
+        warnings.append(f"no report this cycle: {report_record.status.value} ({report_record.reason})")
+    outcome = ran(run, results + paused_results, decision, tally, probes, warnings)
+    outcome.report, outcome.report_status = report, report_record.status
+    outcome.report_reason, outcome.report_ms = report_record.reason, report_record.duration_ms
     _log_outcome(outcome)
     return await conclude(run, outcome, snap, decision, tally=tally, locks=holding.locks)
+
+
+def settle(run: Run, selected: list[str], chains: dict[str, Chain], holding: Holding) -> list[SymbolResult]:
+    """Each selected symbol's result: its chain's, or ``locked`` when a live owner holds it."""
+    now = run.deps.clock.monotonic()
+    results = []
+    for s in selected:
+        if s in chains:
+            results.append(chains[s].settle(now))
+            continue
+        holder = holding.locks[s].owner()
+        held_by = f"held by {holder.get('instance_id', '?')} (cycle {holder.get('cycle_id', '?')})"
+        results.append(symbol_result(s, SymbolStatus.LOCKED, Code.LOCKED, held_by))
+    return results
 
 
 def start(settings: Settings, deps: Deps, shard: Shard, dry_run: bool, exports: Exports) -> Run:
@@ -175,7 +194,7 @@ def ran(
 ) -> Outcome:
     """A cycle that analyzed: its status from the symbols' results."""
     status, code, skip_reason = decide_status(results)
-    signals = [r.signal for r in results if r.signal is not None and r.code is Code.OK]
+    signals = [r.signal for r in results if r.signal is not None]
     if not signals and any(r.code is Code.PUBLISH_FAILED for r in results):
         status, code = CycleStatus.FAILED, ExitCode.FAILED
     if tally.auth_failure and not any(r.status is SymbolStatus.OK for r in results):
@@ -188,6 +207,8 @@ def ran(
         skip_reason=skip_reason,
         skip_detail="every selected symbol is held by a live owner" if skip_reason == "all_locked" else None,
         signals=signals,
+        scores=[r.score for r in results if r.score is not None],
+        advice=[r.advice for r in results if r.advice is not None],
         results=results,
         warnings=warnings,
         stats={

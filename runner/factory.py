@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
-from runner.analyzers.base import Analyzer
+from runner.analyzers.base import Analyzer, Client
 from runner.clock import Clock, SystemClock
-from runner.config import Settings
+from runner.config import Settings, StageSettings
 from runner.errors import ConfigError
 from runner.market.base import CandleSource
+from runner.pipeline.base import Stages
 from runner.run import Deps
 from runner.store.connection import redis_session
 
@@ -36,7 +37,11 @@ async def open_deps(settings: Settings, clock: Clock | None = None) -> AsyncIter
         stack.push_async_callback(_close_quietly, analyzer)
         market = build_market(settings)
         stack.push_async_callback(_close_quietly, market)
-        yield Deps(redis=handle.client, analyzer=analyzer, market=market, clock=clock or SystemClock())
+        stages = build_stages(settings)
+        stack.push_async_callback(_close_quietly, stages)
+        yield Deps(
+            redis=handle.client, analyzer=analyzer, market=market, clock=clock or SystemClock(), stages=stages
+        )
 
 
 async def _close_quietly(resource: _Closable) -> None:
@@ -69,18 +74,68 @@ def build_analyzer(settings: Settings) -> Analyzer:
 
 def _plugin(settings: Settings) -> Analyzer:
     """Load ``module:factory`` and call ``factory(settings)``: bring your own analyzer."""
+    analyzer: Analyzer = _load(settings.analyzer.plugin, "analyzer.plugin")(settings)
+    return analyzer
+
+
+def _load(spec: str | None, field: str) -> Any:
+    """The callable ``module:name`` names, or a ``ConfigError`` naming ``field``."""
     import importlib
 
-    spec = settings.analyzer.plugin or ""
+    spec = spec or ""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"autonomous_runner.analyzer.plugin: must look like module:factory (got {spec!r})")
+        raise ConfigError(f"autonomous_runner.{field}: must look like module:factory (got {spec!r})")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"autonomous_runner.analyzer.plugin: cannot load {spec!r} ({exc})") from exc
-    analyzer: Analyzer = factory(settings)
-    return analyzer
+        raise ConfigError(f"autonomous_runner.{field}: cannot load {spec!r} ({exc})") from exc
+
+
+def build_stages(settings: Settings) -> Stages:
+    """The stages after the signal: built in unless ``pipeline.<stage>.backend`` says otherwise."""
+    from runner.pipeline import llm
+
+    p = settings.pipeline
+    stages = Stages()
+    if "score" in p.stages and p.score.backend != "builtin":
+        stages.scorer = _plugin_stage(settings, "score", p.score) or llm.scorer(
+            _client(settings, "score", p.score), p.score.agent, p.score.tools == "agent"
+        )
+    if "advise" in p.stages and p.advise.backend != "builtin":
+        stages.advisor = _plugin_stage(settings, "advise", p.advise) or llm.advisor(
+            _client(settings, "advise", p.advise), p.advise.agent, p.advise.tools == "agent"
+        )
+    if p.report.enabled and p.report.backend != "builtin":
+        stages.reporter = _plugin_stage(settings, "report", p.report) or llm.reporter(
+            _client(settings, "report", p.report), p.report.agent, p.report.tools == "agent"
+        )
+    return stages
+
+
+def _client(settings: Settings, stage: str, cfg: StageSettings) -> Client:
+    field = f"pipeline.{stage}"
+    model = cfg.model or settings.analyzer.model
+    if cfg.backend == "openai":
+        if cfg.tools == "agent":
+            raise ConfigError(
+                f"autonomous_runner.{field}.tools: 'agent' is for the opencode backend (got 'agent')"
+            )
+        from runner.analyzers.openai import ChatClient
+
+        return ChatClient(
+            settings, model=model, base_url=cfg.base_url or settings.analyzer.base_url, field=f"{field}.model"
+        )
+    from runner.analyzers.opencode import OpenCodeClient
+
+    return OpenCodeClient(settings, model=model, agent=cfg.agent, field=field)
+
+
+def _plugin_stage(settings: Settings, stage: str, cfg: StageSettings) -> Any:
+    """``pipeline.<stage>.plugin``'s ``factory(settings, stage)``, when the backend is ``plugin``."""
+    if cfg.backend != "plugin":
+        return None
+    return _load(cfg.plugin, f"pipeline.{stage}.plugin")(settings, stage)
 
 
 def build_market(settings: Settings) -> CandleSource:

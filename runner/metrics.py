@@ -19,6 +19,7 @@ BUCKETS: dict[str, tuple[float, ...]] = {
     "cycle_duration_seconds": (1, 2, 5, 10, 20, 30, 45, 50, 55, 60, 90),
     "symbol_processing_duration_seconds": (0.1, 0.5, 1, 2, 5, 8, 10, 15, 30),
     "llm_latency_ms": (100, 250, 500, 1000, 2000, 4000, 8000, 9000, 12000, 15000, 30000),
+    "pipeline_stage_duration_seconds": (0.01, 0.1, 0.5, 1, 2, 5, 8, 10, 15, 30),
 }
 
 
@@ -96,6 +97,7 @@ COUNTERS: dict[str, str] = {
     "stale_locks_recovered": "Stale symbol locks taken over, by symbol and reason.",
     "circuit_breaker_rejected": "Calls or cycles refused by an open circuit breaker.",
     "backpressure_cooldowns": "Backpressure cooldowns started.",
+    "pipeline_stage": "Pipeline stages by stage (signal, score, advise, report) and status.",
 }
 
 #: Counters without labels: exposed as 0 before their first increment.
@@ -107,6 +109,7 @@ HISTOGRAMS: dict[str, str] = {
     "cycle_duration_seconds": "Duration of cycles that ran.",
     "symbol_processing_duration_seconds": "Time to analyze one symbol, retries included.",
     "llm_latency_ms": "Latency of one analyzer call in milliseconds.",
+    "pipeline_stage_duration_seconds": "Time one pipeline stage took, retries included, by stage.",
 }
 
 GAUGES: dict[str, str] = {

@@ -93,6 +93,10 @@ def plan_record(
             inc.inc("signal_generation_total", {"symbol": r.symbol, "action": r.signal.action})
         elif r.status is not SymbolStatus.OK:
             inc.inc("signal_generation_skipped_total", {"symbol": r.symbol, "reason": skipped_label(r)})
+        for stage, stage_status in r.stages.items():
+            inc.inc("pipeline_stage_total", {"stage": stage, "status": stage_status.value})
+        for stage, took in r.timings.items():
+            inc.observe("pipeline_stage_duration_seconds", took / 1000, {"stage": stage})
         if r.status in (SymbolStatus.OK, SymbolStatus.FAILED, SymbolStatus.TIMEOUT) and r.attempts:
             inc.observe("symbol_processing_duration_seconds", r.duration_ms / 1000, {"symbol": r.symbol})
             updates.append(
@@ -105,8 +109,13 @@ def plan_record(
                     "fault": r.symbol_fault and not broken,
                     "at": now,
                     "action": r.signal.action if r.signal else None,
+                    "stages": {stage: st.value for stage, st in r.stages.items()},
                 }
             )
+    if outcome.report_status is not None and outcome.report_reason != "off":
+        inc.inc("pipeline_stage_total", {"stage": "report", "status": outcome.report_status.value})
+        if outcome.report_ms:
+            inc.observe("pipeline_stage_duration_seconds", outcome.report_ms / 1000, {"stage": "report"})
     if outcome.status is CycleStatus.FAILED:
         inc.inc("cycle_failures_total")
     if outcome.status is not CycleStatus.SKIPPED:
@@ -124,6 +133,7 @@ def plan_record(
         for at, ms in tally.latencies:
             latency.append(f"{at:.3f}:{ms:.0f}")
             inc.observe("llm_latency_ms", ms)
+        inc.observe_many("llm_latency_ms", tally.stage_latencies)
         overran = any(r.code is Code.DEADLINE for r in outcome.results) or (
             outcome.duration_ms / 1000 > settings.timeouts.total_timeout_seconds
         )

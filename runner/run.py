@@ -16,6 +16,7 @@ from runner.analyzers.base import Analyzer
 from runner.clock import Clock, Deadline
 from runner.config import Settings
 from runner.market.base import CandleSource
+from runner.pipeline.base import Stages
 from runner.shards import Shard
 from runner.store.connection import Client
 from runner.store.cycle_store import CycleStore
@@ -37,6 +38,8 @@ class Deps:
     analyzer: Analyzer
     market: CandleSource
     clock: Clock
+    #: Who answers the stages after the signal (built in unless the settings say otherwise).
+    stages: Stages = field(default_factory=Stages)
 
 
 @dataclass

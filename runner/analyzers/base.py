@@ -1,4 +1,4 @@
-"""The analyzer interface.
+"""The analyzer interface, and the question an LLM client answers.
 
 An analyzer implements one method, ``analyze(request) -> Analysis``. It raises only the
 ``AnalyzerError`` family (``runner.errors``): transient errors are retried by the cycle, permanent
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from runner.market.base import Candle
 from runner.models import Analysis
@@ -27,6 +27,43 @@ class AnalysisRequest:
     cycle_id: str = ""
     attempt: int = 1
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One question to an LLM: instructions, the delimited data, the JSON schema of the answer."""
+
+    system: str
+    user: str
+    schema: dict[str, Any]
+    schema_name: str
+    #: Seconds the whole call may take.
+    timeout: float
+    #: A short title for the conversation (OpenCode names its session with it).
+    title: str = ""
+    #: The OpenCode agent to ask; None: the client's own.
+    agent: str | None = None
+    #: Let the agent use the tools its own config grants (OpenCode); else only the answer tool.
+    agent_tools: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The decoded JSON answer (not yet validated) and where it came from (analyzer, model,
+    requested_model, prompt_hash, tokens_in, tokens_out, cost_usd)."""
+
+    data: Any
+    provenance: dict[str, Any]
+
+
+class Client(Protocol):
+    """An LLM backend: answers one ``Ask`` with a ``Reply``, or raises an ``AnalyzerError``."""
+
+    name: str
+
+    async def ask(self, ask: Ask) -> Reply: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Analyzer(Protocol):

@@ -1,16 +1,18 @@
 """Any OpenAI-compatible chat-completions API (OpenRouter by default).
 
-``POST {base_url}/chat/completions`` with a strict JSON-schema ``response_format``; the answer is
-validated again with pydantic. Errors are translated where they enter:
+``ChatClient.ask`` sends one question (``POST {base_url}/chat/completions`` with a strict
+JSON-schema ``response_format``) and returns the decoded JSON answer with its provenance; the
+caller validates it (a signal, a score, an advice, a report). Errors are translated where they
+enter:
 
-* 429 -> ``RateLimited`` (with ``Retry-After``); 408, 5xx, connection errors, timeouts ->
-  ``TransientError`` (503's ``Retry-After`` is kept);
-* 401, 402 -> ``AuthError`` (the cycle fails fast); 400, 403, 404, 422 -> ``PermanentError``;
+* the HTTP status through ``analyzers/http.py`` (429 -> ``RateLimited`` with ``Retry-After``;
+  401, 402 -> ``AuthError``; 408, 5xx -> ``TransientError``; other 4xx -> ``PermanentError``);
+  connection errors and timeouts -> ``TransientError``;
 * an HTTP 200 whose body carries ``error`` (OpenRouter reports failures that occur after
   generation started this way), or whose choice finished with ``error``, is an error too.
 
 Fallback models are tried in order when a model fails transiently or is unknown. The model
-that actually answered, the tokens and the cost (OpenRouter's ``usage.cost``) go on the signal.
+that actually answered, the tokens and the cost (OpenRouter's ``usage.cost``) go on the document.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from runner.analyzers.base import AnalysisRequest
+from runner.analyzers.base import AnalysisRequest, Ask, Reply
 from runner.analyzers.http import error_for_status, retry_after_seconds
-from runner.analyzers.prompt import SIGNAL_SCHEMA, SYSTEM_PROMPT, parse_answer, prompt_hash, user_prompt
+from runner.analyzers.prompt import (
+    SIGNAL_SCHEMA,
+    SYSTEM_PROMPT,
+    extract_json,
+    prompt_hash,
+    user_prompt,
+    validate_answer,
+)
 from runner.config import Settings
 from runner.errors import (
     AnalyzerError,
@@ -35,6 +44,8 @@ from runner.errors import (
     TransientError,
 )
 from runner.models import Analysis
+
+NAME = "openai"
 
 
 def _message(body: Any) -> str:
@@ -58,26 +69,32 @@ def _body_error(err: Any) -> AnalyzerError:
     return error_for_status(status, f"HTTP {status}: error in a 200 response: {message}")
 
 
-class OpenAIAnalyzer:
-    """Chat completions with structured output against OpenRouter or any compatible server."""
+class ChatClient:
+    """Asks one OpenAI-compatible server questions with structured output."""
 
-    name = "openai"
-    remote = True
+    name = NAME
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: str | None,
+        base_url: str,
+        field: str,
+        fallback_models: list[str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         cfg = settings.analyzer
-        if not cfg.model:
-            raise ConfigError(
-                "autonomous_runner.analyzer.model: required for the openai backend (got nothing)"
-            )
-        host = urlsplit(cfg.base_url).hostname or ""
+        if not model:
+            raise ConfigError(f"autonomous_runner.{field}: required for the openai backend (got nothing)")
+        host = urlsplit(base_url).hostname or ""
         self.openrouter = host.endswith("openrouter.ai")
         key = cfg.api_key.get_secret_value() if cfg.api_key else ""
         if self.openrouter and not key:
             raise ConfigError(
                 "OPENROUTER_API_KEY: required for the openai backend on OpenRouter (got nothing)"
             )
-        self.models = [cfg.model, *[m for m in cfg.fallback_models if m != cfg.model]]
+        self.models = [model, *[m for m in fallback_models or [] if m != model]]
         self.temperature = cfg.temperature
         self.max_tokens = cfg.max_tokens
         headers = {"Content-Type": "application/json"}
@@ -86,36 +103,37 @@ class OpenAIAnalyzer:
         if self.openrouter:
             headers["X-Title"] = "autonomous-runner"
         self.client = httpx.AsyncClient(
-            base_url=cfg.base_url.rstrip("/") + "/",
+            base_url=base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(settings.timeouts.symbol_timeout_seconds, connect=5.0),
             transport=transport,
             follow_redirects=False,
         )
 
-    def _body(self, model: str, request: AnalysisRequest, user: str) -> dict[str, Any]:
+    def _body(self, model: str, ask: Ask) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
+            "messages": [{"role": "system", "content": ask.system}, {"role": "user", "content": ask.user}],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "trading_signal", "strict": True, "schema": SIGNAL_SCHEMA},
+                "json_schema": {"name": ask.schema_name, "strict": True, "schema": ask.schema},
             },
         }
         if self.openrouter:
             body["usage"] = {"include": True}
         return body
 
-    async def _call(self, model: str, request: AnalysisRequest, user: str) -> Analysis:
-        timeout = httpx.Timeout(max(request.timeout, 0.1), connect=min(5.0, max(request.timeout, 0.1)))
+    async def _call(self, model: str, ask: Ask) -> Reply:
+        limit = max(ask.timeout, 0.1)
+        timeout = httpx.Timeout(limit, connect=min(5.0, limit))
         try:
             response = await self.client.post(
-                "chat/completions", json=self._body(model, request, user), timeout=timeout
+                "chat/completions", json=self._body(model, ask), timeout=timeout
             )
         except httpx.TimeoutException as exc:
-            raise TransientError(f"no answer from {model} within {request.timeout:.1f}s") from exc
+            raise TransientError(f"no answer from {model} within {ask.timeout:.1f}s") from exc
         except httpx.HTTPError as exc:
             raise TransientError(f"cannot reach the API: {type(exc).__name__}") from exc
         try:
@@ -148,24 +166,25 @@ class OpenAIAnalyzer:
             raise InvalidOutput(f"model refused: {refusal}"[:200] if refusal else "empty answer")
         usage = body["usage"] if isinstance(body.get("usage"), dict) else {}
         cost = usage.get("cost")
-        return parse_answer(
-            content,
-            request,
-            analyzer=self.name,
-            model=str(body.get("model") or model),
-            requested_model=self.models[0],
-            prompt_hash=prompt_hash(SYSTEM_PROMPT, user),
-            tokens_in=_int(usage.get("prompt_tokens")),
-            tokens_out=_int(usage.get("completion_tokens")),
-            cost_usd=float(cost) if isinstance(cost, int | float) else None,
+        return Reply(
+            data=extract_json(content),
+            provenance={
+                "analyzer": self.name,
+                "model": str(body.get("model") or model),
+                "requested_model": self.models[0],
+                "prompt_hash": prompt_hash(ask.system, ask.user),
+                "tokens_in": _int(usage.get("prompt_tokens")),
+                "tokens_out": _int(usage.get("completion_tokens")),
+                "cost_usd": float(cost) if isinstance(cost, int | float) else None,
+            },
         )
 
-    async def analyze(self, request: AnalysisRequest) -> Analysis:
-        user = user_prompt(request)
+    async def ask(self, ask: Ask) -> Reply:
+        """The answer of the first model that gives one (fallbacks in order)."""
         last: AnalyzerError | None = None
         for model in self.models:
             try:
-                return await self._call(model, request, user)
+                return await self._call(model, ask)
             except (AuthError, RateLimited, InvalidOutput):
                 raise
             except (TransientError, PermanentError) as exc:
@@ -176,6 +195,32 @@ class OpenAIAnalyzer:
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.aclose()
+
+
+class OpenAIAnalyzer:
+    """The signal stage through an OpenAI-compatible API."""
+
+    name = NAME
+    remote = True
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        cfg = settings.analyzer
+        self.client = ChatClient(
+            settings,
+            model=cfg.model,
+            base_url=cfg.base_url,
+            field="analyzer.model",
+            fallback_models=cfg.fallback_models,
+            transport=transport,
+        )
+
+    async def analyze(self, request: AnalysisRequest) -> Analysis:
+        ask = Ask(SYSTEM_PROMPT, user_prompt(request), SIGNAL_SCHEMA, "trading_signal", request.timeout)
+        reply = await self.client.ask(ask)
+        return validate_answer(reply.data, request, **reply.provenance)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 def _int(value: Any) -> int | None:

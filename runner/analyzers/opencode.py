@@ -37,12 +37,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from runner import __version__
-from runner.analyzers.base import AnalysisRequest
+from runner.analyzers.base import AnalysisRequest, Ask, Reply
 from runner.analyzers.http import error_for_status, retry_after_seconds
 from runner.analyzers.prompt import (
     SIGNAL_SCHEMA,
     SYSTEM_PROMPT,
-    parse_answer,
+    extract_json,
     prompt_hash,
     user_prompt,
     validate_answer,
@@ -135,13 +135,20 @@ def text_of(parts: Any) -> str:
     return "\n".join(texts).strip()
 
 
-class OpenCodeAnalyzer:
-    """Sends each symbol to an OpenCode agent; see the module docstring."""
+class OpenCodeClient:
+    """Asks an OpenCode agent, one session per question; see the module docstring."""
 
     name = "opencode"
-    remote = True
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: str | None,
+        agent: str | None,
+        field: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         cfg = settings.analyzer
         url = (cfg.opencode_url or "").strip()
         if not url:
@@ -159,15 +166,15 @@ class OpenCodeAnalyzer:
                 "autonomous_runner.analyzer.opencode_url: must be an http:// or https:// URL "
                 f"with a host (got {redact_url(url)!r})"
             )
-        model = (cfg.model or "").strip()
+        model = (model or "").strip()
         provider_id, _, model_id = model.partition("/")
         if not provider_id or not model_id:
             raise ConfigError(
-                "autonomous_runner.analyzer.model: the opencode backend needs provider/model, "
-                f"e.g. openrouter/openai/gpt-4o-mini (got {cfg.model!r})"
+                f"autonomous_runner.{field}.model: the opencode backend needs provider/model, "
+                f"e.g. openrouter/openai/gpt-4o-mini (got {model or None!r})"
             )
-        if not cfg.agent:
-            raise ConfigError("autonomous_runner.analyzer.agent: must name an OpenCode agent (got '')")
+        if not agent:
+            raise ConfigError(f"autonomous_runner.{field}.agent: must name an OpenCode agent (got '')")
         password = cfg.opencode_password.get_secret_value() if cfg.opencode_password else ""
         username = USERNAME
         if parts.username is not None or parts.password is not None:
@@ -180,7 +187,7 @@ class OpenCodeAnalyzer:
         self.base_url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.model = model
         self.provider_id, self.model_id = provider_id, model_id
-        self.agent = cfg.agent
+        self.agent = agent
         self.has_password = bool(password)
         self.client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -193,42 +200,37 @@ class OpenCodeAnalyzer:
         #: Session creations and clean-ups that must finish even if their analysis is cancelled.
         self._background: set[asyncio.Task[Any]] = set()
 
-    # --- the analysis ------------------------------------------------------------------------
+    # --- the question -----------------------------------------------------------------------
 
-    async def analyze(self, request: AnalysisRequest) -> Analysis:
+    async def ask(self, ask: Ask) -> Reply:
+        """One session: the question to the agent, its answer, the session removed."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.timeout
-        user = user_prompt(request)
+        deadline = loop.time() + ask.timeout
+        agent = ask.agent or self.agent
         provenance: dict[str, Any] = {
             "analyzer": self.name,
             "requested_model": self.model,
-            "prompt_hash": prompt_hash(SYSTEM_PROMPT, user),
+            "prompt_hash": prompt_hash(ask.system, ask.user),
         }
         session_id: str | None = None
         sending: asyncio.Task[httpx.Response] | None = None
         finished = False
         try:
-            session_id = await self._start_session(request, deadline)
+            session_id = await self._start_session(ask.title or ask.schema_name, deadline)
             # The prompt runs as its own task: if we are cancelled, it is not cut off at once
             # but aborted on the server first (see ``_remove``).
             sending = self._spawn(
-                self._request("POST", f"/session/{session_id}/message", deadline, json=self._prompt(user))
+                self._request(
+                    "POST", f"/session/{session_id}/message", deadline, json=self._prompt(ask, agent)
+                )
             )
             response = await asyncio.shield(sending)
             finished = True  # the server answered: its run is over, whatever the answer says
-            reply = await self._reply(response, deadline)
-            return self._interpret(reply, request, provenance)
+            reply = await self._reply(response, deadline, agent)
+            return self._interpret(reply, provenance)
         finally:
             if session_id is not None:
                 await self._cleanup(session_id, sending=None if finished else sending, abort=not finished)
-
-    def _session_title(self, request: AnalysisRequest) -> str:
-        title = f"signal {request.symbol} {request.scheduled_minute:%Y-%m-%dT%H:%M}Z"
-        if request.cycle_id:
-            title += f" cycle {request.cycle_id}"
-        if request.attempt > 1:
-            title += f" attempt {request.attempt}"
-        return title
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -236,13 +238,13 @@ class OpenCodeAnalyzer:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _start_session(self, request: AnalysisRequest, deadline: float) -> str:
+    async def _start_session(self, title: str, deadline: float) -> str:
         """Create the session; if we are cancelled meanwhile, delete it once it exists.
 
         The server may have created it already when the cancellation lands, and then only the
         reply would tell us its id: so the creation runs as its own (shielded) task.
         """
-        creating = self._spawn(self._create_session(request, deadline))
+        creating = self._spawn(self._create_session(title, deadline))
         try:
             return await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -261,33 +263,33 @@ class OpenCodeAnalyzer:
             return  # the creation failed: no session
         await self._remove(session_id, abort=False)
 
-    async def _create_session(self, request: AnalysisRequest, deadline: float) -> str:
-        response = await self._request(
-            "POST", "/session", deadline, json={"title": self._session_title(request)}
-        )
+    async def _create_session(self, title: str, deadline: float) -> str:
+        response = await self._request("POST", "/session", deadline, json={"title": title})
         if response.status_code != 200:
             raise self._http_error(response, "creating a session", vanished=False)
         body = self._json(response, "creating a session")
         session_id = body.get("id") if isinstance(body, dict) else None
         if not isinstance(session_id, str) or not session_id:
             raise TransientError("OpenCode created a session without an id")
-        log.debug("opencode session %s for %s", session_id, request.symbol)
+        log.debug("opencode session %s: %s", session_id, title)
         return session_id
 
-    def _prompt(self, user: str) -> dict[str, Any]:
-        return {
-            "agent": self.agent,
+    def _prompt(self, ask: Ask, agent: str) -> dict[str, Any]:
+        prompt: dict[str, Any] = {
+            "agent": agent,
             "model": {"providerID": self.provider_id, "modelID": self.model_id},
-            "system": SYSTEM_PROMPT,
-            "parts": [{"type": "text", "text": user}],
-            "format": {"type": "json_schema", "schema": SIGNAL_SCHEMA},
-            # Whatever the agent allows, this message may only answer.
-            "tools": {"*": False, STRUCTURED_TOOL: True},
+            "system": ask.system,
+            "parts": [{"type": "text", "text": ask.user}],
+            "format": {"type": "json_schema", "schema": ask.schema},
         }
+        if not ask.agent_tools:
+            # Whatever the agent allows, this message may only answer.
+            prompt["tools"] = {"*": False, STRUCTURED_TOOL: True}
+        return prompt
 
-    async def _reply(self, response: httpx.Response, deadline: float) -> dict[str, Any]:
+    async def _reply(self, response: httpx.Response, deadline: float, agent: str) -> dict[str, Any]:
         if response.status_code == 500:
-            raise await self._diagnose(response, deadline)
+            raise await self._diagnose(response, deadline, agent)
         if response.status_code != 200:
             # a 404 here: the session vanished under us; a new attempt makes a new one
             raise self._http_error(response, "sending the prompt", vanished=True)
@@ -296,9 +298,7 @@ class OpenCodeAnalyzer:
             raise TransientError("OpenCode answered the prompt without a message")
         return reply
 
-    def _interpret(
-        self, reply: dict[str, Any], request: AnalysisRequest, provenance: dict[str, Any]
-    ) -> Analysis:
+    def _interpret(self, reply: dict[str, Any], provenance: dict[str, Any]) -> Reply:
         info: dict[str, Any] = reply["info"]
         provider, model = info.get("providerID"), info.get("modelID")
         provenance["model"] = f"{provider}/{model}" if provider and model else self.model
@@ -316,15 +316,15 @@ class OpenCodeAnalyzer:
             failure = error_from_info(error)
             if isinstance(failure, InvalidOutput) and text and info.get("structured") is None:
                 try:  # no tool call, but the text may still be the JSON object asked for
-                    return parse_answer(text, request, **provenance)
+                    return Reply(extract_json(text), provenance)
                 except InvalidOutput as exc:
                     raise InvalidOutput(f"{failure} and the text answer is unusable: {exc}") from exc
             raise failure
         if info.get("structured") is not None:
-            return validate_answer(info["structured"], request, **provenance)
-        return parse_answer(text, request, **provenance)
+            return Reply(info["structured"], provenance)
+        return Reply(extract_json(text), provenance)
 
-    async def _diagnose(self, response: httpx.Response, deadline: float) -> AnalyzerError:
+    async def _diagnose(self, response: httpx.Response, deadline: float, agent: str) -> AnalyzerError:
         """A 500 on the prompt: an unknown agent or model, or a server fault?"""
         message = _body_message(response)
         try:
@@ -332,8 +332,8 @@ class OpenCodeAnalyzer:
             listed = agents.json() if agents.status_code == 200 else None
             if isinstance(listed, list) and listed:
                 names = {a.get("name") for a in listed if isinstance(a, dict)}
-                if self.agent not in names:
-                    return PermanentError(f"the OpenCode server has no agent {self.agent!r}")
+                if agent not in names:
+                    return PermanentError(f"the OpenCode server has no agent {agent!r}")
             providers = await self._request("GET", "/config/providers", deadline)
             if providers.status_code == 200:
                 known = {
@@ -456,6 +456,44 @@ class OpenCodeAnalyzer:
         if self._background:
             await asyncio.wait(set(self._background), timeout=2 * CLEANUP_SECONDS + 1)
         await self.client.aclose()
+
+
+class OpenCodeAnalyzer:
+    """The signal stage through an OpenCode agent (``analyzer.agent``, ``signal-generator``)."""
+
+    name = "opencode"
+    remote = True
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        cfg = settings.analyzer
+        self.client = OpenCodeClient(
+            settings, model=cfg.model, agent=cfg.agent, field="analyzer", transport=transport
+        )
+
+    async def analyze(self, request: AnalysisRequest) -> Analysis:
+        ask = Ask(
+            SYSTEM_PROMPT,
+            user_prompt(request),
+            SIGNAL_SCHEMA,
+            "trading_signal",
+            request.timeout,
+            title=session_title("signal", request),
+        )
+        reply = await self.client.ask(ask)
+        return validate_answer(reply.data, request, **reply.provenance)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def session_title(stage: str, request: AnalysisRequest) -> str:
+    """``signal ETH/USD 2026-11-23T14:05Z cycle ... attempt 2``: who asked what, for the server's logs."""
+    title = f"{stage} {request.symbol} {request.scheduled_minute:%Y-%m-%dT%H:%M}Z"
+    if request.cycle_id:
+        title += f" cycle {request.cycle_id}"
+    if request.attempt > 1:
+        title += f" attempt {request.attempt}"
+    return title
 
 
 def _count(value: Any) -> int | None:

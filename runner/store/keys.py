@@ -59,8 +59,47 @@ class Keys:
     def latest(self) -> str:
         return self._k(self.latest_name)
 
+    # Stage outputs ------------------------------------------------------------------------
+    @property
+    def scored_stream(self) -> str:
+        return self._k("signals:scored")
+
+    @property
+    def scored_latest(self) -> str:
+        return self._k("signals:latest:scored")
+
+    @property
+    def scored_channel(self) -> str:
+        return self._k("channel:scored-signals")
+
+    @property
+    def advised_stream(self) -> str:
+        return self._k("signals:advised")
+
+    @property
+    def advised_latest(self) -> str:
+        return self._k("signals:latest:advised")
+
+    @property
+    def advised_channel(self) -> str:
+        return self._k("channel:advised-signals")
+
+    @property
+    def reports_stream(self) -> str:
+        return self._k("reports:cycle")
+
+    @property
+    def reports_latest(self) -> str:
+        """The latest report (a string: the JSON document)."""
+        return self._k("reports:latest")
+
+    @property
+    def reports_channel(self) -> str:
+        return self._k("channel:cycle-reports")
+
     def published(self, signal_id: str) -> str:
-        """Marker that ``signal_id`` was published (idempotency)."""
+        """Marker that a document was published (idempotency): ``<signal id>`` for a signal,
+        ``score:<id>``, ``advice:<id>`` and ``report:<minute>:<shard>`` for the others."""
         return self._k(f"runner:published:{signal_id}")
 
     # Locks, leases and liveness ----------------------------------------------------------

@@ -29,6 +29,9 @@ from runner.store.keys import SIGNAL_ID_TTL_SECONDS, Keys
 
 log = logging.getLogger(__name__)
 
+#: Reports kept in the stream: a week of one-minute cycles of one shard.
+REPORTS_MAXLEN = 10080
+
 
 class PublishResult(StrEnum):
     """What became of one submitted document."""
@@ -52,6 +55,10 @@ class Target:
     maxlen: int
     #: The stream entry's field holding the document.
     field: str = "doc"
+    #: The stream entry's field naming what the document is about.
+    key_field: str = "symbol"
+    #: ``hash``: the latest document per symbol; ``string``: the latest document of all.
+    latest_kind: str = "hash"
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,33 @@ class Pending:
 def signal_target(keys: Keys, maxlen: int) -> Target:
     """The signal stream, latest hash and channel (stream field ``signal``)."""
     return Target(keys.stream, keys.latest, keys.channel, maxlen, field="signal")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where each stage's documents go."""
+
+    signal: Target
+    score: Target
+    advice: Target
+    report: Target
+
+
+def targets(keys: Keys, maxlen: int) -> Targets:
+    """The targets of every stage; stage streams are capped like the signal stream."""
+    return Targets(
+        signal=signal_target(keys, maxlen),
+        score=Target(keys.scored_stream, keys.scored_latest, keys.scored_channel, maxlen),
+        advice=Target(keys.advised_stream, keys.advised_latest, keys.advised_channel, maxlen),
+        report=Target(
+            keys.reports_stream,
+            keys.reports_latest,
+            keys.reports_channel,
+            REPORTS_MAXLEN,
+            key_field="shard",
+            latest_kind="string",
+        ),
+    )
 
 
 class Publisher:
@@ -100,7 +134,16 @@ class Publisher:
                 "markers": [self.keys.published(p.doc_id) for p in batch],
             },
             {
-                "targets": [{"channel": t.channel, "field": t.field, "maxlen": t.maxlen} for t in targets],
+                "targets": [
+                    {
+                        "channel": t.channel,
+                        "field": t.field,
+                        "key_field": t.key_field,
+                        "maxlen": t.maxlen,
+                        "string": t.latest_kind == "string",
+                    }
+                    for t in targets
+                ],
                 "marker_ttl": SIGNAL_ID_TTL_SECONDS,
                 "items": [
                     {

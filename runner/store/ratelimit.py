@@ -32,6 +32,8 @@ class RateLimiter:
         self.interval = 60.0 / requests_per_minute + JITTER_TOLERANCE / max(requests_per_minute - 1, 1)
         self.tolerance = (max(burst, 1) - 1) * self.interval
         self.keys = keys
+        #: When the next slot is expected to be free (epoch seconds), from this process's replies.
+        self.next_free_at = 0.0
         self._reserve = client.register_script(scripts.RESERVE)
         self._pause = client.register_script(scripts.PAUSE)
 
@@ -49,7 +51,14 @@ class RateLimiter:
         async with redis_errors("reserving a rate-limit slot"):
             raw = await self._reserve(keys=keys, args=args)
         granted, wait = json.loads(raw)
-        return bool(granted), max(float(wait), 0.0)
+        wait = max(float(wait), 0.0)
+        self.next_free_at = max(self.next_free_at, now + wait + (self.interval if granted else 0.0))
+        return bool(granted), wait
+
+    def expected_wait(self, now: float) -> float:
+        """How long the next call would wait for a slot, as far as this process has seen
+        (other processes' calls make it longer, never shorter)."""
+        return max(0.0, self.next_free_at - now)
 
     async def pause(self, now: float, seconds: float) -> None:
         """Everyone sharing the limit waits ``seconds`` (a 429's Retry-After)."""

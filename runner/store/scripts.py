@@ -153,17 +153,17 @@ return cjson.encode(out)
 #: (idempotency): XADD to its target's capped stream, PUBLISH to its channel, HSET of the latest
 #: hash. An item marked ``release`` frees its lock once it is published or found a duplicate.
 #: L: streams, latests (one per target), locks, markers (one per item).
-#: A: targets [{channel, field, maxlen}], marker_ttl, items [{t (target index), record, symbol,
-#:    doc, release}].
+#: A: targets [{channel, field, key_field, maxlen, string (the latest key is a string, not a
+#:    hash)}], marker_ttl, items [{t (target index), record, symbol, doc, release}].
 #: Returns JSON [[published | duplicate | fenced per item], warnings].
 #: Every stream and hash is checked before anything is written, so a wrong-type key found
 #: half-way cannot leave a marker without an entry (a lost document).
 PUBLISH = (
     PRELUDE
     + """
-for i = 1, #A.targets do
+for i, target in ipairs(A.targets) do
   ensure(L.streams[i], 'stream', false)
-  ensure(L.latests[i], 'hash', false)
+  ensure(L.latests[i], target.string and 'string' or 'hash', false)
 end
 local out = {}
 for i, item in ipairs(A.items) do
@@ -175,9 +175,13 @@ for i, item in ipairs(A.items) do
     if item.release then redis.call('DEL', lock_key) end
   else
     redis.call('XADD', L.streams[item.t], 'MAXLEN', '~', target.maxlen, '*',
-               'symbol', item.symbol, target.field, item.doc)
+               target.key_field, item.symbol, target.field, item.doc)
     redis.call('PUBLISH', target.channel, item.doc)
-    redis.call('HSET', L.latests[item.t], item.symbol, item.doc)
+    if target.string then
+      redis.call('SET', L.latests[item.t], item.doc)
+    else
+      redis.call('HSET', L.latests[item.t], item.symbol, item.doc)
+    end
     if item.release then redis.call('DEL', lock_key) end
     out[i] = 'published'
   end
@@ -190,7 +194,7 @@ return cjson.encode({out, warnings})
 #: K: history, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat, breaker,
 #:    spend, last_cycle. L: locks (the locks the run still owns, aligned with A.lock_values).
 #: A: summary, last, history_len, symbols [{symbol, ok, status, reason, duration_ms, fault, at,
-#:    action}], pause_after, cycle_id, latency, latency_keep, backpressure, counters,
+#:    action, stages {stage: status}}], pause_after, cycle_id, latency, latency_keep, backpressure, counters,
 #:    last_success, lease_value, release_heartbeat, lock_values, breaker {expected, fields},
 #:    spend {usd, calls}, want_counters.
 #: Returns JSON {paused_now, released, counters, last_success, breaker_saved, breaker, warnings}.
@@ -238,6 +242,19 @@ for _, u in ipairs(A.symbols) do
   st.last_reason = u.reason
   st.last_run_at = u.at
   if present(u.action) then st.last_action = u.action end
+  if present(u.stages) then
+    if type(st.stages) ~= 'table' then st.stages = {} end
+    for stage, status in pairs(u.stages) do
+      local s = st.stages[stage]
+      if type(s) ~= 'table' then s = {runs = 0, ok = 0} end
+      if status ~= 'skipped' then
+        s.runs = (tonumber(s.runs) or 0) + 1
+        if status == 'ok' then s.ok = (tonumber(s.ok) or 0) + 1 end
+      end
+      s.last = status
+      st.stages[stage] = s
+    end
+  end
   redis.call('HSET', K.stats, u.symbol, cjson.encode(st))
   if st.consecutive_symbol_faults >= A.pause_after and redis.call('HEXISTS', K.paused, u.symbol) == 0 then
     redis.call('HSET', K.paused, u.symbol, cjson.encode({since = u.at, reason = u.reason,
