@@ -369,7 +369,7 @@ def watch(
     last: Annotated[int, typer.Option("--last", min=0, help="Show this many recent signals first.")] = 10,
     json_out: JsonOpt = False,
 ) -> None:
-    """Follow the signal stream live (Ctrl-C to stop)."""
+    """Follow every stage live: signals, scores, advice and reports (Ctrl-C to stop)."""
     settings = settings_or_exit(config)
     with contextlib.suppress(KeyboardInterrupt):
         run_async(lambda: _watch(settings, last, json_out or not sys.stdout.isatty()))
@@ -385,30 +385,53 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
     from runner.store.keys import Keys
 
     console = Console()
-    stream = Keys.for_settings(settings).stream
+    keys = Keys.for_settings(settings)
+    stage_of = {
+        keys.stream: "signal",
+        keys.scored_stream: "score",
+        keys.advised_stream: "advice",
+        keys.reports_stream: "report",
+    }
 
-    def show(fields: dict[str, Any]) -> None:
-        raw = str(fields.get("signal", ""))
+    def show(stage: str, fields: dict[str, Any]) -> None:
+        raw = str(fields.get("signal" if stage == "signal" else "doc", ""))
         if machine:
             print(raw, flush=True)
             return
         try:
-            s = json.loads(raw)
+            d = json.loads(raw)
         except ValueError:
-            console.print(Text(f"unreadable entry: {raw[:80]}", style="red"))
+            console.print(Text(f"unreadable {stage} entry: {raw[:80]}", style="red"))
             return
-        line = Text(f"{str(s.get('generated_at', ''))[11:19]} {s.get('symbol', '?'):<10} ")
-        line.append(f"{s.get('action', '?'):<4}", style=ACTION_STYLE.get(s.get("action"), ""))
-        line.append(f" {float(s.get('confidence', 0)):.2f}  {s.get('reasoning', '')[:90]}")
+        line = Text(
+            f"{str(d.get('generated_at', ''))[11:19]} {stage:<6} {d.get('symbol', d.get('shard', '?')):<10} "
+        )
+        if stage == "signal":
+            line.append(f"{d.get('action', '?'):<4}", style=ACTION_STYLE.get(d.get("action"), ""))
+            line.append(f" {float(d.get('confidence', 0)):.2f}  {d.get('reasoning', '')[:90]}")
+        elif stage == "score":
+            line.append(f"{d.get('score')} {d.get('grade')}  {'; '.join(d.get('factors') or [])[:90]}")
+        elif stage == "advice":
+            line.append(f"{d.get('action', '?'):<4}", style=ACTION_STYLE.get(d.get("action"), ""))
+            line.append(
+                f" {float(d.get('position_size_pct') or 0):.3g}% entry {d.get('entry')} "
+                f"stop {d.get('stop_loss')} target {d.get('take_profit')}"
+            )
+        else:
+            line.append(str(d.get("summary", "")).splitlines()[0][:120] if d.get("summary") else "")
         console.print(line)
 
     async with redis_session(settings) as handle:
-        recent = await streams.latest(handle.client, stream, last)
-        for _, fields in recent:
-            show(fields)
-        after = recent[-1][0] if recent else await streams.end_of(handle.client, stream)
-        async for _, fields in streams.follow(handle.client, stream, after):
-            show(fields)
+        cursors: dict[str, str] = {}
+        recent = []
+        for stream, stage in stage_of.items():
+            entries = await streams.latest(handle.client, stream, last)
+            recent += [(entry_id, stage, fields) for entry_id, fields in entries]
+            cursors[stream] = entries[-1][0] if entries else await streams.end_of(handle.client, stream)
+        for _, stage, fields in sorted(recent, key=lambda e: tuple(int(p) for p in e[0].split("-"))):
+            show(stage, fields)
+        async for stream, _, fields in streams.follow(handle.client, cursors):
+            show(stage_of[stream], fields)
 
 
 @app.command("config")

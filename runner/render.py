@@ -36,21 +36,33 @@ def _styled(value: str) -> Text:
 
 
 def cycle_table(outcome: Outcome) -> Table:
-    """One row per selected symbol."""
+    """One row per selected symbol: its signal, score and advice, and why when not ok."""
     table = Table(title=None, expand=False)
-    for col in ("symbol", "status", "action", "confidence", "price", "ms", "attempts", "reason"):
-        table.add_column(col, justify="right" if col in ("confidence", "price", "ms", "attempts") else "left")
-    signals = {s.symbol: s for s in outcome.signals}
+    for col in ("symbol", "status", "signal", "score", "advice", "stop → target", "ms", "reason"):
+        table.add_column(col, justify="right" if col == "ms" else "left", no_wrap=col != "reason")
     for r in outcome.results:
-        sig = signals.get(r.symbol)
+        sig, score, advice = r.signal, r.score, r.advice
+        signal_cell = Text("-", style="dim")
+        if sig:
+            signal_cell = Text(sig.action, style=ACTION_STYLE[sig.action]).append(
+                f" {sig.confidence:.2f}", style=""
+            )
+        advice_cell = Text("-", style="dim")
+        if advice:
+            advice_cell = Text(advice.action, style=ACTION_STYLE[advice.action])
+            if advice.action != "HOLD":
+                advice_cell.append(f" {advice.position_size_pct:.3g}%", style="")
+        levels = ""
+        if advice and advice.stop_loss and advice.take_profit:
+            levels = f"{advice.stop_loss:.5g} → {advice.take_profit:.5g}"
         table.add_row(
             r.symbol,
             _styled(r.status.value),
-            Text(sig.action, style=ACTION_STYLE[sig.action]) if sig else Text("-", style="dim"),
-            f"{sig.confidence:.2f}" if sig else "",
-            f"{sig.price:.6g}" if sig and sig.price else "",
+            signal_cell,
+            f"{score.score} {score.grade}" if score else "",
+            advice_cell,
+            levels,
             str(r.duration_ms) if r.status is not SymbolStatus.PAUSED else "",
-            str(r.attempts or ""),
             r.reason or "",
         )
     return table
@@ -64,7 +76,8 @@ def cycle_headline(outcome: Outcome) -> Text:
     ok = sum(r.status is SymbolStatus.OK for r in outcome.results)
     text.append(
         f"  cycle {outcome.cycle_id} on {outcome.instance_id}  {ok}/{len(outcome.results)} ok, "
-        f"{len(outcome.signals)} signal(s){'' if outcome.published else ' (dry run: not published)'}, "
+        f"{len(outcome.signals)} signal(s), {len(outcome.scores)} score(s), {len(outcome.advice)} advice"
+        f"{'' if outcome.published else ' (dry run: not published)'}, "
         f"{outcome.duration_ms} ms, exit {outcome.exit_code}"
     )
     return text
@@ -73,6 +86,10 @@ def cycle_headline(outcome: Outcome) -> Text:
 def print_cycle(console: Console, outcome: Outcome) -> None:
     if outcome.results and outcome.status.value != "skipped":
         console.print(cycle_table(outcome))
+    if outcome.report is not None:
+        from rich.markdown import Markdown
+
+        console.print(Panel(Markdown(outcome.report.summary), title="report", expand=False))
     for w in outcome.warnings:
         console.print(Text(f"warning: {w}", style="yellow"))
     console.print(cycle_headline(outcome))
@@ -213,23 +230,32 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
     symbols = sorted(set(doc["symbols"]) | set(doc["latest"]))
     if symbols:
         t = Table(title="symbols", title_justify="left")
-        for c in ("symbol", "latest", "conf", "at", "runs", "ok %", "errors in a row", "avg ms", "last"):
-            t.add_column(
-                c, justify="right" if c in ("conf", "runs", "ok %", "errors in a row", "avg ms") else "left"
-            )
+        numeric = ("conf", "runs", "ok %", "errors in a row", "avg ms")
+        columns = ("symbol", "latest", "conf", "score", "advice", "at", "runs", "ok %", "stages ok %")
+        for c in (*columns, "errors in a row", "avg ms", "last"):
+            t.add_column(c, justify="right" if c in numeric else "left")
+        scores, advice = doc.get("latest_scores") or {}, doc.get("latest_advice") or {}
         for s in symbols:
             st = doc["symbols"].get(s, {})
             sig = doc["latest"].get(s, {})
             runs = int(st.get("runs") or 0)
             okp = f"{100 * int(st.get('successes') or 0) / runs:.0f}" if runs else ""
             action = str(sig.get("action") or "-")
+            sc, adv = scores.get(s, {}), advice.get(s, {})
+            adv_action = str(adv.get("action") or "-")
+            adv_cell = Text(adv_action, style=ACTION_STYLE.get(adv_action, "dim"))
+            if adv_action in ("BUY", "SELL"):
+                adv_cell.append(f" {float(adv.get('position_size_pct') or 0):.3g}%", style="")
             t.add_row(
                 s,
                 Text(action, style=ACTION_STYLE.get(action, "dim")),
                 f"{sig['confidence']:.2f}" if "confidence" in sig else "",
+                f"{sc.get('score')} {sc.get('grade')}" if sc else "",
+                adv_cell,
                 str(sig.get("generated_at") or "")[11:19],
                 str(runs or ""),
                 okp,
+                _stage_rates(st.get("stages")),
                 str(st.get("consecutive_errors") if st else ""),
                 str(st.get("avg_ms") or ""),
                 Text(
@@ -237,7 +263,25 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
                 ),
             )
         parts.append(t)
+    report = doc.get("report")
+    if isinstance(report, dict) and report.get("summary"):
+        from rich.markdown import Markdown
+
+        title = f"report {report.get('minute', '')} shard {report.get('shard', '')}"
+        parts.append(Panel(Markdown(str(report["summary"])), title=title, expand=False))
     return Group(*parts)
+
+
+def _stage_rates(stages: Any) -> str:
+    """``score 100 advise 95``: the share of each stage's runs that succeeded."""
+    if not isinstance(stages, dict):
+        return ""
+    rates = []
+    for stage in ("score", "advise"):
+        row = stages.get(stage)
+        if isinstance(row, dict) and int(row.get("runs") or 0):
+            rates.append(f"{stage} {100 * int(row.get('ok') or 0) / int(row['runs']):.0f}")
+    return " ".join(rates)
 
 
 def panel(title: str, body: Any) -> Panel:

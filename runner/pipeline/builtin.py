@@ -122,6 +122,7 @@ def summarize(request: ReportRequest) -> ReportAnswer:
     lines = [
         f"**Cycle {request.scheduled_minute:%Y-%m-%d %H:%M} UTC, shard {request.shard}**: "
         f"{len(done)} of {len(work)} symbol(s) through every stage.",
+        "",
         f"Signals: {actions['BUY']} BUY, {actions['SELL']} SELL, {actions['HOLD']} HOLD. "
         f"Advice: {len(positions)} position(s), {sum(a.position_size_pct for a in positions):.4g}% exposure.",
     ]

@@ -45,6 +45,8 @@ async def read_status(
             keys.stats,
             keys.latest,
             spend_key,
+            keys.scored_latest,
+            keys.advised_latest,
         ]
         lists = [keys.history, keys.latency]
         async with client.pipeline(transaction=False) as pipe:
@@ -77,10 +79,13 @@ async def read_status(
                 pipe.hgetall(key)
             pipe.xlen(keys.stream)
             pipe.get(keys.last_cycle)
+            pipe.get(keys.reports_latest)
             answers = await pipe.execute(raise_on_error=False)
     it = iter(answers)
     history_raw, latency_raw = next(it), next(it)
-    breaker_raw, kill_raw, paused_raw, stats_raw, latest_raw, spend_raw = (next(it) for _ in range(6))
+    breaker_raw, kill_raw, paused_raw, stats_raw, latest_raw, spend_raw, scored_raw, advised_raw = (
+        next(it) for _ in range(8)
+    )
 
     as_dict = replies.pairs
     history = [h for h in (json_object(x) for x in (history_raw or [])) if h is not None]
@@ -125,12 +130,11 @@ async def read_status(
         cooldown[keys.shard_of_backpressure(key)] = as_dict(next(it))
     stream_len = next(it)
     last_full = json_object(next(it))
-    stats = {
-        s: v for s, v in ((s, json_object(raw)) for s, raw in as_dict(stats_raw).items()) if v is not None
-    }
-    latest = {
-        s: v for s, v in ((s, json_object(raw)) for s, raw in as_dict(latest_raw).items()) if v is not None
-    }
+    report = json_object(next(it))
+    stats = _documents(as_dict(stats_raw))
+    latest = _documents(as_dict(latest_raw))
+    scored = _documents(as_dict(scored_raw))
+    advised = _documents(as_dict(advised_raw))
     paused = {s: _or_reason(json_object(raw), raw) for s, raw in as_dict(paused_raw).items()}
     kill = as_dict(kill_raw)
     spend = as_dict(spend_raw)
@@ -170,6 +174,9 @@ async def read_status(
         "paused": paused,
         "symbols": stats,
         "latest": latest,
+        "latest_scores": scored,
+        "latest_advice": advised,
+        "report": report,
         "stream_length": stream_len if isinstance(stream_len, int) else 0,
         "spend": {
             "usd": as_float(spend.get("usd")) or 0.0,
@@ -182,3 +189,8 @@ async def read_status(
 def _or_reason(record: dict[str, Any] | None, raw: str) -> dict[str, Any]:
     """A paused symbol's record; a bare string (written by hand) is its reason."""
     return record if record is not None else {"reason": raw}
+
+
+def _documents(by_symbol: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """A latest-document hash read as symbol -> document (unreadable entries left out)."""
+    return {s: v for s, v in ((s, json_object(raw)) for s, raw in by_symbol.items()) if v is not None}

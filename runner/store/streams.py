@@ -1,4 +1,4 @@
-"""Reading the signal stream: the latest entries, then every new one as it arrives (``runner watch``)."""
+"""Reading the streams: the latest entries, then every new one as it arrives (``runner watch``)."""
 
 from __future__ import annotations
 
@@ -35,20 +35,20 @@ async def end_of(client: aioredis.Redis, stream: str) -> str:
     return newest[-1][0] if newest else "0-0"
 
 
-async def follow(client: aioredis.Redis, stream: str, after: str) -> AsyncIterator[Entry]:
-    """Every entry added to ``stream`` after the entry id ``after``, as it arrives; a Redis outage
-    is waited out (the read resumes where it stopped)."""
-    cursor = after
+async def follow(
+    client: aioredis.Redis, cursors: dict[str, str]
+) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+    """Every entry added to each stream after its cursor (an entry id), as ``(stream, id, fields)``,
+    as it arrives; a Redis outage is waited out (each read resumes where it stopped)."""
+    cursors = dict(cursors)
     while True:
         try:
-            async with redis_errors("following the signal stream"):
-                replies: Any = await client.xread(
-                    {stream: cursor}, block=int(BLOCK_SECONDS * 1000), count=100
-                )
+            async with redis_errors("following the streams"):
+                replies: Any = await client.xread(cursors, block=int(BLOCK_SECONDS * 1000), count=100)  # type: ignore[arg-type]
         except DependencyError:
             await asyncio.sleep(RETRY_SECONDS)
             continue
-        for _, entries in replies or []:
+        for stream, entries in replies or []:
             for entry_id, fields in entries:
-                cursor = str(entry_id)
-                yield cursor, dict(fields)
+                cursors[str(stream)] = str(entry_id)
+                yield str(stream), str(entry_id), dict(fields)

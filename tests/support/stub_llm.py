@@ -9,8 +9,10 @@ request says ``"stream": true``) and ``GET /v1/models``. What it answers is set 
     stub.per_symbol["BTC/USD"] = Mode("wrong_symbol")
 
 A normal answer is a valid signal for the symbol named in the last user message (``symbol="..."``
-in the market-data marker, or "signal for SYMBOL"). When the request offers a tool named
-``StructuredOutput`` (what OpenCode 1.18 sends for ``format: json_schema``, with
+in the market-data marker, or "signal for SYMBOL"), or, when the message asks for a later stage of
+the pipeline ("Score the signal", "Advise a trade", "Summarize cycle"), a valid score, advice or
+report (``stub.per_stage["score"] = Mode(...)`` sets how one stage answers). When the request
+offers a tool named ``StructuredOutput`` (what OpenCode 1.18 sends for ``format: json_schema``, with
 ``tool_choice: "required"``), the answer is a call of that tool with the signal as its arguments
 (``Mode(use_tool=False)`` plays a model that ignores it and answers in text); when the last message
 is a tool result, it answers with a short text. Every request is recorded in ``stub.requests``
@@ -30,7 +32,8 @@ Kinds of ``Mode``:
 ``malformed``        the answer text is not JSON (a truncated signal)
 ``broken_body``      the HTTP body itself is truncated JSON (in a stream: one broken chunk)
 ``wrong_symbol``     a valid signal for another symbol
-``bad_confidence``   a signal with ``confidence`` 1.7
+``bad_confidence``   a signal with ``confidence`` 1.7 (a score of 150, an advice whose stop is on the
+                     wrong side, a report too long for the other stages)
 ``keepalive``        a stream that only sends ``: keep-alive`` comments (never an answer)
 ``text``             answer exactly ``text`` (content, or tool arguments when a tool is offered)
 """
@@ -148,6 +151,7 @@ class StubLLM:
     mode: Mode = field(default_factory=Mode)
     queue: list[Mode] = field(default_factory=list)
     per_symbol: dict[str, Mode] = field(default_factory=dict)
+    per_stage: dict[str, Mode] = field(default_factory=dict)
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     requests: list[Recorded] = field(default_factory=list)
     #: Chat requests being answered right now (a client that hung up ends its request).
@@ -207,6 +211,7 @@ class StubLLM:
             self.mode = mode or Mode()
             self.queue.clear()
             self.per_symbol.clear()
+            self.per_stage.clear()
             self.requests.clear()
 
     def chat_requests(self) -> list[Recorded]:
@@ -217,10 +222,12 @@ class StubLLM:
         with self._lock:
             self.requests.append(rec)
 
-    def _pick(self, symbol: str | None) -> Mode:
+    def _pick(self, symbol: str | None, stage: str = "signal") -> Mode:
         with self._lock:
             if self.queue:
                 return self.queue.pop(0)
+            if stage in self.per_stage:
+                return self.per_stage[stage]
             if symbol is not None and symbol in self.per_symbol:
                 return self.per_symbol[symbol]
             return self.mode
@@ -327,7 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any]) -> None:
         messages = body.get("messages") or []
         symbol = symbol_in(messages) or "ETH/USD"
-        mode = self.owner._pick(symbol)
+        stage = stage_in(messages)
+        mode = self.owner._pick(symbol, stage)
         stream = bool(body.get("stream"))
         if mode.delay and not self._wait(mode.delay):
             return
@@ -350,11 +358,11 @@ class _Handler(BaseHTTPRequestHandler):
             tool_call = {
                 "id": f"call_{uuid.uuid4().hex[:12]}",
                 "type": "function",
-                "function": {"name": STRUCTURED_TOOL, "arguments": answer_text(mode, symbol)},
+                "function": {"name": STRUCTURED_TOOL, "arguments": answer_text(mode, symbol, stage)},
             }
             content = ""
         else:
-            content = answer_text(mode, symbol)
+            content = answer_text(mode, symbol, stage)
         usage: dict[str, Any] = {
             "prompt_tokens": mode.prompt_tokens,
             "completion_tokens": mode.completion_tokens,
@@ -472,17 +480,65 @@ def signal_doc(mode: Mode, symbol: str) -> dict[str, Any]:
     }
 
 
-def answer_text(mode: Mode, symbol: str) -> str:
-    """What the model 'says' in ``mode`` about ``symbol``."""
+#: What the last user message asks, by its first words.
+_STAGE_ASKS = (("Score the signal", "score"), ("Advise a trade", "advise"), ("Summarize cycle", "report"))
+
+
+def stage_in(messages: list[dict[str, Any]]) -> str:
+    """Which stage of the pipeline the last user message asks for (``signal`` by default)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            text = text_of(message.get("content"))
+            return next((stage for ask, stage in _STAGE_ASKS if ask in text), "signal")
+    return "signal"
+
+
+def score_doc(symbol: str, score: int = 72) -> dict[str, Any]:
+    grade = "A" if score >= 80 else "B" if score >= 60 else "C" if score >= 40 else "D"
+    return {
+        "symbol": symbol,
+        "score": score,
+        "grade": grade,
+        "factors": ["stub factor"],
+        "reasoning": "stub score",
+    }
+
+
+def advice_doc(symbol: str, stop: float = 95.0) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "action": "BUY",
+        "entry": 100.0,
+        "stop_loss": stop,
+        "take_profit": 110.0,
+        "position_size_pct": 5.0,
+        "horizon_minutes": 15,
+        "reasoning": "stub advice",
+    }
+
+
+def stage_doc(mode: Mode, symbol: str, stage: str) -> dict[str, Any]:
+    """A valid answer of ``stage`` (invalid in ``bad_confidence`` mode)."""
+    bad = mode.kind == "bad_confidence"
+    if stage == "score":
+        return score_doc(symbol, 150 if bad else 72)
+    if stage == "advise":
+        return advice_doc(symbol, 105.0 if bad else 95.0)
+    if stage == "report":
+        return {"summary": "x" * 5000 if bad else "**stub report**: every symbol went through."}
+    doc = signal_doc(mode, symbol)
+    return {**doc, "confidence": 1.7} if bad else doc
+
+
+def answer_text(mode: Mode, symbol: str, stage: str = "signal") -> str:
+    """What the model 'says' in ``mode`` about ``symbol`` for ``stage``."""
     if mode.text is not None:
         return mode.text
     if mode.kind == "malformed":
-        return json.dumps(signal_doc(mode, symbol))[:25]
+        return json.dumps(stage_doc(mode, symbol, stage))[:25]
     if mode.kind == "wrong_symbol":
-        return json.dumps(signal_doc(mode, other_symbol(symbol)))
-    if mode.kind == "bad_confidence":
-        return json.dumps({**signal_doc(mode, symbol), "confidence": 1.7})
-    return json.dumps(signal_doc(mode, symbol))
+        return json.dumps(stage_doc(mode, other_symbol(symbol), stage))
+    return json.dumps(stage_doc(mode, symbol, stage))
 
 
 @pytest.fixture

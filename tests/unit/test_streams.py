@@ -16,7 +16,7 @@ async def add(redis: Any, n: int) -> list[str]:
 
 async def take(follow: Any, n: int) -> list[str]:
     got = []
-    async for entry_id, _ in follow:
+    async for _, entry_id, _ in follow:
         got.append(entry_id)
         if len(got) == n:
             break
@@ -45,7 +45,7 @@ async def test_following_from_the_end_sees_every_entry_added_after_it(any_redis:
     end = await streams.end_of(any_redis, STREAM)
     later = await add(any_redis, 3)  # added before the first read: still shown
 
-    seen = await asyncio.wait_for(take(streams.follow(any_redis, STREAM, end), 3), 10)
+    seen = await asyncio.wait_for(take(streams.follow(any_redis, {STREAM: end}), 3), 10)
 
     assert seen == later
 
@@ -53,6 +53,6 @@ async def test_following_from_the_end_sees_every_entry_added_after_it(any_redis:
 async def test_following_after_an_entry_resumes_right_after_it(any_redis: Any) -> None:
     ids = await add(any_redis, 4)
 
-    seen = await asyncio.wait_for(take(streams.follow(any_redis, STREAM, ids[1]), 2), 10)
+    seen = await asyncio.wait_for(take(streams.follow(any_redis, {STREAM: ids[1]}), 2), 10)
 
     assert seen == ids[2:]
