@@ -366,16 +366,29 @@ def breaker_reset(config: ConfigOpt = None) -> None:
 @app.command()
 def watch(
     config: ConfigOpt = None,
-    last: Annotated[int, typer.Option("--last", min=0, help="Show this many recent signals first.")] = 10,
+    last: Annotated[
+        int, typer.Option("--last", min=0, help="Show this many recent entries of each stage first.")
+    ] = 10,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="Follow only this stage (signal, score, advice, report); repeatable."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Follow every stage live: signals, scores, advice and reports (Ctrl-C to stop)."""
+    wanted = set(stage or WATCHED)
+    unknown = sorted(wanted - set(WATCHED))
+    if unknown:
+        fail(f"--stage: must be one of {', '.join(WATCHED)} (got {unknown[0]!r})", ExitCode.USAGE)
     settings = settings_or_exit(config)
     with contextlib.suppress(KeyboardInterrupt):
-        run_async(lambda: _watch(settings, last, json_out or not sys.stdout.isatty()))
+        run_async(lambda: _watch(settings, last, json_out or not sys.stdout.isatty(), wanted))
 
 
-async def _watch(settings: Settings, last: int, machine: bool) -> None:
+WATCHED = ("signal", "score", "advice", "report")
+
+
+async def _watch(settings: Settings, last: int, machine: bool, wanted: set[str]) -> None:
     from rich.console import Console
     from rich.text import Text
 
@@ -386,12 +399,13 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
 
     console = Console()
     keys = Keys.for_settings(settings)
-    stage_of = {
+    every = {
         keys.stream: "signal",
         keys.scored_stream: "score",
         keys.advised_stream: "advice",
         keys.reports_stream: "report",
     }
+    stage_of = {stream: stage for stream, stage in every.items() if stage in wanted}
 
     def show(stage: str, fields: dict[str, Any]) -> None:
         raw = str(fields.get("signal" if stage == "signal" else "doc", ""))
@@ -421,6 +435,12 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
             line.append(str(d.get("summary", "")).splitlines()[0][:120] if d.get("summary") else "")
         console.print(line)
 
+    # Ctrl-C sets a flag the loop checks, within a read's block time: a cancellation that lands
+    # as a read completes can be swallowed (redis-py's timeouts on Python 3.11), and the loop
+    # would then follow the streams for ever.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     async with redis_session(settings) as handle:
         cursors: dict[str, str] = {}
         recent = []
@@ -430,8 +450,11 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
             cursors[stream] = entries[-1][0] if entries else await streams.end_of(handle.client, stream)
         for _, stage, fields in sorted(recent, key=lambda e: tuple(int(p) for p in e[0].split("-"))):
             show(stage, fields)
-        async for stream, _, fields in streams.follow(handle.client, cursors):
-            show(stage_of[stream], fields)
+        try:
+            async for stream, _, fields in streams.follow(handle.client, cursors, stop):
+                show(stage_of[stream], fields)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 @app.command("config")

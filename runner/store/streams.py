@@ -36,12 +36,14 @@ async def end_of(client: aioredis.Redis, stream: str) -> str:
 
 
 async def follow(
-    client: aioredis.Redis, cursors: dict[str, str]
+    client: aioredis.Redis, cursors: dict[str, str], stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
     """Every entry added to each stream after its cursor (an entry id), as ``(stream, id, fields)``,
-    as it arrives; a Redis outage is waited out (each read resumes where it stopped)."""
+    as it arrives, until ``stop`` is set (checked within a read's block time); a Redis outage is
+    waited out (each read resumes where it stopped)."""
     cursors = dict(cursors)
-    while True:
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
         try:
             async with redis_errors("following the streams"):
                 replies: Any = await client.xread(cursors, block=int(BLOCK_SECONDS * 1000), count=100)  # type: ignore[arg-type]

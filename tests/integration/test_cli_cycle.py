@@ -525,9 +525,10 @@ def test_watch_follows_the_stream(real_redis, redis_server, tmp_path):
     reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        wait_until(lambda: len(lines) >= 1, timeout=10)  # the backlog
+        wait_until(lambda: len(lines) >= 4, timeout=10)  # the backlog: signal, score, advice, report
         assert run_cli(["cycle", "--symbols", "BTC/USD,SOL/USD", "--json"], env).code == 0
-        wait_until(lambda: len(lines) >= 3, timeout=10)  # followed live
+        # followed live: two signals, scores and advice (the minute's report was written already)
+        wait_until(lambda: len(lines) >= 4 + 6, timeout=10)
     finally:
         watcher.send_signal(signal.SIGINT)
         try:
@@ -540,7 +541,28 @@ def test_watch_follows_the_stream(real_redis, redis_server, tmp_path):
         watcher.stdout.close()
         watcher.stderr.close()
     assert watcher.returncode == 0, err
-    assert [json.loads(line)["symbol"] for line in lines] == ["ETH/USD", "BTC/USD", "SOL/USD"]
+    docs = [json.loads(line) for line in lines]
+    signals = [d["symbol"] for d in docs if "stage" not in d]  # a signal keeps its shape: no stage field
+    assert signals[0] == "ETH/USD"
+    assert sorted(signals[1:]) == ["BTC/USD", "SOL/USD"]
+    assert sorted(d["stage"] for d in docs if "stage" in d) == ["advise"] * 3 + ["report"] + ["score"] * 3
+    assert [d["symbol"] for d in docs[:3]] == ["ETH/USD"] * 3, "the backlog comes in the order it was written"
+
+
+def test_watch_can_follow_one_stage(real_redis, redis_server, tmp_path):
+    env = env_for(redis_server.url, tmp_path)
+    assert run_cli(["cycle", "--symbols", "ETH/USD,BTC/USD", "--json"], env).code == 0
+    watcher = start_cli(["watch", "--json", "--last", "5", "--stage", "score"], env)
+    try:
+        first = json.loads(watcher.stdout.readline())
+        second = json.loads(watcher.stdout.readline())
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(timeout=10)
+        watcher.stdout.close()
+        watcher.stderr.close()
+    assert {first["stage"], second["stage"]} == {"score"}
+    assert {first["symbol"], second["symbol"]} == {"ETH/USD", "BTC/USD"}
 
 
 def _run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 30) -> tuple[int, str]:

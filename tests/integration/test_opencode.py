@@ -535,7 +535,7 @@ async def test_the_server_password_is_sent_and_never_shown(locked_opencode, llm,
     try:
         assert (await ok.analyze(await request_for())).symbol == "ETH/USD"
         assert (await in_url.analyze(await request_for())).symbol == "ETH/USD"
-        assert in_url.base_url == f"http://127.0.0.1:{port}"
+        assert in_url.client.base_url == f"http://127.0.0.1:{port}"
         with pytest.raises(AuthError, match="OPENCODE_SERVER_PASSWORD") as caught:
             await wrong.analyze(await request_for())
     finally:

@@ -483,11 +483,18 @@ def test_published_keys_of_the_wrong_type(key, measure, real_redis, redis_server
     proc = run(["cycle", "--symbols", "ETH/USD,BTC/USD", "--json"], env, tmp_path / "runs")
     doc = proc.json()
     markers = sorted(real_redis.scan_iter(match="runner:published:*"))
+    # Scores, advice and the report have markers of their own (score:<id>, advice:<id>, report:...).
+    signal_markers = [
+        m for m in markers if not m.split(":", 2)[2].startswith(("score:", "advice:", "report:"))
+    ]
     in_stream = real_redis.xlen("signals:raw") if real_redis.type("signals:raw") == "stream" else 0
     measure.figures(
-        exit_code=proc.code, reported=len(doc["signals"]), in_stream=in_stream, markers=len(markers)
+        exit_code=proc.code, reported=len(doc["signals"]), in_stream=in_stream, markers=len(signal_markers)
     )
     assert not bad_lines(proc.stderr), proc.stderr
     assert proc.code in (0, 1, 3)
     assert in_stream == len(doc["signals"]), "a signal reached the stream but was reported failed"
-    assert len(markers) == len(doc["signals"]), "an idempotency marker without a published signal"
+    assert len(signal_markers) == len(doc["signals"]), "an idempotency marker without a published signal"
+    for stage, published in (("score", doc["scores"]), ("advice", doc["advice"])):
+        stage_markers = [m for m in markers if m.split(":", 2)[2].startswith(f"{stage}:")]
+        assert len(stage_markers) == len(published), f"a {stage} marker without a published {stage}"
