@@ -90,6 +90,9 @@ class Tally:
     rejected: int = 0
     #: Set when a remote backend refused our credentials: no further remote call is made.
     auth_failure: str | None = None
+    #: Symbol -> (epoch of its first candle's minute, one close per minute, None where the
+    #: source had no candle): what the outcomes of earlier signals are scored against.
+    closes: dict[str, tuple[float, list[float | None]]] = field(default_factory=dict)
 
 
 def symbol_result(
@@ -332,6 +335,7 @@ class Steps:
                     chain.candles = await deps.market.candles(
                         chain.symbol, self.run.minute, settings.market.candles
                     )
+                    self.tally.closes[chain.symbol] = minute_closes(chain.candles)
             except TimeoutError as exc:
                 raise AttemptTimeout(
                     f"market data for {chain.symbol} took longer than {budget:.1f}s"
@@ -633,6 +637,17 @@ class Steps:
         waiting = [f for f in pending if not f.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=self.run.budget())
+
+
+def minute_closes(candles: list[Any]) -> tuple[float, list[float | None]]:
+    """(epoch of the first candle's minute, a close per minute from there, None for a gap)."""
+    if not candles:
+        return 0.0, []
+    first = candles[0].start.timestamp()
+    closes: list[float | None] = [None] * (int((candles[-1].start.timestamp() - first) // 60) + 1)
+    for c in candles:
+        closes[int((c.start.timestamp() - first) // 60)] = c.close
+    return first, closes
 
 
 def _rank(chain: Chain) -> float:

@@ -457,6 +457,66 @@ async def _watch(settings: Settings, last: int, machine: bool, wanted: set[str])
             loop.remove_signal_handler(signal.SIGINT)
 
 
+@app.command()
+def scorecard(
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    symbol: Annotated[str | None, typer.Option("--symbol", help="Only this symbol, e.g. ETH/USD.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Only signals of this model.")] = None,
+    horizon: Annotated[
+        int | None, typer.Option("--horizon", min=1, help="Only this horizon, in minutes.")
+    ] = None,
+    since: Annotated[str, typer.Option("--since", help="How far back: 7d, 2w, or all that is kept.")] = "all",
+) -> None:
+    """How good the signals were: hit rate, return against buy-and-hold, Brier score, calibration."""
+    from runner.outcomes import Filters, parse_since
+    from runner.record import OUTCOME_DAYS_KEPT
+
+    if symbol is not None:
+        try:
+            (symbol,) = parse_symbols(symbol)
+        except (ConfigError, ValueError):
+            fail(
+                f"--symbol: must look like BASE/QUOTE in upper-case letters and digits (got {symbol!r})",
+                ExitCode.USAGE,
+            )
+    try:
+        days = parse_since(since, OUTCOME_DAYS_KEPT)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    settings = settings_or_exit(config)
+    _setup_logs(settings)
+    doc = run_async(lambda: _scorecard(settings, Filters(symbol, model, horizon), days))
+    doc["since"] = since
+    if json_out or not sys.stdout.isatty():
+        print(json.dumps(doc))
+    else:
+        from rich.console import Console
+
+        from runner import render
+
+        Console().print(render.scorecard_screen(doc))
+
+
+async def _scorecard(settings: Settings, filters: Any, days: int) -> dict[str, Any]:
+    from runner import outcomes
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
+    from runner.store.scorecard import read_days
+
+    async with redis_session(settings) as handle:
+        daily = await read_days(handle.client, Keys.for_settings(settings), datetime.now(UTC), days)
+    totals = outcomes.merge(daily)
+    return {
+        "days": days,
+        "horizons_minutes": settings.outcomes.horizons_minutes,
+        "fee_bps": settings.outcomes.fee_bps,
+        "rows": [r.as_dict() for r in outcomes.rows(totals, filters)],
+        "summary": [s.as_dict() for s in outcomes.summaries(totals, outcomes.days_with_data(daily), filters)],
+        "calibration": [c.as_dict() for c in outcomes.calibration(totals, filters)],
+    }
+
+
 @app.command("config")
 def show_config(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """Print the effective settings, secrets masked."""

@@ -276,6 +276,24 @@ class Market(Section):
     exchange_url: str = "https://api.kraken.com"
 
 
+class Outcomes(Section):
+    """Scoring the signals that matured, from the candles each cycle fetches anyway."""
+
+    enabled: bool = True
+    #: Minutes after a signal at which its return is scored.
+    horizons_minutes: list[Annotated[int, Field(ge=1, le=1440)]] = Field(default_factory=lambda: [5, 15, 60])
+    #: A BUY hits when its return beats this (in basis points), a SELL when it is below minus
+    #: this, a HOLD when the move stays within it.
+    fee_bps: Annotated[float, Field(ge=0, le=1000)] = 10.0
+
+    @field_validator("horizons_minutes")
+    @classmethod
+    def _horizons(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("needs at least one horizon (got [])")
+        return sorted(set(value))
+
+
 class RedisSettings(Section):
     url: str | None = None
     key_prefix: str = ""
@@ -357,6 +375,7 @@ class Settings(BaseSettings):
     pipeline: Pipeline = Pipeline()
     risk: Risk = Risk()
     market: Market = Market()
+    outcomes: Outcomes = Outcomes()
     redis: RedisSettings = RedisSettings()
     publish: Publish = Publish()
     metrics: MetricsSettings = MetricsSettings()

@@ -98,6 +98,7 @@ COUNTERS: dict[str, str] = {
     "circuit_breaker_rejected": "Calls or cycles refused by an open circuit breaker.",
     "backpressure_cooldowns": "Backpressure cooldowns started.",
     "pipeline_stage": "Pipeline stages by stage (signal, score, advise, report) and status.",
+    "signal_outcomes": "Signal outcomes scored at a horizon: hit, miss or unscored (no candle to score it).",
 }
 
 #: Counters without labels: exposed as 0 before their first increment.
@@ -123,6 +124,7 @@ GAUGES: dict[str, str] = {
     "autonomous_runner_last_success_timestamp": "When the last cycle with a signal started (epoch seconds).",
     "autonomous_runner_start_lag_seconds": "Seconds between the scheduled minute and the start.",
     "autonomous_runner_last_cycle_exit_code": "Exit code of the last cycle.",
+    "signal_outcome_hit_ratio": "Share of a symbol's scored signals that hit, by horizon, since the start.",
 }
 
 _SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")

@@ -42,6 +42,56 @@ class RecordPlan:
     breaker_events: list[tuple[Event, float]] = field(default_factory=list)
     #: The overruns just started a backpressure cooldown.
     cooling: bool = False
+    #: The symbols whose pending outcomes the script scores (aligned with ``outcomes.prices``).
+    outcome_symbols: list[str] = field(default_factory=list)
+
+
+#: How long a symbol's pending signals are kept when no cycle runs it: a day past the longest horizon.
+PENDING_KEEP_SECONDS = 24 * 3600
+#: How long a day's outcome totals are kept (what ``runner scorecard --since`` can reach back to).
+OUTCOME_DAYS_KEPT = 92
+
+
+def plan_outcomes(
+    settings: Settings, outcome: Outcome, tally: Tally | None
+) -> tuple[list[str], dict[str, Any] | None]:
+    """What the record script scores and what it keeps pending (pure): every symbol whose candles
+    the cycle fetched is scored against them; every signal published now waits for its horizons."""
+    cfg = settings.outcomes
+    if not cfg.enabled or tally is None or not tally.closes:
+        return [], None
+    symbols = sorted(tally.closes)
+    index = {s: i + 1 for i, s in enumerate(symbols)}
+    minute = datetime.fromisoformat(outcome.scheduled_minute + ":00+00:00").timestamp()
+    new = []
+    for signal in outcome.signals:
+        if signal.symbol not in index:
+            continue
+        _, closes = tally.closes[signal.symbol]
+        entry = closes[-1] if closes else None
+        if entry is None:
+            continue  # no close at the signal's own minute: nothing to measure from, never guessed
+        new.append(
+            {
+                "i": index[signal.symbol],
+                "minute": minute,
+                "id": signal.id,
+                "model": (signal.model or signal.analyzer).replace("|", "/"),
+                "action": signal.action,
+                "confidence": signal.confidence,
+                "entry": entry,
+                "cost": signal.cost_usd or 0.0,
+            }
+        )
+    return symbols, {
+        "fee": cfg.fee_bps / 10_000,
+        "horizons": cfg.horizons_minutes,
+        "keep": PENDING_KEEP_SECONDS + max(cfg.horizons_minutes) * 60,
+        "day_ttl": OUTCOME_DAYS_KEPT * 86_400,
+        "maxlen": settings.publish.stream_maxlen,
+        "prices": [{"symbol": s, "first": tally.closes[s][0], "closes": tally.closes[s][1]} for s in symbols],
+        "new": new,
+    }
 
 
 def model_broken(results: list[SymbolResult]) -> bool:
@@ -152,7 +202,9 @@ def plan_record(
             breaker_payload = {"expected": tally.breaker_base.version, "fields": _fields(new)}
         if tally.rejected:
             inc.inc("circuit_breaker_rejected_total", {"breaker": "llm_service"}, tally.rejected)
+    plan.outcome_symbols, outcomes = plan_outcomes(settings, outcome, tally)
     plan.payload = {
+        "outcomes": outcomes,
         "summary": json.dumps(outcome.summary(), separators=(",", ":")),
         "last": outcome.model_dump_json(exclude={"stats"}),
         "symbols": updates,
@@ -207,6 +259,10 @@ def cycle_gauges(
     }
     if record.last_success is not None:
         gauges["autonomous_runner_last_success_timestamp"] = record.last_success
+    for symbol, horizon, count, hits in record.hit_ratios:
+        if count > 0:
+            labels = {"symbol": symbol, "horizon": str(horizon)}
+            gauges[series("signal_outcome_hit_ratio", labels)] = hits / count
     return gauges
 
 
@@ -248,7 +304,9 @@ async def _record(run: Run, outcome: Outcome, plan: RecordPlan) -> RecordResult 
     settings = run.settings
     try:
         async with asyncio.timeout(run.budget()):
-            result = await run.store.record(plan.payload, plan.lock_keys, outcome.started_at)
+            result = await run.store.record(
+                plan.payload, plan.lock_keys, plan.outcome_symbols, outcome.started_at
+            )
             if result is None:
                 return None
             for w in result.warnings:

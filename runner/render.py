@@ -272,6 +272,107 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
     return Group(*parts)
 
 
+def _pct(value: Any, digits: int = 0) -> str:
+    return f"{value * 100:.{digits}f}%" if isinstance(value, int | float) else "-"
+
+
+def _bps(value: Any) -> str:
+    """A mean return in basis points, signed."""
+    return f"{value * 10_000:+.1f} bp" if isinstance(value, int | float) else "-"
+
+
+def scorecard_screen(doc: dict[str, Any]) -> Group:
+    """``runner scorecard`` on a terminal: per symbol and model, then per action, then calibration."""
+    parts: list[Any] = []
+    if not doc["rows"]:
+        parts.append(
+            Text("no outcomes yet: signals are scored once their horizons have passed", style="yellow")
+        )
+        return Group(*parts)
+    head = Text(
+        f"outcomes of the last {doc['days']} day(s); a hit beats a {doc['fee_bps']:g} bp fee; "
+        "returns are means per signal"
+    )
+    parts.append(head)
+    t = Table(title="per symbol and model", title_justify="left")
+    for c in (
+        "symbol",
+        "model",
+        "horizon",
+        "signals",
+        "hit rate",
+        "return",
+        "buy & hold",
+        "beats",
+        "brier",
+        "per day",
+        "cost/hit",
+    ):
+        t.add_column(c, justify="left" if c in ("symbol", "model") else "right")
+    for s in doc["summary"]:
+        beats = s["beats_buy_and_hold"]
+        t.add_row(
+            s["symbol"],
+            s["model"],
+            f"{s['horizon_minutes']}m",
+            str(s["count"]),
+            _pct(s["hit_rate"]),
+            _bps(s["mean_return"]),
+            _bps(s["buy_and_hold_return"]),
+            Text("yes", style="green")
+            if beats
+            else Text("no", style="red")
+            if beats is not None
+            else Text("-"),
+            f"{s['brier']:.3f}" if s["brier"] is not None else "-",
+            f"{s['signals_per_day']:.0f}" if s["signals_per_day"] is not None else "-",
+            f"${s['cost_per_hit']:.4f}" if s["cost_per_hit"] is not None else "-",
+        )
+    parts.append(t)
+    t = Table(title="per action", title_justify="left")
+    for c in (
+        "symbol",
+        "model",
+        "action",
+        "horizon",
+        "signals",
+        "hits",
+        "hit rate",
+        "return",
+        "buy & hold",
+        "unscored",
+    ):
+        t.add_column(c, justify="left" if c in ("symbol", "model", "action") else "right")
+    for r in doc["rows"]:
+        t.add_row(
+            r["symbol"],
+            r["model"],
+            Text(r["action"], style=ACTION_STYLE.get(r["action"], "")),
+            f"{r['horizon_minutes']}m",
+            str(r["count"]),
+            str(r["hits"]),
+            _pct(r["hit_rate"]),
+            _bps(r["mean_return"]),
+            _bps(r["buy_and_hold_return"]),
+            str(r["unscored"]),
+        )
+    parts.append(t)
+    if doc["calibration"]:
+        t = Table(title="calibration: does confidence mean anything?", title_justify="left")
+        for c in ("confidence", "signals", "hit rate", ""):
+            t.add_column(c, justify="left" if c in ("confidence", "") else "right")
+        for c in doc["calibration"]:
+            bar = "█" * round((c["hit_rate"] or 0) * 20)
+            t.add_row(
+                f"{c['confidence_from']:.1f}-{c['confidence_to']:.1f}",
+                str(c["count"]),
+                _pct(c["hit_rate"]),
+                bar,
+            )
+        parts.append(t)
+    return Group(*parts)
+
+
 def _stage_rates(stages: Any) -> str:
     """``score 100 advise 95``: the share of each stage's runs that succeeded."""
     if not isinstance(stages, dict):

@@ -140,11 +140,15 @@ class CycleStore:
             await heartbeat.stop(within=min(s.redis.socket_timeout_seconds + 1, budget()))
 
     async def record(
-        self, payload: dict[str, Any], lock_keys: list[str], day: datetime
+        self, payload: dict[str, Any], lock_keys: list[str], outcome_symbols: list[str], day: datetime
     ) -> RecordResult | None:
-        """Write the outcome and release what the run holds (one script)."""
+        """Write the outcome, score what matured and release what the run holds (one script)."""
         return await self.state.record(
-            payload, lock_keys=lock_keys, instance_id=self.owner.instance_id, day=day
+            payload,
+            lock_keys=lock_keys,
+            instance_id=self.owner.instance_id,
+            day=day,
+            outcome_symbols=outcome_symbols,
         )
 
     async def update_breaker(
@@ -172,6 +176,6 @@ class DryRunStore(CycleStore):
         yield Holding(locks, DryPublisher())
 
     async def record(
-        self, payload: dict[str, Any], lock_keys: list[str], day: datetime
+        self, payload: dict[str, Any], lock_keys: list[str], outcome_symbols: list[str], day: datetime
     ) -> RecordResult | None:
         return None

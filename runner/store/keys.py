@@ -97,6 +97,25 @@ class Keys:
     def reports_channel(self) -> str:
         return self._k("channel:cycle-reports")
 
+    # Outcomes ------------------------------------------------------------------------------
+    @property
+    def outcomes_stream(self) -> str:
+        """Every scored outcome (fields ``symbol``, ``doc``)."""
+        return self._k("signals:outcomes")
+
+    def outcome_pending(self, symbol: str) -> str:
+        """A symbol's published signals whose horizons have not all matured: minute -> JSON."""
+        return self._k(f"runner:outcomes:pending:{symbol}")
+
+    @property
+    def outcome_totals(self) -> str:
+        """Outcome totals since the start: ``symbol|model|action|horizon|stat`` -> number."""
+        return self._k("runner:outcomes:totals")
+
+    def outcome_day(self, day: datetime) -> str:
+        """The outcome totals of one UTC day (what ``runner scorecard --since`` adds up)."""
+        return self._k(f"runner:outcomes:totals:{day:%Y-%m-%d}")
+
     def published(self, signal_id: str) -> str:
         """Marker that a document was published (idempotency): ``<signal id>`` for a signal,
         ``score:<id>``, ``advice:<id>`` and ``report:<minute>:<shard>`` for the others."""

@@ -190,16 +190,121 @@ return cjson.encode({out, warnings})
 """
 )
 
+#: Scores the signals whose horizons matured, from the closes the cycle fetched (inside RECORD).
+#: K: outcomes (stream), outcome_totals, outcome_day, counters. L: pending (per symbol, aligned with
+#: O.prices). O: fee (a fraction), keep (seconds a pending hash lives), day_ttl, maxlen,
+#: prices [{symbol, first (epoch of the first close's minute), closes}], new [{i (index into
+#: prices), minute, id, model, action, confidence, entry, cost}]. A signal is scored at each
+#: horizon once (its pending record then forgets the horizon, in the same script); one whose exit
+#: candle is no longer in any cycle's window is counted unscored, never guessed.
+OUTCOMES = """
+local function bump(key, field, by)
+  redis.call('HINCRBYFLOAT', key, field, by)
+end
+local function tally(O, s, h, stat, by)
+  local group = s.symbol .. '|' .. s.model .. '|' .. s.action .. '|' .. h .. '|'
+  bump(K.outcome_totals, group .. stat, by)
+  bump(K.outcome_day, group .. stat, by)
+end
+local function score_outcomes(O, want_ratios)
+  ensure(K.outcomes, 'stream', false)
+  ensure(K.outcome_totals, 'hash', false)
+  ensure(K.outcome_day, 'hash', false)
+  for i, p in ipairs(O.prices) do
+    local key = L.pending[i]
+    ensure(key, 'hash', false)
+    local entries = redis.call('HGETALL', key)
+    local last = p.first + (#p.closes - 1) * 60
+    for j = 1, #entries, 2 do
+      local ok, s = pcall(cjson.decode, entries[j + 1])
+      if not ok or type(s) ~= 'table' or type(s.left) ~= 'table' then
+        redis.call('HDEL', key, entries[j])
+        warnings[#warnings + 1] = key .. ' held an unreadable pending signal; dropped'
+      else
+        local left = {}
+        for _, h in ipairs(s.left) do
+          local at = s.minute + h * 60
+          if at > last then
+            left[#left + 1] = h
+          elseif at < p.first then
+            tally(O, s, h, 'unscored', 1)
+            bump(K.counters, 'signal_outcomes_total{horizon="' .. h .. '",result="unscored"}', 1)
+          else
+            local exit = tonumber(p.closes[(at - p.first) / 60 + 1])
+            local r = exit / s.entry - 1
+            local hit = (s.action == 'BUY' and r > O.fee) or (s.action == 'SELL' and r < -O.fee)
+              or (s.action == 'HOLD' and math.abs(r) <= O.fee)
+            local own = (s.action == 'BUY' and r) or (s.action == 'SELL' and -r) or 0
+            local doc = cjson.encode({id = s.id .. ':' .. h .. 'm', signal_id = s.id, symbol = s.symbol,
+              model = s.model, action = s.action, confidence = s.confidence, horizon_minutes = h,
+              entry_price = s.entry, exit_price = exit, ['return'] = r, hit = hit})
+            redis.call('XADD', K.outcomes, 'MAXLEN', '~', O.maxlen, '*', 'symbol', s.symbol, 'doc', doc)
+            local won = hit and 1 or 0
+            tally(O, s, h, 'count', 1)
+            tally(O, s, h, 'hits', won)
+            tally(O, s, h, 'return', own)
+            tally(O, s, h, 'hold_return', r)
+            tally(O, s, h, 'brier', (s.confidence - won) ^ 2)
+            if s.cost and s.cost > 0 then tally(O, s, h, 'cost', s.cost) end
+            local decile = math.min(9, math.floor(s.confidence * 10))
+            local cal = 'cal|' .. s.symbol .. '|' .. s.model .. '|' .. h .. '|' .. decile .. '|'
+            bump(K.outcome_totals, cal .. 'count', 1)
+            bump(K.outcome_totals, cal .. 'hits', won)
+            bump(K.outcome_day, cal .. 'count', 1)
+            bump(K.outcome_day, cal .. 'hits', won)
+            local all = 'all|' .. s.symbol .. '|' .. h .. '|'
+            bump(K.outcome_totals, all .. 'count', 1)
+            bump(K.outcome_totals, all .. 'hits', won)
+            local result = hit and 'hit' or 'miss'
+            bump(K.counters, 'signal_outcomes_total{horizon="' .. h .. '",result="' .. result .. '"}', 1)
+          end
+        end
+        if #left == 0 then
+          redis.call('HDEL', key, entries[j])
+        else
+          s.left = left
+          redis.call('HSET', key, entries[j], cjson.encode(s))
+        end
+      end
+    end
+  end
+  for _, n in ipairs(O.new) do
+    local key = L.pending[n.i]
+    redis.call('HSETNX', key, tostring(n.minute), cjson.encode({id = n.id, symbol = O.prices[n.i].symbol,
+      model = n.model, action = n.action, confidence = n.confidence, entry = n.entry, cost = n.cost,
+      minute = n.minute, left = O.horizons}))
+  end
+  for i, _ in ipairs(O.prices) do
+    if redis.call('EXISTS', L.pending[i]) == 1 then redis.call('EXPIRE', L.pending[i], O.keep) end
+  end
+  redis.call('EXPIRE', K.outcome_day, O.day_ttl)
+  local ratios = {}
+  if want_ratios then
+    for _, p in ipairs(O.prices) do
+      for _, h in ipairs(O.horizons) do
+        local all = 'all|' .. p.symbol .. '|' .. h .. '|'
+        local got = redis.call('HMGET', K.outcome_totals, all .. 'count', all .. 'hits')
+        if got[1] then ratios[#ratios + 1] = {p.symbol, h, tonumber(got[1]), tonumber(got[2]) or 0} end
+      end
+    end
+  end
+  return ratios
+end
+"""
+
 #: Writes a cycle's outcome and releases what the run holds.
 #: K: history, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat, breaker,
-#:    spend, last_cycle. L: locks (the locks the run still owns, aligned with A.lock_values).
+#:    spend, last_cycle, outcomes, outcome_totals, outcome_day. L: locks (the locks the run still
+#:    owns, aligned with A.lock_values), pending (see OUTCOMES).
 #: A: summary, last, history_len, symbols [{symbol, ok, status, reason, duration_ms, fault, at,
 #:    action, stages {stage: status}}], pause_after, cycle_id, latency, latency_keep, backpressure, counters,
 #:    last_success, lease_value, release_heartbeat, lock_values, breaker {expected, fields},
-#:    spend {usd, calls}, want_counters.
-#: Returns JSON {paused_now, released, counters, last_success, breaker_saved, breaker, warnings}.
+#:    spend {usd, calls}, want_counters, outcomes (see OUTCOMES, or null).
+#: Returns JSON {paused_now, released, counters, last_success, breaker_saved, breaker, hit_ratios
+#: [[symbol, horizon, count, hits], ...], warnings}.
 RECORD = (
     PRELUDE
+    + OUTCOMES
     + """
 local paused_now = {}
 if present(A.summary) then
@@ -273,6 +378,8 @@ if present(A.backpressure) then
 end
 ensure(K.counters, 'hash', false)
 for k, v in pairs(A.counters) do redis.call('HINCRBYFLOAT', K.counters, k, v) end
+local hit_ratios = {}
+if present(A.outcomes) then hit_ratios = score_outcomes(A.outcomes, A.want_counters) end
 ensure(K.gauges, 'hash', false)
 if present(A.last_success) then redis.call('HSET', K.gauges, 'last_success', A.last_success) end
 local last_success = redis.call('HGET', K.gauges, 'last_success')
@@ -305,6 +412,7 @@ return cjson.encode({
   last_success = last_success,
   breaker_saved = breaker_saved,
   breaker = redis.call('HGETALL', K.breaker),
+  hit_ratios = hit_ratios,
   warnings = warnings,
 })
 """

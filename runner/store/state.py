@@ -48,6 +48,8 @@ class RecordResult:
     breaker: BreakerState | None = None
     breaker_saved: bool = True
     last_success: float | None = None
+    #: (symbol, horizon, outcomes scored, hits) since the start, for the symbols just scored.
+    hit_ratios: list[tuple[str, int, float, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -126,12 +128,19 @@ class StateStore:
         )
 
     async def record(
-        self, payload: dict[str, Any], *, lock_keys: list[str], instance_id: str, day: datetime
+        self,
+        payload: dict[str, Any],
+        *,
+        lock_keys: list[str],
+        instance_id: str,
+        day: datetime,
+        outcome_symbols: list[str] | None = None,
     ) -> RecordResult:
         """Write the cycle's results and release what it holds, in one script.
 
         ``payload`` is ``record.plan_record``'s; ``lock_keys`` are the locks still held, in the
-        order of its ``lock_values``.
+        order of its ``lock_values``; ``outcome_symbols`` the symbols whose pending outcomes are
+        scored, in the order of its ``outcomes.prices``.
         """
         keys, args = scripts.pack(
             {
@@ -147,8 +156,11 @@ class StateStore:
                 "breaker": self.breaker_key,
                 "spend": self.keys.spend(day),
                 "last_cycle": self.keys.last_cycle,
+                "outcomes": self.keys.outcomes_stream,
+                "outcome_totals": self.keys.outcome_totals,
+                "outcome_day": self.keys.outcome_day(day),
             },
-            {"locks": lock_keys},
+            {"locks": lock_keys, "pending": [self.keys.outcome_pending(s) for s in outcome_symbols or []]},
             {"history_len": HISTORY_LENGTH, **payload},
         )
         async with redis_errors("recording the cycle"):
@@ -170,6 +182,11 @@ class StateStore:
             breaker=breaker,
             breaker_saved=bool(data.get("breaker_saved")),
             last_success=replies.as_float(data.get("last_success")),
+            hit_ratios=[
+                (str(row[0]), int(row[1]), float(row[2]), float(row[3]))
+                for row in (data.get("hit_ratios") or [])
+                if isinstance(row, list) and len(row) == 4
+            ],
             warnings=[str(w) for w in data.get("warnings") or []],
         )
 
