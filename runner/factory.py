@@ -97,19 +97,18 @@ def build_stages(settings: Settings) -> Stages:
     from runner.pipeline import llm
 
     p = settings.pipeline
+    wanted = {"score": "score" in p.stages, "advise": "advise" in p.stages, "report": p.report.enabled}
+    configs: dict[str, StageSettings] = {"score": p.score, "advise": p.advise, "report": p.report}
+    built: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        if wanted[name] and cfg.backend != "builtin":
+            built[name] = _plugin_stage(settings, name, cfg) or llm.stage(
+                _client(settings, name, cfg), name, cfg.agent, cfg.tools == "agent"
+            )
     stages = Stages()
-    if "score" in p.stages and p.score.backend != "builtin":
-        stages.scorer = _plugin_stage(settings, "score", p.score) or llm.scorer(
-            _client(settings, "score", p.score), p.score.agent, p.score.tools == "agent"
-        )
-    if "advise" in p.stages and p.advise.backend != "builtin":
-        stages.advisor = _plugin_stage(settings, "advise", p.advise) or llm.advisor(
-            _client(settings, "advise", p.advise), p.advise.agent, p.advise.tools == "agent"
-        )
-    if p.report.enabled and p.report.backend != "builtin":
-        stages.reporter = _plugin_stage(settings, "report", p.report) or llm.reporter(
-            _client(settings, "report", p.report), p.report.agent, p.report.tools == "agent"
-        )
+    stages.scorer = built.get("score", stages.scorer)
+    stages.advisor = built.get("advise", stages.advisor)
+    stages.reporter = built.get("report", stages.reporter)
     return stages
 
 

@@ -158,15 +158,14 @@ class Signal(BaseModel):
         return self.model_dump_json(exclude_none=False)
 
 
-class StageDoc(BaseModel):
-    """What every published stage document carries besides its answer."""
+class Document(BaseModel):
+    """What every published document after the signal carries: who wrote it, under which fencing
+    token, when, and what answering it cost."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: The signal id, ``<symbol>:<minute>``.
     id: str
     stage: str
-    symbol: str
     cycle_id: str
     instance_id: str
     fencing_token: int
@@ -183,6 +182,12 @@ class StageDoc(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=False)
+
+
+class StageDoc(Document):
+    """A stage's document about one symbol; its ``id`` is the signal id, ``<symbol>:<minute>``."""
+
+    symbol: str
 
 
 class Score(StageDoc):
@@ -209,33 +214,16 @@ class Advice(StageDoc):
     limited_by: list[str]
 
 
-class Report(BaseModel):
-    """The report of one cycle and shard (stream ``reports:cycle``, string ``reports:latest``)."""
+class Report(Document):
+    """The report of one cycle and shard (stream ``reports:cycle``, string ``reports:latest``);
+    its ``id`` is ``report:<minute>:<shard>`` and its fencing token the cycle lease's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: ``report:<minute>:<shard>``
-    id: str
     stage: Literal["report"] = "report"
-    cycle_id: str
-    instance_id: str
     shard: str
     minute: str
-    fencing_token: int
-    generated_at: str
     summary: str
     counts: dict[str, int]
     top: list[dict[str, Any]]
-    analyzer: str
-    model: str | None
-    latency_ms: int
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost_usd: float | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=False)
 
 
 class SymbolStatus(StrEnum):

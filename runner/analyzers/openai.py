@@ -23,16 +23,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from runner.analyzers.base import AnalysisRequest, Ask, Reply
+from runner.analyzers.base import Ask, Reply
 from runner.analyzers.http import error_for_status, retry_after_seconds
-from runner.analyzers.prompt import (
-    SIGNAL_SCHEMA,
-    SYSTEM_PROMPT,
-    extract_json,
-    prompt_hash,
-    user_prompt,
-    validate_answer,
-)
+from runner.analyzers.prompt import AskingAnalyzer, extract_json, prompt_hash
 from runner.config import Settings
 from runner.errors import (
     AnalyzerError,
@@ -43,7 +36,6 @@ from runner.errors import (
     RateLimited,
     TransientError,
 )
-from runner.models import Analysis
 
 NAME = "openai"
 
@@ -197,30 +189,21 @@ class ChatClient:
             await self.client.aclose()
 
 
-class OpenAIAnalyzer:
+class OpenAIAnalyzer(AskingAnalyzer):
     """The signal stage through an OpenAI-compatible API."""
-
-    name = NAME
-    remote = True
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         cfg = settings.analyzer
-        self.client = ChatClient(
-            settings,
-            model=cfg.model,
-            base_url=cfg.base_url,
-            field="analyzer.model",
-            fallback_models=cfg.fallback_models,
-            transport=transport,
+        super().__init__(
+            ChatClient(
+                settings,
+                model=cfg.model,
+                base_url=cfg.base_url,
+                field="analyzer.model",
+                fallback_models=cfg.fallback_models,
+                transport=transport,
+            )
         )
-
-    async def analyze(self, request: AnalysisRequest) -> Analysis:
-        ask = Ask(SYSTEM_PROMPT, user_prompt(request), SIGNAL_SCHEMA, "trading_signal", request.timeout)
-        reply = await self.client.ask(ask)
-        return validate_answer(reply.data, request, **reply.provenance)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
 
 def _int(value: Any) -> int | None:

@@ -39,14 +39,7 @@ import httpx
 from runner import __version__
 from runner.analyzers.base import AnalysisRequest, Ask, Reply
 from runner.analyzers.http import error_for_status, retry_after_seconds
-from runner.analyzers.prompt import (
-    SIGNAL_SCHEMA,
-    SYSTEM_PROMPT,
-    extract_json,
-    prompt_hash,
-    user_prompt,
-    validate_answer,
-)
+from runner.analyzers.prompt import AskingAnalyzer, extract_json, prompt_hash
 from runner.config import Settings, redact_url
 from runner.errors import (
     AnalyzerError,
@@ -56,7 +49,6 @@ from runner.errors import (
     PermanentError,
     TransientError,
 )
-from runner.models import Analysis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -458,32 +450,15 @@ class OpenCodeClient:
         await self.client.aclose()
 
 
-class OpenCodeAnalyzer:
+class OpenCodeAnalyzer(AskingAnalyzer):
     """The signal stage through an OpenCode agent (``analyzer.agent``, ``signal-generator``)."""
-
-    name = "opencode"
-    remote = True
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         cfg = settings.analyzer
-        self.client = OpenCodeClient(
+        client = OpenCodeClient(
             settings, model=cfg.model, agent=cfg.agent, field="analyzer", transport=transport
         )
-
-    async def analyze(self, request: AnalysisRequest) -> Analysis:
-        ask = Ask(
-            SYSTEM_PROMPT,
-            user_prompt(request),
-            SIGNAL_SCHEMA,
-            "trading_signal",
-            request.timeout,
-            title=session_title("signal", request),
-        )
-        reply = await self.client.ask(ask)
-        return validate_answer(reply.data, request, **reply.provenance)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+        super().__init__(client, title=lambda request: session_title("signal", request))
 
 
 def session_title(stage: str, request: AnalysisRequest) -> str:

@@ -12,12 +12,12 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from runner.analyzers.base import AnalysisRequest
+from runner.analyzers.base import AnalysisRequest, Ask, Client
 from runner.errors import InvalidOutput
 from runner.market.base import Candle
 from runner.models import MAX_REASONING_CHARS, Analysis
@@ -134,3 +134,29 @@ def validate_answer(data: Any, request: AnalysisRequest, **provenance: Any) -> A
 def parse_answer(text: str, request: AnalysisRequest, **provenance: Any) -> Analysis:
     """Decode and validate an LLM's text answer."""
     return validate_answer(extract_json(text), request, **provenance)
+
+
+class AskingAnalyzer:
+    """The signal stage through an LLM client: one question per symbol, its answer validated."""
+
+    remote = True
+
+    def __init__(self, client: Client, title: Callable[[AnalysisRequest], str] | None = None) -> None:
+        self.client = client
+        self.name = client.name
+        self.title = title
+
+    async def analyze(self, request: AnalysisRequest) -> Analysis:
+        ask = Ask(
+            SYSTEM_PROMPT,
+            user_prompt(request),
+            SIGNAL_SCHEMA,
+            "trading_signal",
+            request.timeout,
+            title=self.title(request) if self.title else "",
+        )
+        reply = await self.client.ask(ask)
+        return validate_answer(reply.data, request, **reply.provenance)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

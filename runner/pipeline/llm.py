@@ -76,43 +76,45 @@ def _report_title(request: ReportRequest) -> str:
     return f"report {request.scheduled_minute:%Y-%m-%dT%H:%M}Z shard {request.shard} cycle {request.cycle_id}"
 
 
-def scorer(client: Client, agent: str | None, agent_tools: bool) -> LLMStage[StageRequest, ScoreAnswer]:
+#: Per stage: its instructions, the schema of its answer, the question, the check, the title.
+QUESTIONS: dict[
+    str, tuple[str, dict[str, Any], Callable[..., str], Callable[..., Any], Callable[..., str]]
+] = {
+    "score": (
+        prompts.SCORE_PROMPT,
+        prompts.SCORE_SCHEMA,
+        prompts.stage_prompt,
+        prompts.validate_score,
+        _symbol_title,
+    ),
+    "advise": (
+        prompts.ADVISE_PROMPT,
+        prompts.ADVICE_SCHEMA,
+        prompts.stage_prompt,
+        prompts.validate_advice,
+        _symbol_title,
+    ),
+    "report": (
+        prompts.REPORT_PROMPT,
+        prompts.REPORT_SCHEMA,
+        prompts.report_prompt,
+        prompts.validate_report,
+        _report_title,
+    ),
+}
+
+
+def stage(client: Client, name: str, agent: str | None, agent_tools: bool) -> LLMStage[Any, Any]:
+    """The ``name`` stage (score, advise or report) answered through ``client``."""
+    system, schema, prompt, validate, title = QUESTIONS[name]
     return LLMStage(
         client,
-        stage="score",
-        system=prompts.SCORE_PROMPT,
-        schema=prompts.SCORE_SCHEMA,
-        prompt=prompts.stage_prompt,
-        validate=prompts.validate_score,
+        stage=name,
+        system=system,
+        schema=schema,
+        prompt=prompt,
+        validate=validate,
         agent=agent,
         agent_tools=agent_tools,
-        title=_symbol_title,
-    )
-
-
-def advisor(client: Client, agent: str | None, agent_tools: bool) -> LLMStage[StageRequest, AdviceAnswer]:
-    return LLMStage(
-        client,
-        stage="advise",
-        system=prompts.ADVISE_PROMPT,
-        schema=prompts.ADVICE_SCHEMA,
-        prompt=prompts.stage_prompt,
-        validate=prompts.validate_advice,
-        agent=agent,
-        agent_tools=agent_tools,
-        title=_symbol_title,
-    )
-
-
-def reporter(client: Client, agent: str | None, agent_tools: bool) -> LLMStage[ReportRequest, ReportAnswer]:
-    return LLMStage(
-        client,
-        stage="report",
-        system=prompts.REPORT_PROMPT,
-        schema=prompts.REPORT_SCHEMA,
-        prompt=prompts.report_prompt,
-        validate=prompts.validate_report,
-        agent=agent,
-        agent_tools=agent_tools,
-        title=_report_title,
+        title=title,
     )
