@@ -96,6 +96,7 @@ COUNTERS: dict[str, str] = {
     "stale_locks_recovered": "Stale symbol locks taken over, by symbol and reason.",
     "circuit_breaker_rejected": "Calls or cycles refused by an open circuit breaker.",
     "backpressure_cooldowns": "Backpressure cooldowns started.",
+    "notifications": "Notification sends, by event and result (sent, failed: retried later, dropped).",
 }
 
 #: Counters without labels: exposed as 0 before their first increment.
