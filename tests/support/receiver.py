@@ -43,7 +43,7 @@ class Received:
 
 @dataclass
 class Receiver:
-    """The receiver on its port; ``mode`` is up, slow or error (``down()``/``up()`` for down)."""
+    """The receiver on its port; ``mode`` is up, slow, held or error (``down()``/``up()`` for down)."""
 
     port: int
     mode: str = "up"
@@ -87,11 +87,12 @@ class Receiver:
                     body = {"raw": raw.decode(errors="replace")}
                 got = Received(self.path, dict(self.headers), body)
                 mode = receiver.mode
+                if mode in ("slow", "held"):
+                    receiver.holding.set()
+                    receiver.gate.wait(60)
                 if mode == "slow":
                     with receiver._lock:
                         receiver.refused.append(got)
-                    receiver.holding.set()
-                    receiver.gate.wait(60)
                     self.close_connection = True  # dropped unanswered
                     return
                 if mode == "error":
@@ -113,7 +114,7 @@ class Receiver:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self._server = server
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def down(self) -> None:
         """Stop listening: connections to the port are refused."""
@@ -128,11 +129,11 @@ class Receiver:
         if self._server is None:
             self.start()
 
-    def slow(self) -> None:
-        """Hold every request until ``gate`` is set, then drop it."""
+    def slow(self, answer: bool = False) -> None:
+        """Hold every request until ``gate`` is set, then drop it (or, with ``answer``, accept it)."""
         self.gate.clear()
         self.holding.clear()
-        self.mode = "slow"
+        self.mode = "held" if answer else "slow"
 
     def stop(self) -> None:
         self.gate.set()
