@@ -22,7 +22,7 @@ heard about even while the other shards succeed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -158,7 +158,7 @@ class Notice:
     def kind(self) -> str:
         return KIND[self.event]
 
-    def masked(self, mask: Any) -> Notice:
+    def masked(self, mask: Callable[[str], str]) -> Notice:
         """The notice with ``mask(text)`` applied to what it says."""
         return replace(self, title=mask(self.title), body=mask(self.body))
 

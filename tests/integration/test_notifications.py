@@ -280,8 +280,10 @@ def test_a_receiver_in_trouble_costs_the_cycle_nothing_and_gets_the_message_late
 
     assert opened.code == baseline.code == 3
     assert opened.json()["status"] == baseline.json()["status"] == "failed"
-    warnings = [r["msg"] for r in log_lines(opened.stderr) if r["msg"].startswith("notification ")]
+    logged = log_lines(opened.stderr)
+    warnings = [r["msg"] for r in logged if r["msg"].startswith("notification ")]
     assert len(warnings) == 1
+    assert not [r for r in logged if r["logger"].startswith("apprise")]
     assert warnings[0].startswith(
         "notification breaker_opened not delivered to notify.urls[0] (json://127.0.0.1:"
     )
