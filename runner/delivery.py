@@ -222,17 +222,8 @@ async def _announce(
 ) -> Report:
     cfg = settings.notify
     holder = holder or secrets.token_hex(8)
-    entries = [
-        Entry(
-            id=n.id,
-            event=n.event.value,
-            title=mask(n.title, hidden),
-            body=mask(n.body, hidden),
-            kind=n.kind,
-            created_at=now,
-        )
-        for n in notices
-    ]
+    masked = [n.masked(lambda text: mask(text, hidden)) for n in notices]
+    entries = [Entry(n.id, n.event.value, n.title, n.body, n.kind, created_at=now) for n in masked]
     outbox = Outbox(client, Keys.for_settings(settings))
     claim = await outbox.claim(
         entries,
