@@ -346,7 +346,7 @@ def test_notify_test_without_urls_is_a_usage_error(tmp_path):
         ("json://127.0.0.1:9/ok", "-1", "autonomous_runner.notify.timeout_seconds"),
     ],
 )
-@pytest.mark.parametrize("command", [["cycle"], ["config"], ["notify", "test"], ["kill-switch", "off"]])
+@pytest.mark.parametrize("command", [["cycle"], ["config"], ["notify", "test"]])
 def test_bad_notify_settings_exit_2_with_one_line_without_the_secret(
     redis_server, tmp_path, urls, timeout, field, command
 ):
