@@ -47,10 +47,21 @@ class BreakerState:
     opened_at: float | None = None
     half_open_at: float | None = None
     last_failure_at: float | None = None
+    #: When it left closed: kept while it is open or half-open, so one outage (and its
+    #: notification) has one start, however often its probes fail.
+    since: float | None = None
     version: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", State(self.state))
+
+    @property
+    def outage_since(self) -> float | None:
+        """When the breaker left closed (None while closed); a state saved before ``since``
+        existed falls back to when it last opened."""
+        if self.state is State.CLOSED:
+            return None
+        return self.since if self.since is not None else self.opened_at
 
     def to_fields(self) -> dict[str, str]:
         """Hash fields for Redis (None becomes an empty string)."""
@@ -79,6 +90,7 @@ class BreakerState:
             opened_at=num("opened_at"),
             half_open_at=num("half_open_at"),
             last_failure_at=num("last_failure_at"),
+            since=num("since"),
             version=int(fields.get("version") or 0),
         )
 
@@ -140,6 +152,7 @@ def transition(s: BreakerState, event: Event, now: float, cfg: BreakerConfig) ->
                 last_failure_at=now,
                 success_count=0,
                 half_open_calls=0,
+                since=now,
             )
         return replace(s, failure_count=failures, last_failure_at=now)
     if s.state is State.HALF_OPEN:
@@ -156,6 +169,7 @@ def transition(s: BreakerState, event: Event, now: float, cfg: BreakerConfig) ->
             last_failure_at=now,
             success_count=0,
             half_open_calls=0,
+            since=s.since if s.since is not None else s.opened_at,
         )
     # open: late results of calls that started before it opened change nothing but the record.
     if event is Event.FAILURE:

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     # Annotations only: the modules behind them load when a command needs them.
     from runner.analysis import Progress
     from runner.models import Outcome, SymbolResult
+    from runner.operator import Change
     from runner.shards import Shard
-    from runner.store.state import StateStore
+    from runner.store.connection import Client
 
 T = TypeVar("T")
 
@@ -43,8 +44,10 @@ app = typer.Typer(
 )
 kill_app = typer.Typer(help="Halt (on) or resume (off) all cycles.", no_args_is_help=True)
 breaker_app = typer.Typer(help="The analyzer's circuit breaker.", no_args_is_help=True)
+notify_app = typer.Typer(help="Notifications to the notify.urls (Apprise URLs).", no_args_is_help=True)
 app.add_typer(kill_app, name="kill-switch")
 app.add_typer(breaker_app, name="breaker")
+app.add_typer(notify_app, name="notify")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -104,17 +107,9 @@ def _end_startup() -> None:
 
 def _setup_logs(settings: Settings) -> None:
     from runner import logs
+    from runner.redact import secret_values
 
-    secrets = [
-        s.get_secret_value() for s in (settings.analyzer.api_key, settings.analyzer.opencode_password) if s
-    ]
-    if settings.redis.url:
-        from urllib.parse import urlsplit
-
-        pw = urlsplit(settings.redis.url).password
-        if pw:
-            secrets.append(pw)
-    logs.setup(settings.log_level, secrets)
+    logs.setup(settings.log_level, secret_values(settings))
 
 
 def _version(value: bool) -> None:
@@ -302,13 +297,25 @@ async def _status(settings: Settings) -> tuple[dict[str, Any], int, list[str]]:
     return doc, code, problems
 
 
-async def _with_store(settings: Settings, action: Callable[[StateStore], Awaitable[T]]) -> T:
+async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
     from runner.store.connection import redis_session
-    from runner.store.keys import Keys
-    from runner.store.state import StateStore
 
     async with redis_session(settings) as handle:
-        return await action(StateStore(handle.client, Keys.for_settings(settings)))
+        return await action(handle.client)
+
+
+def _operator(settings: Settings, change: Callable[[Client, str, datetime], Awaitable[Change]]) -> Change:
+    """Run an operator change (``runner.operator``) and log its notification's warnings."""
+    import logging
+
+    from runner.identity import resolve_instance_id
+
+    _setup_logs(settings)
+    by = resolve_instance_id(settings)
+    done = run_async(lambda: _with_client(settings, lambda c: change(c, by, datetime.now(UTC))))
+    for warning in done.warnings:
+        logging.getLogger("runner.operator").warning("%s", warning)
+    return done
 
 
 @kill_app.command("on")
@@ -316,25 +323,31 @@ def kill_on(
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why; shown by `runner status`.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Halt all cycles until `runner kill-switch off`."""
-    from runner.identity import resolve_instance_id
+    """Halt all cycles until `runner kill-switch off` (and notify the notify.urls)."""
+    from runner import operator
 
     if not reason.strip():
         fail("--reason: must not be empty", ExitCode.USAGE)
     settings = settings_or_exit(config)
-    by = resolve_instance_id(settings)
-    run_async(
-        lambda: _with_store(settings, lambda s: s.set_kill_switch(reason.strip(), by, datetime.now(UTC)))
+    why = reason.strip()
+    done = _operator(
+        settings,
+        lambda c, by, now: operator.set_kill_switch(c, settings, on=True, reason=why, by=by, now=now),
     )
-    print(f"kill switch ON: cycles skip until `runner kill-switch off` ({reason.strip()})")
+    suffix = "" if done.changed else "; it was already on: reason updated"
+    print(f"kill switch ON: cycles skip until `runner kill-switch off` ({why}){suffix}")
 
 
 @kill_app.command("off")
 def kill_off(config: ConfigOpt = None) -> None:
-    """Resume cycles."""
+    """Resume cycles (and notify the notify.urls)."""
+    from runner import operator
+
     settings = settings_or_exit(config)
-    was_on = run_async(lambda: _with_store(settings, lambda s: s.clear_kill_switch()))
-    print("kill switch off" if was_on else "kill switch was already off")
+    done = _operator(
+        settings, lambda c, by, now: operator.set_kill_switch(c, settings, on=False, by=by, now=now)
+    )
+    print("kill switch off" if done.changed else "kill switch was already off")
 
 
 @app.command()
@@ -343,6 +356,8 @@ def resume(
     config: ConfigOpt = None,
 ) -> None:
     """Un-pause a symbol that was paused after repeated failures of its own."""
+    from runner import operator
+
     try:
         (sym,) = parse_symbols(symbol)
     except (ConfigError, ValueError):
@@ -351,16 +366,52 @@ def resume(
             ExitCode.USAGE,
         )
     settings = settings_or_exit(config)
-    was = run_async(lambda: _with_store(settings, lambda s: s.resume(sym)))
-    print(f"resumed {sym}" if was else f"{sym} was not paused")
+    done = _operator(settings, lambda c, by, now: operator.resume(c, settings, sym, by=by, now=now))
+    print(f"resumed {sym}" if done.changed else f"{sym} was not paused")
 
 
 @breaker_app.command("reset")
 def breaker_reset(config: ConfigOpt = None) -> None:
     """Close the circuit breaker by hand."""
+    from runner import operator
+
     settings = settings_or_exit(config)
-    run_async(lambda: _with_store(settings, lambda s: s.reset_breaker()))
-    print("circuit breaker closed")
+    done = _operator(settings, lambda c, by, now: operator.reset_breaker(c, settings, by=by, now=now))
+    print("circuit breaker closed" if done.changed else "circuit breaker closed (it was not open)")
+
+
+@notify_app.command("test")
+def notify_test(config: ConfigOpt = None) -> None:
+    """Send a test message to every notify.urls; exit 0 if all accepted it, else 3."""
+    settings = settings_or_exit(config)
+    if not settings.notify.urls:
+        fail(
+            "autonomous_runner.notify.urls: no URL to send to (set RUNNER_NOTIFY__URLS, e.g. "
+            "json://host/path or slack://...)",
+            ExitCode.USAGE,
+        )
+    _setup_logs(settings)
+    from runner import delivery, notify
+    from runner.identity import resolve_instance_id
+    from runner.redact import secret_values
+
+    notice = notify.test_notice(resolve_instance_id(settings), datetime.now(UTC).timestamp())
+    sent = run_async(
+        lambda: delivery.send(
+            delivery.targets(settings),
+            notice.title,
+            notice.body,
+            notice.kind,
+            settings.notify.timeout_seconds,
+            secret_values(settings),
+        )
+    )
+    for answer in sent:
+        if answer.ok:
+            print(f"{answer.target.label}: accepted")
+        else:
+            print(f"runner: error: {answer.target.label}: {answer.error}", file=sys.stderr)
+    raise typer.Exit(int(ExitCode.OK if all(a.ok for a in sent) else ExitCode.FAILED))
 
 
 @app.command()

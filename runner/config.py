@@ -30,9 +30,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from runner.errors import ConfigError
+from runner.redact import masked_url
 
 ROOT_KEY = "autonomous_runner"
 
@@ -333,6 +340,51 @@ class MetricsSettings(Section):
     push_timeout_seconds: PositiveFloat = 2.0
 
 
+#: Splits ``RUNNER_NOTIFY__URLS`` at the commas (and spaces) that start a new ``scheme://``, so
+#: a comma inside one URL (``mailto://...?to=a@x.org,b@x.org``) stays in it.
+_URL_LIST_SPLIT = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def _apprise_url(secret: SecretStr) -> SecretStr:
+    """An Apprise URL Apprise can use; the error names the service, never the secret parts."""
+    url = secret.get_secret_value().strip()
+    from runner.delivery import check_url  # loads Apprise: only when URLs are set
+
+    problem = check_url(url)
+    if problem:
+        raise ValueError(problem)
+    return SecretStr(url)
+
+
+class NotifySettings(Section):
+    """Where and how transitions are notified (Apprise URLs; they carry tokens: secrets)."""
+
+    urls: Annotated[list[Annotated[SecretStr, AfterValidator(_apprise_url)]], NoDecode] = Field(
+        default_factory=list
+    )
+    #: One send to every URL, concurrently, gives up after this long.
+    timeout_seconds: PositiveFloat = 3.0
+    #: Sends of one notification (the first and the retries by later runs) before it is dropped.
+    max_attempts: PositiveInt = 5
+    #: Failed cycles in a row of one shard that make ``cycles_failing``.
+    failing_cycles: PositiveInt = 3
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError("must be comma-separated Apprise URLs or a JSON list") from exc
+            return [u.strip().strip(",") for u in _URL_LIST_SPLIT.split(text) if u.strip(" ,")]
+        return value
+
+
 def _check_window(value: str) -> str:
     if not isinstance(value, str) or not WINDOW_RE.fullmatch(value):
         raise ValueError(f"maintenance window must look like HH:MM-HH:MM (UTC), got {value!r}")
@@ -379,6 +431,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     publish: Publish = Publish()
     metrics: MetricsSettings = MetricsSettings()
+    notify: NotifySettings = NotifySettings()
     maintenance_windows: list[Annotated[str, AfterValidator(_check_window)]] = Field(default_factory=list)
 
     @field_validator("schedule")
@@ -520,7 +573,8 @@ def _describe(error: Mapping[str, Any], secret_fields: set[str]) -> str:
     field = f"{ROOT_KEY}.{loc}" if loc else ROOT_KEY
     if error["type"] == "extra_forbidden":
         return f"{field}: unknown setting"
-    shown = "***" if error["loc"] and error["loc"][-1] in secret_fields else error.get("input")
+    secret = any(part in secret_fields for part in error["loc"])
+    shown = "***" if secret else error.get("input")
     if error["type"] in ("value_error", "assertion_error"):
         return f"{field}: {msg}"  # our own validators already name the bad value
     return f"{field}: {msg} (got {shown!r})"
@@ -550,7 +604,7 @@ def load_settings(
             f"e.g. RUNNER_SYMBOLS='[\"ETH/USD\"]' (got {raw!r})"
         ) from exc
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password"})) from exc
+        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password", "urls"})) from exc
     finally:
         _FILE_VALUES.reset(tokens[0])
         _ALIAS_VALUES.reset(tokens[1])
@@ -603,6 +657,7 @@ def public_view(settings: Settings) -> dict[str, Any]:
     for section, key in (("analyzer", "api_key"), ("analyzer", "opencode_password")):
         if data[section][key] is not None:
             data[section][key] = "***"
+    data["notify"]["urls"] = [masked_url(u.get_secret_value()) for u in settings.notify.urls]
     for section, key in (
         ("redis", "url"),
         ("metrics", "pushgateway_url"),

@@ -14,6 +14,7 @@ from runner import adaptive, breaker
 from runner.adaptive import Backpressure, Plan
 from runner.breaker import BreakerState, Gate
 from runner.config import Settings
+from runner.notify import Streak
 from runner.store.locks import LockResult
 
 
@@ -28,6 +29,8 @@ class Snapshot:
     paused: dict[str, str]
     lease: LockResult | None
     spend_usd: float = 0.0
+    #: This shard's failed cycles in a row.
+    failing: Streak = field(default_factory=Streak)
     warnings: list[str] = field(default_factory=list)
 
     @property

@@ -99,6 +99,7 @@ COUNTERS: dict[str, str] = {
     "backpressure_cooldowns": "Backpressure cooldowns started.",
     "pipeline_stage": "Pipeline stages by stage (signal, score, advise, report) and status.",
     "signal_outcomes": "Signal outcomes scored at a horizon: hit, miss or unscored (no candle to score it).",
+    "notifications": "Notification sends, by event and result (sent, failed: retried later, dropped).",
 }
 
 #: Counters without labels: exposed as 0 before their first increment.

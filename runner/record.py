@@ -1,7 +1,8 @@
 """The end of every cycle: write its outcome and release what it holds (one script), then export
-the metrics. ``conclude`` is the one way a cycle ends, whatever the exit; ``plan_record`` and
-``cycle_gauges`` are its pure halves. A failure to record or to export is a warning on the
-outcome, never the cycle's failure.
+the metrics and announce what changed, side by side. ``conclude`` is the one way a cycle ends,
+whatever the exit; ``plan_record``, ``cycle_gauges`` and ``plan_notices`` are its pure parts. A
+failure to record, export or notify is a warning on the outcome, never the cycle's failure, and
+the lease is free before anything is sent.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from runner import adaptive, breaker
+from runner import adaptive, breaker, notify
 from runner.analysis import Tally
 from runner.breaker import BreakerState, Event
 from runner.config import Settings, redact_url
@@ -44,6 +45,8 @@ class RecordPlan:
     cooling: bool = False
     #: The symbols whose pending outcomes the script scores (aligned with ``outcomes.prices``).
     outcome_symbols: list[str] = field(default_factory=list)
+    #: The shard's failed-cycle streak as written (None: left as it was).
+    streak: notify.Streak | None = None
 
 
 #: How long a symbol's pending signals are kept when no cycle runs it: a day past the longest horizon.
@@ -154,6 +157,7 @@ def plan_record(
                     "symbol": r.symbol,
                     "ok": r.status is SymbolStatus.OK,
                     "status": r.status.value,
+                    "code": r.code.value,
                     "reason": r.reason or "",
                     "duration_ms": r.duration_ms,
                     "fault": r.symbol_fault and not broken,
@@ -166,6 +170,8 @@ def plan_record(
         inc.inc("pipeline_stage_total", {"stage": "report", "status": outcome.report_status.value})
         if outcome.report_ms:
             inc.observe("pipeline_stage_duration_seconds", outcome.report_ms / 1000, {"stage": "report"})
+    if lease is not None:
+        plan.streak = notify.next_streak(snap.failing, outcome)
     if outcome.status is CycleStatus.FAILED:
         inc.inc("cycle_failures_total")
     if outcome.status is not CycleStatus.SKIPPED:
@@ -212,6 +218,7 @@ def plan_record(
         "latency": latency,
         "latency_keep": max(settings.adaptive.latency_window_size * 5, 50),
         "backpressure": backpressure_fields,
+        "failing": plan.streak.to_fields() if plan.streak is not None else None,
         "counters": inc.values,
         "last_success": now if any(r.status is SymbolStatus.OK for r in outcome.results) else None,
         "lease_value": lease.value if lease else "",
@@ -294,10 +301,67 @@ async def conclude(
             settings.adaptive.cooldown_cycles,
         )
     record = await _record(run, outcome, plan)
-    if record is not None and run.exports.wanted(settings):
+    if record is None:
+        return outcome
+    steps = []
+    if run.exports.wanted(settings):
         gauges = cycle_gauges(settings, outcome, decision, record, run.minute, snap, tally=tally, locks=locks)
-        await _export(run, outcome, record, gauges)
+        steps.append(_export(run, outcome, record, gauges))
+    if settings.notify.urls:
+        steps.append(_notify(run, outcome, plan_notices(run, outcome, snap, record, plan)))
+    await asyncio.gather(*steps)
     return outcome
+
+
+def plan_notices(
+    run: Run, outcome: Outcome, snap: Snapshot, record: RecordResult, plan: RecordPlan
+) -> list[notify.Notice]:
+    """The transitions between the state the cycle began with and the state it recorded (pure)."""
+    settings = run.settings
+    before = notify.Facts(
+        breaker=snap.breaker,
+        paused=snap.paused,
+        kill_switch=snap.kill_switch,
+        spend_usd=snap.spend_usd,
+        streak=snap.failing,
+    )
+    after = notify.Facts(
+        breaker=record.breaker or snap.breaker,
+        paused=record.paused,
+        kill_switch=record.kill_switch,
+        spend_usd=record.spend_usd,
+        streak=plan.streak if plan.streak is not None else snap.failing,
+    )
+    seen = notify.Seen(
+        now=plan.now,
+        instance_id=run.owner.instance_id,
+        shard=run.shard.label,
+        cycle_id=run.owner.cycle_id,
+        day=f"{outcome.started_at.astimezone(UTC):%Y-%m-%d}",
+        budget_usd=settings.analyzer.daily_budget_usd,
+        failing_cycles=settings.notify.failing_cycles,
+        pause_after=settings.adaptive.pause_after_failures,
+        recovery_seconds=settings.circuit_breaker.llm_service.recovery_timeout_seconds,
+        failures=notify.failure_summary(outcome),
+    )
+    return notify.detect(before, after, seen)
+
+
+async def _notify(run: Run, outcome: Outcome, notices: list[notify.Notice]) -> None:
+    """Send what changed, and whatever earlier runs could not deliver (within
+    ``notify.timeout_seconds``); a failure is one warning per notification."""
+    from runner.delivery import announce  # loads Apprise: only with URLs to send to
+
+    report = await announce(
+        run.deps.redis,
+        run.settings,
+        notices,
+        shard_key=run.shard.key,
+        now=run.deps.clock.now().timestamp(),
+        holder=f"{run.owner.instance_id}/{run.owner.cycle_id}",
+    )
+    for warning in report.warnings:
+        _warn(outcome, warning)
 
 
 async def _record(run: Run, outcome: Outcome, plan: RecordPlan) -> RecordResult | None:

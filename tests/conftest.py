@@ -287,3 +287,14 @@ def pushgateway(pushgateway_server: Pushgateway) -> Pushgateway:
     """The session's gateway, emptied before each test."""
     pushgateway_server.wipe()
     return pushgateway_server
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A real HTTP receiver of notifications on a free loopback port (``tests/support/receiver.py``)."""
+    from tests.support.receiver import Receiver
+
+    server = Receiver(free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -20,6 +20,11 @@ SIGNAL_ID_TTL_SECONDS = 6 * 3600
 HISTORY_LENGTH = 200
 #: Slack added to the cycle lease beyond the cycle's own deadline and grace period.
 LEASE_SLACK_SECONDS = 15
+#: How long "this transition was claimed for sending" is remembered. A transition's id carries
+#: the time it happened, so only runs and commands that saw it (within minutes) can name it.
+NOTIFY_MARKER_TTL_SECONDS = 7 * 86400
+#: A pending notification older than this is dropped rather than sent late.
+NOTIFY_MAX_AGE_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,20 @@ class Keys:
     def ratelimit_pause(self) -> str:
         """Until when a 429's Retry-After pauses every caller."""
         return self._k("runner:ratelimit:pause")
+
+    def failing(self, shard: str) -> str:
+        """A shard's streak of failed cycles (count, since, error class)."""
+        return self._k(f"runner:failing:{shard}")
+
+    # Notifications -----------------------------------------------------------------------
+    @property
+    def notify_outbox(self) -> str:
+        """Notifications not yet delivered to every URL: id -> JSON (attempts, lease, message)."""
+        return self._k("runner:notify:outbox")
+
+    def notify_marker(self, notice_id: str) -> str:
+        """Marker that the transition ``notice_id`` was claimed for sending (sent once)."""
+        return self._k(f"runner:notify:sent:{notice_id}")
 
     def counters(self, shard: str) -> str:
         """Cumulative metric totals of one shard (series -> value); each shard pushes its own."""

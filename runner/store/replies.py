@@ -11,6 +11,7 @@ from typing import Any
 
 from runner.adaptive import Backpressure
 from runner.breaker import BreakerState
+from runner.notify import Streak
 
 
 def pairs(raw: Any) -> dict[str, str]:
@@ -77,3 +78,13 @@ def backpressure(fields: dict[str, str], key: str, warnings: list[str] | None = 
 def spend_usd(fields: dict[str, str]) -> float:
     """Today's spend in a spend hash (0 when absent or garbage)."""
     return as_float(fields.get("usd")) or 0.0
+
+
+def streak(fields: dict[str, str], key: str, warnings: list[str] | None = None) -> Streak:
+    """A shard's failed-cycle streak in ``fields``; unreadable: none, with a warning."""
+    try:
+        return Streak.from_fields(fields)
+    except ValueError as exc:
+        if warnings is not None:
+            warnings.append(f"{key} unreadable ({exc}); reset")
+        return Streak()

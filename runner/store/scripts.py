@@ -105,10 +105,11 @@ end
 """
 
 #: The first step of a cycle: our heartbeat, the cycle lease and every guard's state.
-#: K: fencing, lease, heartbeat, kill_switch, breaker, backpressure, latency, paused, spend.
+#: K: fencing, lease, heartbeat, kill_switch, breaker, backpressure, latency, paused, spend,
+#:    failing.
 #: A: owner {instance_id, cycle_id, pid}, now, lease_ttl, stale, hb_prefix, hb_ttl, latency_n,
 #:    readonly (then nothing is written and nothing repaired).
-#: Returns JSON {lease, kill, breaker, backpressure, latency, paused, spend, warnings}.
+#: Returns JSON {lease, kill, breaker, backpressure, latency, paused, spend, failing, warnings}.
 BEGIN = (
     PRELUDE
     + TAKE
@@ -128,6 +129,7 @@ return cjson.encode({
   latency = flat(K.latency, 'list', A.readonly, A.latency_n - 1),
   paused = flat(K.paused, 'hash', A.readonly, 0),
   spend = flat(K.spend, 'hash', A.readonly, 0),
+  failing = flat(K.failing, 'hash', A.readonly, 0),
   warnings = warnings,
 })
 """
@@ -294,14 +296,17 @@ end
 
 #: Writes a cycle's outcome and releases what the run holds.
 #: K: history, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat, breaker,
-#:    spend, last_cycle, outcomes, outcome_totals, outcome_day. L: locks (the locks the run still
-#:    owns, aligned with A.lock_values), pending (see OUTCOMES).
-#: A: summary, last, history_len, symbols [{symbol, ok, status, reason, duration_ms, fault, at,
-#:    action, stages {stage: status}}], pause_after, cycle_id, latency, latency_keep, backpressure, counters,
+#:    spend, last_cycle, kill_switch, failing, outcomes, outcome_totals, outcome_day. L: locks
+#:    (the locks the run still owns, aligned with A.lock_values), pending (see OUTCOMES).
+#: A: summary, last, history_len, symbols [{symbol, ok, status, code, reason, duration_ms, fault,
+#:    at, action, stages {stage: status}}], pause_after, cycle_id, latency, latency_keep,
+#:    backpressure, failing (the shard's failed-cycle streak, or null to leave it), counters,
 #:    last_success, lease_value, release_heartbeat, lock_values, breaker {expected, fields},
 #:    spend {usd, calls}, want_counters, outcomes (see OUTCOMES, or null).
-#: Returns JSON {paused_now, released, counters, last_success, breaker_saved, breaker, hit_ratios
-#: [[symbol, horizon, count, hits], ...], warnings}.
+#: Returns JSON {paused_now, released, counters, last_success, breaker_saved, breaker, paused,
+#: kill, spend, hit_ratios [[symbol, horizon, count, hits], ...], warnings}: paused, kill (the
+#: kill switch) and spend are the state the cycle ends with, which notifications compare with
+#: what it began with.
 RECORD = (
     PRELUDE
     + OUTCOMES
@@ -363,7 +368,7 @@ for _, u in ipairs(A.symbols) do
   redis.call('HSET', K.stats, u.symbol, cjson.encode(st))
   if st.consecutive_symbol_faults >= A.pause_after and redis.call('HEXISTS', K.paused, u.symbol) == 0 then
     redis.call('HSET', K.paused, u.symbol, cjson.encode({since = u.at, reason = u.reason,
-      failures = st.consecutive_symbol_faults, cycle_id = A.cycle_id}))
+      code = u.code, failures = st.consecutive_symbol_faults, cycle_id = A.cycle_id}))
     paused_now[#paused_now + 1] = u.symbol
   end
 end
@@ -375,6 +380,10 @@ end
 if present(A.backpressure) then
   ensure(K.backpressure, 'hash', false)
   for k, v in pairs(A.backpressure) do redis.call('HSET', K.backpressure, k, v) end
+end
+if present(A.failing) then
+  redis.call('DEL', K.failing)
+  for k, v in pairs(A.failing) do redis.call('HSET', K.failing, k, v) end
 end
 ensure(K.counters, 'hash', false)
 for k, v in pairs(A.counters) do redis.call('HINCRBYFLOAT', K.counters, k, v) end
@@ -413,6 +422,9 @@ return cjson.encode({
   breaker_saved = breaker_saved,
   breaker = redis.call('HGETALL', K.breaker),
   hit_ratios = hit_ratios,
+  paused = redis.call('HGETALL', K.paused),
+  kill = flat(K.kill_switch, 'hash', true, 0),
+  spend = flat(K.spend, 'hash', true, 0),
   warnings = warnings,
 })
 """
@@ -437,12 +449,13 @@ return cjson.encode(flat(K.breaker, 'hash', true, 0))
 )
 
 #: Un-pauses a symbol and clears its failure streak. K: paused, stats. A: symbol.
-#: Returns 1 if the symbol was paused.
+#: Returns the record it was paused with (its JSON), or false if it was not paused.
 RESUME = (
     PRELUDE
     + """
 ensure(K.paused, 'hash', false)
-local removed = redis.call('HDEL', K.paused, A.symbol)
+local removed = redis.call('HGET', K.paused, A.symbol)
+redis.call('HDEL', K.paused, A.symbol)
 if ensure(K.stats, 'hash', false) then
   local raw = redis.call('HGET', K.stats, A.symbol)
   if raw then
@@ -455,6 +468,98 @@ if ensure(K.stats, 'hash', false) then
   end
 end
 return removed
+"""
+)
+
+#: Turns the kill switch on (keeping when it was first turned on, if it already was) or off.
+#: K: kill_switch. A: on, reason, by, at. Returns JSON [the fields before, the fields after].
+KILL_SWITCH = (
+    PRELUDE
+    + """
+local before = flat(K.kill_switch, 'hash', false, 0)
+local was = {}
+for i = 1, #before, 2 do was[before[i]] = before[i + 1] end
+if A.on then
+  local at = A.at
+  if was.on == '1' and was.at then at = was.at end
+  redis.call('DEL', K.kill_switch)
+  redis.call('HSET', K.kill_switch, 'on', '1', 'reason', A.reason, 'by', A.by, 'at', at)
+else
+  redis.call('DEL', K.kill_switch)
+end
+return cjson.encode({before, redis.call('HGETALL', K.kill_switch)})
+"""
+)
+
+#: Claims new notifications and takes every pending one that is due, for this run to send.
+#: A notification is claimed once across every run (``SET NX`` of its marker), then kept in the
+#: outbox until it is delivered or dropped; a run that takes one leases it, so two runs never
+#: send it at the same time, and one that dies mid-send leaves it to the next run after the lease.
+#: K: outbox. L: markers (one per notice). A: notices [{id, doc}], now, marker_ttl, holder,
+#:    lease, limit (at most this many taken), max_age (older ones are dropped).
+#: Returns JSON {claimed [id], taken [entry JSON], dropped [entry JSON], warnings}.
+NOTIFY_CLAIM = (
+    PRELUDE
+    + """
+ensure(K.outbox, 'hash', false)
+local claimed, taken, dropped = {}, {}, {}
+for i, n in ipairs(A.notices) do
+  if redis.call('SET', L.markers[i], tostring(A.now), 'NX', 'EX', A.marker_ttl) then
+    redis.call('HSET', K.outbox, n.id, n.doc)
+    claimed[#claimed + 1] = n.id
+  end
+end
+local all = redis.call('HGETALL', K.outbox)
+for i = 1, #all, 2 do
+  local id, raw = all[i], all[i + 1]
+  local ok, e = pcall(cjson.decode, raw)
+  if not ok or type(e) ~= 'table' then
+    redis.call('HDEL', K.outbox, id)
+    warnings[#warnings + 1] = K.outbox .. ' held an unreadable entry ' .. id .. '; dropped'
+  elseif A.now - (tonumber(e.created_at) or 0) > A.max_age then
+    redis.call('HDEL', K.outbox, id)
+    dropped[#dropped + 1] = raw
+  elseif (tonumber(e.lease_until) or 0) <= A.now and #taken < A.limit then
+    e.attempts = (tonumber(e.attempts) or 0) + 1
+    e.lease_until = A.now + A.lease
+    e.holder = A.holder
+    local doc = cjson.encode(e)
+    redis.call('HSET', K.outbox, id, doc)
+    taken[#taken + 1] = doc
+  end
+end
+return cjson.encode({claimed = claimed, taken = taken, dropped = dropped, warnings = warnings})
+"""
+)
+
+#: Settles what a run sent: a delivered (or given-up) notification leaves the outbox; one that
+#: failed keeps the URLs that took it and is due again at once (for the next run). Only the
+#: run still holding an entry's lease changes it. Counts the outcomes in the shard's totals.
+#: K: outbox, counters. A: holder, items [{id, remove, done, error}], counters {series: n}.
+#: Returns 1.
+NOTIFY_SETTLE = (
+    PRELUDE
+    + """
+ensure(K.outbox, 'hash', false)
+for _, item in ipairs(A.items) do
+  local raw = redis.call('HGET', K.outbox, item.id)
+  local ok, e = false, nil
+  if raw then ok, e = pcall(cjson.decode, raw) end
+  if ok and type(e) == 'table' and e.holder == A.holder then
+    if item.remove then
+      redis.call('HDEL', K.outbox, item.id)
+    else
+      e.done = item.done
+      e.last_error = item.error
+      e.lease_until = 0
+      e.holder = ''
+      redis.call('HSET', K.outbox, item.id, cjson.encode(e))
+    end
+  end
+end
+ensure(K.counters, 'hash', false)
+for k, v in pairs(A.counters) do redis.call('HINCRBYFLOAT', K.counters, k, v) end
+return 1
 """
 )
 

@@ -5,7 +5,8 @@
   failures repeat), the latency window, backpressure, metric totals and the breaker (versioned
   compare-and-set), and releases the lease, the heartbeat entry and any lock still held.
 * ``update_breaker``: the one compare-and-set loop for every change of the breaker.
-* the operator commands: kill switch, resume, breaker reset.
+* the operator commands: kill switch, resume, breaker reset (each reports the state it changed,
+  which ``runner/operator.py`` turns into a notification).
 
 Breaker transitions are computed in Python (``breaker.py``) and saved with a version check, so
 two processes never overwrite each other's transition.
@@ -51,6 +52,11 @@ class RecordResult:
     #: (symbol, horizon, outcomes scored, hits) since the start, for the symbols just scored.
     hit_ratios: list[tuple[str, int, float, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The state the cycle ends with (notifications compare it with the start's): paused symbols
+    #: (symbol -> record JSON), the kill switch's fields and today's spend.
+    paused: dict[str, str] = field(default_factory=dict)
+    kill_switch: dict[str, str] = field(default_factory=dict)
+    spend_usd: float = 0.0
 
 
 class StateStore:
@@ -66,6 +72,7 @@ class StateStore:
         self._cas = client.register_script(scripts.BREAKER_CAS)
         self._read_breaker = client.register_script(scripts.BREAKER_READ)
         self._resume = client.register_script(scripts.RESUME)
+        self._kill = client.register_script(scripts.KILL_SWITCH)
 
     @property
     def breaker_key(self) -> str:
@@ -94,6 +101,7 @@ class StateStore:
                 "latency": self.keys.latency,
                 "paused": self.keys.paused,
                 "spend": self.keys.spend(now),
+                "failing": self.keys.failing(self.shard),
             },
             args={
                 "owner": owner.to_arg(),
@@ -124,6 +132,9 @@ class StateStore:
             paused=replies.pairs(data.get("paused")),
             lease=parse_take(self.keys.lease(self.shard), lease_row) if lease_row else None,
             spend_usd=replies.spend_usd(replies.pairs(data.get("spend"))),
+            failing=replies.streak(
+                replies.pairs(data.get("failing")), self.keys.failing(self.shard), warnings
+            ),
             warnings=warnings,
         )
 
@@ -159,6 +170,8 @@ class StateStore:
                 "outcomes": self.keys.outcomes_stream,
                 "outcome_totals": self.keys.outcome_totals,
                 "outcome_day": self.keys.outcome_day(day),
+                "kill_switch": self.keys.kill_switch,
+                "failing": self.keys.failing(self.shard),
             },
             {"locks": lock_keys, "pending": [self.keys.outcome_pending(s) for s in outcome_symbols or []]},
             {"history_len": HISTORY_LENGTH, **payload},
@@ -188,6 +201,9 @@ class StateStore:
                 if isinstance(row, list) and len(row) == 4
             ],
             warnings=[str(w) for w in data.get("warnings") or []],
+            paused=replies.pairs(data.get("paused")),
+            kill_switch=replies.pairs(data.get("kill")),
+            spend_usd=replies.spend_usd(replies.pairs(data.get("spend"))),
         )
 
     # The breaker ------------------------------------------------------------------------------
@@ -232,23 +248,42 @@ class StateStore:
 
     async def reset_breaker(self) -> BreakerState:
         """Close the breaker by hand, whatever its state."""
-        state, _ = await self.update_breaker(lambda s: BreakerState(version=s.version))
+        _, state = await self.reset_breaker_from()
         return state
+
+    async def reset_breaker_from(self) -> tuple[BreakerState, BreakerState]:
+        """Close the breaker by hand; returns the state it replaced and the state now stored."""
+        replaced: list[BreakerState] = []
+
+        def close(current: BreakerState) -> BreakerState:
+            replaced[:] = [current]
+            return BreakerState(version=current.version)
+
+        state, _ = await self.update_breaker(close)
+        return (replaced[0] if replaced else state), state
 
     # Operator commands ---------------------------------------------------------------------
 
+    async def switch_kill(
+        self, on: bool, reason: str = "", by: str = "", now: datetime | None = None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Turn the kill switch on (keeping since when, if it already was) or off, in one script;
+        returns its fields before and after."""
+        at = f"{now.timestamp():.3f}" if now is not None else ""
+        keys, args = scripts.pack(
+            {"kill_switch": self.keys.kill_switch}, args={"on": on, "reason": reason, "by": by, "at": at}
+        )
+        async with redis_errors("setting the kill switch" if on else "clearing the kill switch"):
+            raw = await self._kill(keys=keys, args=args)
+        before, after = json.loads(raw)
+        return replies.pairs(before), replies.pairs(after)
+
     async def set_kill_switch(self, reason: str, by: str, now: datetime) -> None:
-        async with redis_errors("setting the kill switch"), self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.kill_switch)
-            pipe.hset(
-                self.keys.kill_switch,
-                mapping={"on": "1", "reason": reason, "by": by, "at": f"{now.timestamp():.3f}"},
-            )
-            await pipe.execute()
+        await self.switch_kill(True, reason, by, now)
 
     async def clear_kill_switch(self) -> bool:
-        async with redis_errors("clearing the kill switch"):
-            return bool(await self.client.delete(self.keys.kill_switch))
+        before, _ = await self.switch_kill(False)
+        return bool(before)
 
     async def read_kill_switch(self) -> dict[str, str]:
         async with redis_errors("reading the kill switch"):
@@ -259,11 +294,16 @@ class StateStore:
 
     async def resume(self, symbol: str) -> bool:
         """Un-pause ``symbol``; returns whether it was paused."""
+        return await self.resume_symbol(symbol) is not None
+
+    async def resume_symbol(self, symbol: str) -> str | None:
+        """Un-pause ``symbol``; returns the record it was paused with, None if it was not."""
         keys, args = scripts.pack(
             {"paused": self.keys.paused, "stats": self.keys.stats}, args={"symbol": symbol}
         )
         async with redis_errors("resuming a symbol"):
-            return bool(await self._resume(keys=keys, args=args))
+            removed = await self._resume(keys=keys, args=args)
+        return removed if isinstance(removed, str) else None
 
 
 def lease_ttl(total_timeout: float, grace: float) -> int:

@@ -9,6 +9,9 @@ subprocess slow, failing or wrong:
   (default), invalid, auth or permanent
 * ``SCRIPTED_ACTION``: the action to answer (default HOLD)
 * ``SCRIPTED_LOG``: a file to which each started analysis appends ``<symbol>\\n``
+* ``SCRIPTED_GATE``: a file each analysis waits for (after logging its start), so a test can
+  hold several runs inside their analysis at once and release them together
+* ``SCRIPTED_COST``: the cost in USD each answer reports (counts toward the daily budget)
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class ScriptedAnalyzer:
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
             _append(log_path, request.symbol + "\n")
+        gate = os.environ.get("SCRIPTED_GATE")
+        # The gate is a file another process creates: no asyncio.Event reaches across.
+        while gate and not _exists(gate):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)
@@ -52,10 +59,15 @@ class ScriptedAnalyzer:
             price=100.0,
             analyzer=self.name,
             model="scripted-1",
+            cost_usd=float(os.environ["SCRIPTED_COST"]) if os.environ.get("SCRIPTED_COST") else None,
         )
 
     async def aclose(self) -> None:
         return None
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def _append(path: str, line: str) -> None:

@@ -796,3 +796,90 @@ async def test_reset_breaker_closes_it_whatever_its_state(any_redis: Any) -> Non
     assert state.state == "closed"
     assert state.failure_count == 0
     assert state.version == 2
+
+
+# What notifications read and write ------------------------------------------------------------------
+
+
+async def test_record_returns_the_state_the_cycle_ends_with(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
+    await store.set_kill_switch("maintenance", "ops", START)
+    p = payload(
+        symbols=[update("ETH/USD", False, fault=True, code="invalid_output")],
+        pause_after=1,
+        spend={"usd": 0.25, "calls": 2},
+    )
+
+    result = await record(store, p)
+
+    assert result.paused_now == ["ETH/USD"]
+    paused = json.loads(result.paused["ETH/USD"])
+    assert (paused["code"], paused["reason"], paused["since"]) == (
+        "invalid_output",
+        "invalid_output: bad",
+        NOW,
+    )
+    assert result.kill_switch == {"on": "1", "reason": "maintenance", "by": "ops", "at": f"{NOW:.3f}"}
+    assert result.spend_usd == pytest.approx(0.25)
+
+
+async def test_begin_and_record_carry_the_shards_failed_streak(any_redis: Any) -> None:
+    from runner.notify import Streak
+
+    store = StateStore(any_redis, KEYS, "1-2")
+    streak = Streak(count=2, since=NOW, why="transient on ETH/USD")
+
+    await record(store, payload(failing=streak.to_fields()))
+    snap = await begin(store)
+    await record(store, payload(failing=None))  # a skipped cycle leaves it
+    again = await begin(store, OTHER)
+
+    assert snap.failing == streak
+    assert again.failing == streak
+    assert (await begin(StateStore(any_redis, KEYS, "0-2"), OTHER)).failing == Streak()
+
+
+async def test_an_unreadable_streak_is_reset_with_a_warning(any_redis: Any) -> None:
+    await any_redis.hset(KEYS.failing("0-1"), mapping={"count": "lots"})
+
+    snap = await begin(StateStore(any_redis, KEYS))
+
+    assert snap.failing.count == 0
+    assert any("runner:failing:0-1" in w for w in snap.warnings)
+
+
+async def test_turning_the_kill_switch_on_again_keeps_since_when(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
+
+    first = await store.switch_kill(True, "maintenance", "alice", START)
+    second = await store.switch_kill(
+        True, "longer maintenance", "bob", datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    )
+    off = await store.switch_kill(False)
+
+    assert first == ({}, {"on": "1", "reason": "maintenance", "by": "alice", "at": f"{NOW:.3f}"})
+    assert second[1] == {"on": "1", "reason": "longer maintenance", "by": "bob", "at": f"{NOW:.3f}"}
+    assert off == (second[1], {})
+
+
+async def test_resume_returns_the_record_the_symbol_was_paused_with(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
+    await record(
+        store, payload(symbols=[update("ETH/USD", False, fault=True, code="invalid_output")], pause_after=1)
+    )
+
+    removed = await store.resume_symbol("ETH/USD")
+
+    assert removed is not None
+    assert json.loads(removed)["since"] == NOW
+    assert await store.resume_symbol("ETH/USD") is None
+
+
+async def test_a_reset_reports_the_breaker_it_replaced(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
+    await store.save_breaker(0, BreakerState(state="open", failure_count=5, opened_at=NOW, since=NOW))
+
+    before, after = await store.reset_breaker_from()
+
+    assert (before.state, before.since) == ("open", NOW)
+    assert after == BreakerState(version=2)

@@ -1,0 +1,335 @@
+"""The pure transition logic: which changes between a cycle's start and end are told, under
+which id, and what the message says."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from runner import notify
+from runner.breaker import BreakerState, Event, State, claim_probes, transition
+from runner.config import Breaker
+from runner.errors import Code
+from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus
+from runner.notify import Facts, Seen, Streak, detect
+
+T0 = datetime(2026, 11, 23, 14, 5, 7, tzinfo=UTC).timestamp()
+CFG = Breaker(failure_threshold=2, recovery_timeout_seconds=60, half_open_max_calls=2, success_threshold=1)
+SEEN = Seen(
+    now=T0 + 30,
+    instance_id="pod-a",
+    shard="0/1",
+    cycle_id="c-1",
+    day="2026-11-23",
+    budget_usd=1.0,
+    failing_cycles=3,
+    failures="transient on ETH/USD (503 service unavailable)",
+)
+CLOSED = BreakerState()
+OPEN = transition(transition(CLOSED, Event.FAILURE, T0, CFG), Event.FAILURE, T0 + 1, CFG)
+
+
+def paused_record(at: float = T0, reason: str = "invalid_output: confidence 7 is not in [0, 1]") -> str:
+    return json.dumps(
+        {"since": at, "reason": reason, "code": "invalid_output", "failures": 3, "cycle_id": "c-0"}
+    )
+
+
+def kill(at: str = f"{T0:.3f}", reason: str = "exchange maintenance") -> dict[str, str]:
+    return {"on": "1", "reason": reason, "by": "alice", "at": at}
+
+
+def events(notices: list[notify.Notice]) -> list[str]:
+    return [n.event.value for n in notices]
+
+
+def outcome(status: CycleStatus, results: list[SymbolResult] | None = None, at: float = T0) -> Outcome:
+    return Outcome(
+        cycle_id="c-1",
+        instance_id="pod-a",
+        shard="0/1",
+        status=status,
+        exit_code=3 if status is CycleStatus.FAILED else 0,
+        started_at=datetime.fromtimestamp(at, UTC),
+        scheduled_minute="2026-11-23T14:05",
+        duration_ms=10,
+        results=results or [],
+    )
+
+
+def failed(
+    symbol: str, code: Code = Code.TRANSIENT, reason: str = "transient: 503 service unavailable"
+) -> SymbolResult:
+    return SymbolResult(symbol=symbol, status=SymbolStatus.FAILED, code=code, reason=reason, attempts=1)
+
+
+# Nothing changed ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        Facts(),
+        Facts(breaker=OPEN, paused={"ETH/USD": paused_record()}, kill_switch=kill(), spend_usd=2.0),
+        Facts(streak=Streak(count=5, since=T0)),
+    ],
+)
+def test_no_change_tells_nothing(facts: Facts) -> None:
+    assert detect(facts, facts, SEEN) == []
+
+
+# The breaker ---------------------------------------------------------------------------------------
+
+
+def test_a_breaker_that_opens_is_told_once_with_how_to_close_it() -> None:
+    (notice,) = detect(Facts(breaker=CLOSED), Facts(breaker=OPEN), SEEN)
+
+    assert notice.event is notify.Event.BREAKER_OPENED
+    assert notice.id == f"breaker_opened:{T0 + 1:.3f}"
+    assert notice.title == "autonomous-runner: circuit breaker opened"
+    assert notice.kind == "failure"
+    assert "after 2 failures in a row" in notice.body
+    assert "Since: 2026-11-23 14:05:08 UTC" in notice.body
+    assert "Why: transient on ETH/USD (503 service unavailable)" in notice.body
+    assert "`runner breaker reset`" in notice.body
+    assert "Seen by: shard 0/1, instance pod-a, cycle c-1" in notice.body
+
+
+def test_failed_probes_of_one_outage_tell_nothing_new() -> None:
+    half_open, _ = claim_probes(OPEN, 1, T0 + 61, CFG)
+    reopened = transition(half_open, Event.FAILURE, T0 + 62, CFG)
+
+    assert reopened.state is State.OPEN
+    assert reopened.opened_at == T0 + 62
+    assert detect(Facts(breaker=OPEN), Facts(breaker=half_open), SEEN) == []
+    assert detect(Facts(breaker=half_open), Facts(breaker=reopened), SEEN) == []
+
+
+def test_an_outage_saved_before_since_existed_keeps_its_start_through_failed_probes() -> None:
+    legacy = BreakerState(state="open", failure_count=5, opened_at=T0)
+    half_open, _ = claim_probes(legacy, 1, T0 + 61, CFG)
+    reopened = transition(half_open, Event.FAILURE, T0 + 62, CFG)
+
+    assert detect(Facts(breaker=legacy), Facts(breaker=reopened), SEEN) == []
+
+
+def test_a_closing_breaker_is_told_with_the_outage_it_ends() -> None:
+    half_open, _ = claim_probes(OPEN, 1, T0 + 61, CFG)
+    closed = transition(half_open, Event.SUCCESS, T0 + 62, CFG)
+
+    (notice,) = detect(Facts(breaker=half_open), Facts(breaker=closed), SEEN)
+
+    assert notice.event is notify.Event.BREAKER_CLOSED
+    assert notice.id == f"breaker_closed:{T0 + 1:.3f}"
+    assert notice.kind == "success"
+    assert "it had been open since 2026-11-23 14:05:08 UTC" in notice.body
+    assert "probe calls to the analyzer succeeded" in notice.body
+
+
+def test_runs_that_see_one_opening_name_it_the_same_way() -> None:
+    # Run A opened it; run B started before, recorded after and added a failure of its own.
+    seen_by_b = replace(SEEN, instance_id="pod-b", cycle_id="c-2", failures="")
+    after_b = transition(OPEN, Event.FAILURE, T0 + 5, CFG)
+
+    (a,) = detect(Facts(breaker=CLOSED), Facts(breaker=OPEN), SEEN)
+    (b,) = detect(Facts(breaker=CLOSED), Facts(breaker=after_b), seen_by_b)
+
+    assert a.id == b.id
+    assert "failures counted by other runs" in b.body
+
+
+def test_a_breaker_reset_by_hand_has_the_id_a_cycle_would_give_it() -> None:
+    by_hand = notify.breaker_closed(OPEN, Seen(now=T0 + 9, instance_id="ops", command="runner breaker reset"))
+
+    (seen_by_cycle,) = detect(Facts(breaker=OPEN), Facts(breaker=BreakerState(version=9)), SEEN)
+
+    assert by_hand.id == seen_by_cycle.id
+    assert "closed by hand" in by_hand.body
+    assert "Seen by: `runner breaker reset` on ops" in by_hand.body
+
+
+def test_a_breaker_closed_and_opened_again_within_one_cycle_tells_both() -> None:
+    second = replace(OPEN, since=T0 + 40, opened_at=T0 + 40)
+
+    assert events(detect(Facts(breaker=OPEN), Facts(breaker=second), SEEN)) == [
+        "breaker_closed",
+        "breaker_opened",
+    ]
+
+
+# Paused symbols ------------------------------------------------------------------------------------
+
+
+def test_a_paused_symbol_is_told_with_its_reason_and_the_resume_command() -> None:
+    (notice,) = detect(Facts(), Facts(paused={"ETH/USD": paused_record()}), SEEN)
+
+    assert notice.event is notify.Event.SYMBOL_PAUSED
+    assert notice.id == f"symbol_paused:ETH/USD:{T0:.3f}"
+    assert notice.title == "autonomous-runner: ETH/USD paused"
+    assert "after 3 failures of its own in a row" in notice.body
+    assert "Why: invalid_output: confidence 7 is not in [0, 1]" in notice.body
+    assert "To undo: `runner resume ETH/USD`" in notice.body
+    assert "Since: 2026-11-23 14:05:07 UTC" in notice.body
+
+
+def test_a_resumed_symbol_has_the_id_its_command_gives_it() -> None:
+    record = paused_record()
+    by_command = notify.symbol_resumed("ETH/USD", record, Seen(now=T0 + 9, instance_id="ops", command="x"))
+
+    (seen_by_cycle,) = detect(Facts(paused={"ETH/USD": record}), Facts(), SEEN)
+
+    assert seen_by_cycle.event is notify.Event.SYMBOL_RESUMED
+    assert seen_by_cycle.id == by_command.id == f"symbol_resumed:ETH/USD:{T0:.3f}"
+    assert "it had been paused since 2026-11-23 14:05:07 UTC" in by_command.body
+
+
+def test_a_symbol_resumed_and_paused_again_within_one_cycle_tells_both() -> None:
+    before = Facts(paused={"ETH/USD": paused_record(T0)})
+    after = Facts(paused={"ETH/USD": paused_record(T0 + 20)})
+
+    assert events(detect(before, after, SEEN)) == ["symbol_resumed", "symbol_paused"]
+
+
+def test_a_paused_record_written_by_hand_is_still_told() -> None:
+    (notice,) = detect(Facts(), Facts(paused={"ETH/USD": "bad data feed"}), SEEN)
+
+    assert notice.event is notify.Event.SYMBOL_PAUSED
+    assert "Why: bad data feed" in notice.body
+
+
+# The kill switch -----------------------------------------------------------------------------------
+
+
+def test_the_kill_switch_turned_on_and_off_is_told_with_the_ids_of_the_commands() -> None:
+    fields = kill()
+    command = Seen(now=T0 + 9, instance_id="ops", command="runner kill-switch on")
+
+    (on,) = detect(Facts(), Facts(kill_switch=fields), SEEN)
+    (off,) = detect(Facts(kill_switch=fields), Facts(), SEEN)
+
+    assert on.id == notify.kill_switch_on(fields, command).id == f"kill_switch_on:{T0:.3f}"
+    assert off.id == notify.kill_switch_off(fields, command).id == f"kill_switch_off:{T0:.3f}"
+    assert "Why: exchange maintenance (by alice)" in on.body
+    assert "To undo: `runner kill-switch off`" in on.body
+    assert "it had been on since 2026-11-23 14:05:07 UTC" in off.body
+    assert on.kind == "warning"
+
+
+# The budget ----------------------------------------------------------------------------------------
+
+
+def test_the_budget_running_out_is_told_once_a_day() -> None:
+    (notice,) = detect(Facts(spend_usd=0.9), Facts(spend_usd=1.02), SEEN)
+
+    assert notice.id == "budget_exhausted:2026-11-23"
+    assert "$1.0200 of $1.00 on 2026-11-23 (UTC)" in notice.body
+    assert "RUNNER_ANALYZER__DAILY_BUDGET_USD" in notice.body
+    assert detect(Facts(spend_usd=1.02), Facts(spend_usd=1.5), SEEN) == []
+    assert detect(Facts(spend_usd=0.5), Facts(spend_usd=0.9), SEEN) == []
+    assert detect(Facts(spend_usd=0.9), Facts(spend_usd=5.0), replace(SEEN, budget_usd=None)) == []
+
+
+# The failed-cycle streak ---------------------------------------------------------------------------
+
+
+def test_the_streak_counts_failed_cycles_and_ignores_skipped_ones() -> None:
+    streak = Streak()
+    history = []
+    for i, status in enumerate([CycleStatus.FAILED, CycleStatus.SKIPPED, CycleStatus.FAILED]):
+        new = notify.next_streak(streak, outcome(status, [failed("ETH/USD")], at=T0 + 60 * i))
+        streak = new if new is not None else streak
+        history.append(streak.count)
+
+    assert history == [1, 1, 2]
+    assert streak.since == T0
+    assert streak.why == "transient on ETH/USD (503 service unavailable)"
+    assert notify.next_streak(streak, outcome(CycleStatus.PARTIAL)) == Streak()
+    assert notify.next_streak(streak, outcome(CycleStatus.COMPLETED)) == Streak()
+
+
+def test_cycles_failing_is_told_when_the_streak_reaches_the_threshold_and_not_after() -> None:
+    two, three, four = (Streak(count=n, since=T0, why="permanent on ETH/USD") for n in (2, 3, 4))
+
+    (notice,) = detect(Facts(streak=two), Facts(streak=three), SEEN)
+
+    assert notice.event is notify.Event.CYCLES_FAILING
+    assert notice.id == f"cycles_failing:0/1:{T0:.3f}"
+    assert "3 cycles of shard 0/1 failed in a row" in notice.body
+    assert "Why: permanent on ETH/USD" in notice.body
+    assert "`runner status`" in notice.body
+    assert detect(Facts(streak=three), Facts(streak=four), SEEN) == []
+    assert detect(Facts(), Facts(streak=two), SEEN) == []
+
+
+def test_recovered_is_told_only_after_a_streak_that_was_told() -> None:
+    four = Streak(count=4, since=T0)
+
+    (notice,) = detect(Facts(streak=four), Facts(streak=Streak()), SEEN)
+
+    assert notice.event is notify.Event.RECOVERED
+    assert notice.id == f"recovered:0/1:{T0:.3f}"
+    assert "succeed again after 4 failed cycles in a row" in notice.body
+    assert detect(Facts(streak=Streak(count=2, since=T0)), Facts(), SEEN) == []
+
+
+def test_an_operator_command_has_no_streak() -> None:
+    command = Seen(now=T0, instance_id="ops", command="runner resume ETH/USD")
+
+    assert detect(Facts(streak=Streak(count=9, since=T0)), Facts(), command) == []
+
+
+def test_the_streak_fields_round_trip_and_garbage_raises() -> None:
+    streak = Streak(count=3, since=T0 + 0.125, why="transient on ETH/USD")
+
+    assert Streak.from_fields(streak.to_fields()) == streak
+    assert Streak.from_fields({}) == Streak()
+    with pytest.raises(ValueError, match=r"."):
+        Streak.from_fields({"count": "many"})
+    with pytest.raises(ValueError, match=r"."):
+        Streak.from_fields({"count": "-1"})
+
+
+# Messages ------------------------------------------------------------------------------------------
+
+
+def test_the_failure_summary_groups_symbols_by_error_class() -> None:
+    result = outcome(
+        CycleStatus.FAILED,
+        [
+            failed("ETH/USD"),
+            failed("BTC/USD"),
+            failed("SOL/USD", Code.TIMEOUT, "timeout: analysis took longer than 10.0s"),
+            SymbolResult(symbol="AVAX/USD", status=SymbolStatus.PAUSED, code=Code.PAUSED, reason="paused"),
+        ],
+    )
+
+    assert notify.failure_summary(result) == (
+        "transient on ETH/USD, BTC/USD (503 service unavailable); "
+        "timeout on SOL/USD (analysis took longer than 10.0s)"
+    )
+
+
+def test_every_message_says_what_since_when_why_and_how_to_undo() -> None:
+    notices = [
+        *detect(Facts(), Facts(breaker=OPEN, paused={"ETH/USD": paused_record()}, kill_switch=kill()), SEEN),
+        *detect(Facts(spend_usd=0.5, streak=Streak(2, T0)), Facts(spend_usd=1.5, streak=Streak(3, T0)), SEEN),
+    ]
+
+    assert len(notices) == 5
+    for n in notices:
+        lines = n.body.splitlines()
+        assert [line.split(":")[0] for line in lines[1:]] == ["Since", "Why", "To undo", "Seen by", "Event"]
+        assert lines[-1] == f"Event: {n.event.value}"
+
+
+def test_a_masked_notice_hides_what_the_mask_hides() -> None:
+    notice = notify.kill_switch_on(kill(reason="key sk-or-12345678 leaked"), SEEN)
+
+    masked = notice.masked(lambda text: text.replace("sk-or-12345678", "***"))
+
+    assert "sk-or-12345678" not in masked.body
+    assert "key *** leaked" in masked.body
+    assert masked.id == notice.id
