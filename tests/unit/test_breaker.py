@@ -212,32 +212,27 @@ def test_half_open_closes_after_success_threshold_successes() -> None:
     assert s.opened_at is None
 
 
+#: Half-open with every counter in use, one success reported.
+PROBING = BreakerState(
+    state="half_open",
+    failure_count=3,
+    success_count=1,
+    half_open_calls=2,
+    opened_at=T0,
+    half_open_at=T0 + 60,
+    last_failure_at=T0,
+    version=5,
+)
+
+
 def test_closing_from_half_open_forgets_everything_but_the_version() -> None:
-    s = BreakerState(
-        state="half_open",
-        failure_count=3,
-        success_count=1,
-        half_open_calls=2,
-        opened_at=T0,
-        half_open_at=T0 + 60,
-        last_failure_at=T0,
-        version=5,
-    )
+    s = PROBING
 
     assert transition(s, Event.SUCCESS, T0 + 61, CFG) == BreakerState(version=5)
 
 
 def test_a_failure_in_half_open_reopens_counting_and_stamping_it() -> None:
-    s = BreakerState(
-        state="half_open",
-        failure_count=3,
-        success_count=1,
-        half_open_calls=2,
-        opened_at=T0,
-        half_open_at=T0 + 60,
-        last_failure_at=T0,
-        version=5,
-    )
+    s = PROBING
 
     after = transition(s, Event.FAILURE, T0 + 70, CFG)
 

@@ -58,42 +58,33 @@ def test_the_exit_codes_are_the_documented_numbers() -> None:
     ]
 
 
+SIGNAL: dict[str, Any] = {
+    "id": "ETH/USD:2026-03-02T12:00",
+    "symbol": "ETH/USD",
+    "action": "BUY",
+    "confidence": 0.7,
+    "reasoning": "trend up",
+    "price": 3000.5,
+    "generated_at": "2026-03-02T12:00:01.200Z",
+    "cycle_id": "cycle-1",
+    "instance_id": "pod-a",
+    "analyzer": "builtin",
+    "model": None,
+    "latency_ms": 5,
+    "fencing_token": 7,
+}
+
+
 def signal(**overrides: Any) -> Signal:
-    fields: dict[str, Any] = {
-        "id": "ETH/USD:2026-03-02T12:00",
-        "symbol": "ETH/USD",
-        "action": "BUY",
-        "confidence": 0.7,
-        "reasoning": "trend up",
-        "price": 3000.5,
-        "generated_at": "2026-03-02T12:00:01.200Z",
-        "cycle_id": "cycle-1",
-        "instance_id": "pod-a",
-        "analyzer": "builtin",
-        "model": None,
-        "latency_ms": 5,
-        "fencing_token": 7,
-    }
-    return Signal(**{**fields, **overrides})
+    return Signal(**{**SIGNAL, **overrides})
 
 
 def test_a_signals_json_carries_every_field_null_ones_included() -> None:
     doc = json.loads(signal(price=None).to_json())
 
     assert doc == {
-        "id": "ETH/USD:2026-03-02T12:00",
-        "symbol": "ETH/USD",
-        "action": "BUY",
-        "confidence": 0.7,
-        "reasoning": "trend up",
+        **SIGNAL,
         "price": None,
-        "generated_at": "2026-03-02T12:00:01.200Z",
-        "cycle_id": "cycle-1",
-        "instance_id": "pod-a",
-        "analyzer": "builtin",
-        "model": None,
-        "latency_ms": 5,
-        "fencing_token": 7,
         "schema_version": 1,
         "requested_model": None,
         "prompt_hash": None,

@@ -206,6 +206,27 @@ async def test_cancellation_keeps_results_of_items_already_done() -> None:
     assert w.results["rest"] == "ok"
 
 
+def naming_window(work: Callable[[str], Awaitable[str]], limit: int) -> SlidingWindow[str, str]:
+    """A window whose refusals and interruptions name their item."""
+    return SlidingWindow(
+        work,
+        limit=limit,
+        admit=lambda item: None,
+        refused=lambda item, reason: f"refused:{item}:{reason}",
+        interrupted=lambda item: f"interrupted:{item}",
+    )
+
+
+async def hang(item: str, started: asyncio.Event, cleaned: list[str]) -> str:
+    """Work that says it started, never finishes, and notes its clean-up when cancelled."""
+    started.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        cleaned.append(item)
+    return "never"
+
+
 async def test_cancelled_by_its_caller_every_item_is_accounted_for_after_in_flight_work_cleaned_up() -> None:
     """Cancelled from outside (no reason given: the deadline), the window waits for the running
     work to unwind, then reports each item by name: running ones interrupted, the rest refused."""
@@ -215,20 +236,9 @@ async def test_cancelled_by_its_caller_every_item_is_accounted_for_after_in_flig
     async def work(item: str) -> str:
         if item == "quick":
             return "ok"
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned.append(item)
-        return "never"
+        return await hang(item, started, cleaned)
 
-    w: SlidingWindow[str, str] = SlidingWindow(
-        work,
-        limit=1,
-        admit=lambda item: None,
-        refused=lambda item, reason: f"refused:{item}:{reason}",
-        interrupted=lambda item: f"interrupted:{item}",
-    )
+    w = naming_window(work, limit=1)
     task = asyncio.create_task(w.run(["quick", "slow", "later1", "later2"]))
     await started.wait()
     task.cancel()
@@ -255,20 +265,9 @@ async def test_a_work_that_raises_stops_the_window_after_the_others_unwound() ->
         if item == "boom":
             await started.wait()
             raise RuntimeError("analyzer bug")
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned.append(item)
-        return "never"
+        return await hang(item, started, cleaned)
 
-    w: SlidingWindow[str, str] = SlidingWindow(
-        work,
-        limit=2,
-        admit=lambda item: None,
-        refused=lambda item, reason: f"refused:{item}:{reason}",
-        interrupted=lambda item: f"interrupted:{item}",
-    )
+    w = naming_window(work, limit=2)
     with pytest.raises(RuntimeError, match="analyzer bug"):
         await w.run(["boom", "slow", "later"], cancelled_reason="crash")
 
