@@ -573,13 +573,17 @@ def _shard_owning(symbol: str, count: int) -> str:
 
 
 def test_a_slow_live_run_keeps_its_locks_past_the_heartbeat_ttl(real_redis, redis_server, tmp_path):
+    release = tmp_path / "release"
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY="2.5",
+        SCRIPTED_GATE=str(release),  # the run stays busy until the test has looked
         INSTANCE_ID="pod-a",
         RUNNER_HEARTBEAT__TTL_SECONDS="1",
         RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.3",
+        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="60",
+        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS="60",
+        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="60",
     )
     slow = start_cli(["cycle", "--symbols", "ETH/USD", "--json"], env)
     try:
@@ -593,13 +597,14 @@ def test_a_slow_live_run_keeps_its_locks_past_the_heartbeat_ttl(real_redis, redi
         # Another run (a different shard count, so another lease) must not take the live lock.
         other = run_cli(
             ["cycle", "--symbols", "ETH/USD", "--shard", _shard_owning("ETH/USD", 2), "--json"],
-            {**env, "SCRIPTED_DELAY": "0", "INSTANCE_ID": "pod-b"},
+            {**env, "SCRIPTED_GATE": "", "INSTANCE_ID": "pod-b"},
         )
         assert other.code == 0, other.stderr
         assert other.json()["skip_reason"] == "all_locked"
         assert result_of(other.json(), "ETH/USD")["status"] == "locked"
         assert "pod-a" in result_of(other.json(), "ETH/USD")["reason"]
     finally:
+        release.touch()
         done = finish(slow)
     assert done.code == 0, done.stderr
     assert [s["instance_id"] for s in stream_signals(real_redis)] == ["pod-a"]

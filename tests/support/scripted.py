@@ -9,6 +9,8 @@ subprocess slow, failing or wrong:
   (default), invalid, auth or permanent
 * ``SCRIPTED_ACTION``: the action to answer (default HOLD)
 * ``SCRIPTED_LOG``: a file to which each started analysis appends ``<symbol>\\n``
+* ``SCRIPTED_GATE``: a file; each analysis waits until it exists, so a test holds a run busy
+  for as long as it needs and releases it by creating the file (no delay to outlast)
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class ScriptedAnalyzer:
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
             _append(log_path, request.symbol + "\n")
+        gate = os.environ.get("SCRIPTED_GATE")
+        # The gate is opened by another process (the test): poll for the file.
+        while gate and not _exists(gate):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)
@@ -56,6 +62,11 @@ class ScriptedAnalyzer:
 
     async def aclose(self) -> None:
         return None
+
+
+def _exists(path: str) -> bool:
+    # A tiny local stat; blocking the loop for it is fine in a test plugin.
+    return os.path.exists(path)
 
 
 def _append(path: str, line: str) -> None:
