@@ -24,7 +24,7 @@ cycle:
 	.venv/bin/runner cycle && .venv/bin/runner status
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache mutants
 
 bench:
 	$(PY) -m bench
@@ -33,3 +33,10 @@ bench:
 .PHONY: reliability
 reliability:
 	RELIABILITY_REPORT=docs/RELIABILITY.md RELIABILITY_SOAK_CYCLES=200 .venv/bin/python -m pytest tests/reliability
+
+# Mutation score of the pure core with the unit tests (about 10 minutes, so not part of `make all`
+# or .ci/run); writes the "Mutation score" section of docs/TESTING.md. MUTATION_JOBS=2 takes both cores.
+MUTATION_JOBS ?= 1
+.PHONY: mutation
+mutation:
+	MUTATION_JOBS=$(MUTATION_JOBS) $(PY) -m tests.mutation

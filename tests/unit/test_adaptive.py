@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.adaptive import (
+    FUTURE_TOLERANCE_SECONDS,
     Backpressure,
     Sample,
     after_cycle,
@@ -55,6 +56,10 @@ def test_percentile_sorts_its_input() -> None:
     assert percentile([9000.0, 100.0, 200.0, 300.0], 0.5) == 300.0
 
 
+def test_the_hundredth_percentile_is_the_largest_value() -> None:
+    assert percentile([3.0, 1.0, 2.0], 1.0) == 3.0
+
+
 # Samples and the window ------------------------------------------------------------------------
 
 
@@ -69,6 +74,13 @@ def test_recent_drops_samples_older_than_max_age() -> None:
     samples = [Sample(NOW - 10, 1.0), Sample(NOW - 60, 2.0), Sample(NOW - 61, 3.0)]
 
     assert recent(samples, NOW, cfg) == [1.0, 2.0]
+
+
+def test_recent_keeps_samples_up_to_the_future_tolerance_and_drops_later_ones() -> None:
+    edge = NOW + FUTURE_TOLERANCE_SECONDS
+    samples = [Sample(edge, 1.0), Sample(edge + 0.001, 2.0), Sample(NOW, 3.0)]
+
+    assert recent(samples, NOW, CFG) == [1.0, 3.0]
 
 
 def test_recent_caps_at_the_window_size_keeping_the_newest() -> None:
@@ -124,6 +136,22 @@ def test_halved_concurrency_never_goes_below_min_concurrent() -> None:
     assert p.concurrency == 3
 
 
+@pytest.mark.parametrize(("max_concurrent", "halved"), [(5, 2), (7, 3), (1, 1)])
+def test_halving_an_odd_max_concurrent_rounds_down_to_a_whole_number(
+    max_concurrent: int, halved: int
+) -> None:
+    p = plan([8500.0] * 10, CFG, Parallel(max_concurrent=max_concurrent, min_concurrent=1), TIMEOUTS)
+
+    assert p.concurrency == halved
+    assert type(p.concurrency) is int
+
+
+def test_min_concurrent_above_max_is_capped_at_max() -> None:
+    p = plan([8500.0] * 10, CFG, Parallel(max_concurrent=2, min_concurrent=3), TIMEOUTS)
+
+    assert p.concurrency == 2
+
+
 def test_min_concurrent_equal_to_max_keeps_max() -> None:
     p = plan([8500.0] * 10, CFG, Parallel(max_concurrent=3, min_concurrent=3), TIMEOUTS)
 
@@ -149,6 +177,24 @@ def test_high_p99_skips_the_cycle() -> None:
 
 def test_p99_at_threshold_does_not_skip() -> None:
     assert not plan([1000.0] * 9 + [9000.0], CFG, PARALLEL, TIMEOUTS).skip
+
+
+def test_p99_of_a_long_window_is_not_its_slowest_sample() -> None:
+    # 200 samples: p99 is the 199th value; only the 200th is slow.
+    cfg = Adaptive(latency_window_size=200)
+
+    p = plan([1000.0] * 199 + [9500.0], cfg, PARALLEL, TIMEOUTS)
+
+    assert p.p99_ms == 1000
+    assert not p.skip
+
+
+def test_the_plan_reports_both_percentiles_and_the_sample_count() -> None:
+    latencies = [float(v) for v in range(100, 1100, 10)]  # 100 samples: 100, 110, ..., 1090
+
+    p = plan(latencies, CFG, PARALLEL, TIMEOUTS)
+
+    assert (p.p95_ms, p.p99_ms, p.samples) == (1050.0, 1090.0, 100)
 
 
 def test_skip_and_slow_down_are_judged_separately() -> None:
@@ -212,6 +258,22 @@ def test_a_clean_cycle_does_not_cancel_a_cooldown() -> None:
     assert not cooling
 
 
+def test_a_cooldown_of_one_cycle_starts() -> None:
+    cfg = Adaptive(backpressure_max_overruns=1, cooldown_cycles=1)
+
+    bp, cooling = after_cycle(Backpressure(), True, cfg)
+
+    assert cooling
+    assert bp == Backpressure(consecutive_overruns=0, cooldown_remaining=1)
+
+
+def test_an_overrun_below_the_limit_keeps_the_cooldown_it_found() -> None:
+    bp, cooling = after_cycle(Backpressure(consecutive_overruns=1, cooldown_remaining=2), True, CFG)
+
+    assert bp == Backpressure(consecutive_overruns=2, cooldown_remaining=2)
+    assert not cooling
+
+
 def test_zero_cooldown_cycles_never_start_a_cooldown() -> None:
     cfg = Adaptive(cooldown_cycles=0)
     bp = Backpressure()
@@ -246,3 +308,9 @@ def test_backpressure_fields_round_trip() -> None:
 def test_garbage_backpressure_raises_value_error(fields: dict[str, str]) -> None:
     with pytest.raises(ValueError, match=r"."):
         Backpressure.from_fields(fields)
+
+
+def test_negative_backpressure_counters_are_named_in_the_error() -> None:
+    # The message reaches the operator in the "unreadable (...); reset" warning.
+    with pytest.raises(ValueError, match=r"^negative backpressure counters$"):
+        Backpressure.from_fields({"consecutive_overruns": "0", "cooldown_remaining": "-1"})

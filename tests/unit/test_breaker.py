@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from runner.breaker import BreakerState, Event, claim_probes, gate, replay, transition
+from runner.breaker import BreakerState, Event, Gate, claim_probes, gate, replay, transition
 from runner.config import Breaker
 
 CFG = Breaker(failure_threshold=3, recovery_timeout_seconds=60, half_open_max_calls=2, success_threshold=2)
@@ -88,6 +88,22 @@ def test_success_resets_the_failure_count() -> None:
     assert s.state == "closed"
 
 
+def test_opening_starts_from_clean_half_open_counters_whatever_the_hash_held() -> None:
+    s = BreakerState(failure_count=2, success_count=1, half_open_calls=2, version=4)
+
+    after = transition(s, Event.FAILURE, T0, CFG)
+
+    assert after == BreakerState(
+        state="open", failure_count=3, opened_at=T0, last_failure_at=T0, since=T0, version=4
+    )
+
+
+def test_a_failure_below_the_threshold_is_counted_and_stamped() -> None:
+    after = transition(BreakerState(failure_count=1, version=2), Event.FAILURE, T0, CFG)
+
+    assert after == BreakerState(failure_count=2, last_failure_at=T0, version=2)
+
+
 def test_closed_breaker_lets_every_call_through() -> None:
     g = gate(BreakerState(), T0, CFG)
 
@@ -101,10 +117,8 @@ def test_open_breaker_rejects_until_recovery_timeout() -> None:
     before = gate(s, T0 + CFG.recovery_timeout_seconds - 0.001, CFG)
     at = gate(s, T0 + CFG.recovery_timeout_seconds, CFG)
 
-    assert not before.allow
-    assert before.retry_at == T0 + CFG.recovery_timeout_seconds
-    assert at.allow
-    assert at.probes == CFG.half_open_max_calls
+    assert before == Gate(allow=False, retry_at=T0 + CFG.recovery_timeout_seconds)
+    assert at == Gate(allow=True, probes=CFG.half_open_max_calls)
 
 
 def test_claim_on_an_open_breaker_before_recovery_grants_nothing() -> None:
@@ -128,6 +142,18 @@ def test_claim_after_recovery_moves_to_half_open() -> None:
     assert s.success_count == 0
 
 
+def test_claim_on_an_open_breaker_starts_half_open_from_clean_counters() -> None:
+    leftover = BreakerState(state="open", failure_count=4, success_count=1, half_open_calls=2, opened_at=T0)
+    now = T0 + CFG.recovery_timeout_seconds
+
+    s, granted = claim_probes(leftover, 1, now, CFG)
+
+    assert granted == 1
+    assert s == BreakerState(
+        state="half_open", failure_count=4, success_count=0, half_open_calls=1, opened_at=T0, half_open_at=now
+    )
+
+
 def test_claim_on_a_closed_breaker_grants_nothing_and_changes_nothing() -> None:
     s, granted = claim_probes(BreakerState(), 3, T0, CFG)
 
@@ -143,7 +169,16 @@ def test_half_open_grants_at_most_max_calls_across_repeated_claims() -> None:
 
     assert (first, second, third) == (1, 1, 0)
     assert s.half_open_calls == CFG.half_open_max_calls
-    assert not gate(s, now + 2, CFG).allow
+    assert gate(s, now + 2, CFG) == Gate(allow=False, retry_at=now + CFG.recovery_timeout_seconds)
+
+
+def test_half_open_with_one_probe_out_grants_only_the_one_left_even_after_a_recovery_timeout() -> None:
+    s = BreakerState(state="half_open", half_open_calls=1, opened_at=T0, half_open_at=T0 + 60)
+    much_later = T0 + 60 + 10 * CFG.recovery_timeout_seconds
+
+    assert gate(s, T0 + 61, CFG) == Gate(allow=True, probes=1)
+    assert gate(s, much_later, CFG) == Gate(allow=True, probes=1)
+    assert claim_probes(s, 5, much_later, CFG) == (replace(s, half_open_calls=2), 1)
 
 
 def test_one_large_claim_is_capped_at_max_calls() -> None:
@@ -179,6 +214,41 @@ def test_half_open_closes_after_success_threshold_successes() -> None:
     assert s.opened_at is None
 
 
+#: Half-open with every counter in use, one success reported.
+PROBING = BreakerState(
+    state="half_open",
+    failure_count=3,
+    success_count=1,
+    half_open_calls=2,
+    opened_at=T0,
+    half_open_at=T0 + 60,
+    last_failure_at=T0,
+    version=5,
+)
+
+
+def test_closing_from_half_open_forgets_everything_but_the_version() -> None:
+    s = PROBING
+
+    assert transition(s, Event.SUCCESS, T0 + 61, CFG) == BreakerState(version=5)
+
+
+def test_a_failure_in_half_open_reopens_counting_and_stamping_it() -> None:
+    s = PROBING
+
+    after = transition(s, Event.FAILURE, T0 + 70, CFG)
+
+    assert after == BreakerState(
+        state="open",
+        failure_count=4,
+        opened_at=T0 + 70,
+        half_open_at=T0 + 60,
+        last_failure_at=T0 + 70,
+        since=T0,  # the outage began when the breaker first opened, not at this probe's failure
+        version=5,
+    )
+
+
 def test_any_failure_in_half_open_reopens() -> None:
     s = transition(half_open(), Event.SUCCESS, T0 + 61, CFG)
 
@@ -201,8 +271,7 @@ def test_stale_half_open_allows_new_probes_after_another_recovery_timeout() -> N
     too_soon = gate(s, start + CFG.recovery_timeout_seconds - 1, CFG)
     s_again, regranted = claim_probes(s, 1, start + CFG.recovery_timeout_seconds, CFG)
 
-    assert not too_soon.allow
-    assert too_soon.retry_at == start + CFG.recovery_timeout_seconds
+    assert too_soon == Gate(allow=False, retry_at=start + CFG.recovery_timeout_seconds)
     assert regranted == 1
     assert s_again.state == "half_open"
     assert s_again.half_open_at == start + CFG.recovery_timeout_seconds
@@ -306,6 +375,29 @@ def test_none_is_stored_as_an_empty_field() -> None:
 
 def test_empty_hash_is_a_closed_breaker() -> None:
     assert BreakerState.from_fields({}) == BreakerState()
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"state": "open", "opened_at": str(T0)}, BreakerState(state="open", opened_at=T0)),
+        ({"failure_count": "2", "version": "3"}, BreakerState(failure_count=2, version=3)),
+        (
+            {"state": "half_open", "success_count": "", "half_open_calls": "", "half_open_at": str(T0)},
+            BreakerState(state="half_open", half_open_at=T0),
+        ),
+    ],
+)
+def test_a_partial_hash_takes_the_defaults_for_what_is_missing(
+    fields: dict[str, str], expected: BreakerState
+) -> None:
+    assert BreakerState.from_fields(fields) == expected
+
+
+def test_an_unknown_state_is_named_in_the_error() -> None:
+    # The message reaches the operator in the "unreadable (...); treated as closed" warning.
+    with pytest.raises(ValueError, match=r"^unknown breaker state 'melted'$"):
+        BreakerState.from_fields({"state": "melted"})
 
 
 @pytest.mark.parametrize(

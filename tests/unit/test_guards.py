@@ -1,22 +1,43 @@
-"""Whether a cycle may run: the guards, in the contract's order, and maintenance windows."""
+"""Whether a cycle may run: the guards, in the contract's order, and maintenance windows.
+
+Every test here runs three times: with the machine's local time zone at UTC, at UTC+05:45 and at
+UTC-10:00 (POSIX ``TZ`` strings, which need no time-zone database). The guards judge and report
+in UTC whatever the local zone.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from runner.adaptive import Backpressure, Sample
-from runner.breaker import BreakerState
+from runner.adaptive import Backpressure, Sample, plan
+from runner.breaker import BreakerState, Gate
 from runner.config import Settings, load_settings
 from runner.guards import Snapshot, decide, in_maintenance, parse_window
 from runner.store.locks import LockResult
 
 NOW = datetime(2026, 11, 23, 14, 5, 41, tzinfo=UTC)
 TS = NOW.timestamp()
+
+
+@pytest.fixture(autouse=True, params=["UTC0", "NPT-5:45", "HST10"], ids=["TZ=UTC", "TZ=+0545", "TZ=-1000"])
+def local_time_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    yield request.param
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -58,6 +79,103 @@ def test_nothing_in_the_way_runs_with_the_plan() -> None:
     assert d.skip_reason is None
     assert d.gate.allow
     assert d.plan.concurrency == 10
+
+
+def test_each_run_has_the_local_time_zone_it_set(local_time_zone: str) -> None:
+    # A guard that used local time would see another hour in two of the three runs.
+    local_hour = datetime.fromtimestamp(TS).hour
+
+    assert local_hour == {"UTC0": 14, "NPT-5:45": 19, "HST10": 4}[local_time_zone]
+
+
+def test_a_skip_carries_the_plan_and_the_breaker_gate_it_was_judged_with() -> None:
+    settings = make_settings()
+    snap = replace(calm(), samples=[Sample(TS - i, 9500.0) for i in range(10)])
+
+    d = decide(snap, settings, NOW)
+
+    assert d.skip_reason == "high_latency"
+    assert d.plan == plan([9500.0] * 10, settings.adaptive, settings.parallel, settings.timeouts)
+    assert d.gate == Gate(allow=True)
+
+
+#: Each guard alone, and the exact detail an operator reads in `runner status`.
+DETAILS: list[tuple[dict[str, Any], dict[str, Any], str, str]] = [
+    (
+        {"kill_switch": {"on": "1", "reason": "incident 7", "by": "ops", "at": str(TS - 100)}},
+        {},
+        "kill_switch",
+        "kill switch on since 2026-11-23T14:04:01Z by ops: incident 7",
+    ),
+    (
+        {"kill_switch": {"on": "1", "at": "yesterday"}},
+        {},
+        "kill_switch",
+        "kill switch on since ? by ?: no reason given",
+    ),
+    (
+        {},
+        {"maintenance_windows": ["14:00-14:30"]},
+        "maintenance",
+        "inside maintenance window 14:00-14:30 UTC",
+    ),
+    (
+        {"backpressure": Backpressure(cooldown_remaining=2)},
+        {},
+        "cooldown",
+        "backpressure cooldown, 2 cycle(s) left",
+    ),
+    (
+        {"spend_usd": 5.0},
+        {"analyzer": {"daily_budget_usd": 5}},
+        "budget",
+        "daily budget spent: $5.0000 of $5.00",
+    ),
+    (
+        {"breaker": BreakerState(state="open", failure_count=5, opened_at=TS - 1)},
+        {},
+        "breaker_open",
+        "circuit breaker open after 5 failures; next probe at 2026-11-23T14:06:40Z",
+    ),
+    (
+        {"samples": [Sample(TS - i, 9500.0) for i in range(10)]},
+        {},
+        "high_latency",
+        "p99 latency 9500 ms > 9000 ms over 10 recent samples",
+    ),
+    (
+        {
+            "lease": LockResult(
+                "runner:lease:0-1",
+                "held",
+                0,
+                json.dumps({"instance_id": "pod-b", "cycle_id": "c-42", "acquired_at": TS - 5}),
+            )
+        },
+        {},
+        "cycle_running",
+        "cycle c-42 of pod-b running since 2026-11-23T14:05:36Z",
+    ),
+    (
+        {"lease": LockResult("runner:lease:0-1", "held", 0, "not json")},
+        {},
+        "cycle_running",
+        "cycle ? of ? running since ?",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("snapshot_changes", "settings", "reason", "detail"),
+    DETAILS,
+    ids=[f"{d[2]}-{i}" for i, d in enumerate(DETAILS)],
+)
+def test_each_guard_names_its_reason_and_says_why_in_utc(
+    snapshot_changes: dict[str, Any], settings: dict[str, Any], reason: str, detail: str
+) -> None:
+    d = decide(replace(calm(), **snapshot_changes), make_settings(**settings), NOW)
+
+    assert (d.skip_reason, d.detail) == (reason, detail)
 
 
 #: (the skip expected now, then what lifts that guard: snapshot changes, settings or None)
@@ -229,6 +347,15 @@ def test_window_within_a_day(moment: datetime, inside: bool) -> None:
 )
 def test_window_crossing_midnight(moment: datetime, inside: bool) -> None:
     assert (in_maintenance(["23:50-00:10"], moment) == "23:50-00:10") is inside
+
+
+def test_a_window_that_ends_where_it_starts_covers_no_time() -> None:
+    assert [in_maintenance(["02:00-02:00"], at(h, m)) for h, m in ((1, 59), (2, 0), (2, 1), (14, 0))] == [
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_first_matching_window_is_named() -> None:

@@ -33,12 +33,15 @@ async def done(item: str) -> str:
 
 
 def test_limit_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(ValueError, match=r"^limit must be at least 1$"):
         window(done, limit=0)
 
 
 async def test_no_items_is_no_results() -> None:
-    assert await window(done).run([]) == {}
+    w = window(done)
+
+    assert await w.run([]) == {}
+    assert w.max_in_flight == 0
 
 
 async def test_every_item_gets_its_result() -> None:
@@ -201,3 +204,77 @@ async def test_cancellation_keeps_results_of_items_already_done() -> None:
     assert w.results["quick"] == "ok"
     assert w.results["quick2"] == "ok"
     assert w.results["rest"] == "ok"
+
+
+def naming_window(work: Callable[[str], Awaitable[str]], limit: int) -> SlidingWindow[str, str]:
+    """A window whose refusals and interruptions name their item."""
+    return SlidingWindow(
+        work,
+        limit=limit,
+        admit=lambda item: None,
+        refused=lambda item, reason: f"refused:{item}:{reason}",
+        interrupted=lambda item: f"interrupted:{item}",
+    )
+
+
+async def hang(item: str, started: asyncio.Event, cleaned: list[str]) -> str:
+    """Work that says it started, never finishes, and notes its clean-up when cancelled."""
+    started.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        cleaned.append(item)
+    return "never"
+
+
+async def test_cancelled_by_its_caller_every_item_is_accounted_for_after_in_flight_work_cleaned_up() -> None:
+    """Cancelled from outside (no reason given: the deadline), the window waits for the running
+    work to unwind, then reports each item by name: running ones interrupted, the rest refused."""
+    started = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def work(item: str) -> str:
+        if item == "quick":
+            return "ok"
+        return await hang(item, started, cleaned)
+
+    w = naming_window(work, limit=1)
+    task = asyncio.create_task(w.run(["quick", "slow", "later1", "later2"]))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert cleaned == ["slow"]
+    assert w.results == {
+        "quick": "ok",
+        "slow": "interrupted:slow",
+        "later1": "refused:later1:deadline",
+        "later2": "refused:later2:deadline",
+    }
+    assert w.max_in_flight == 1
+
+
+async def test_a_work_that_raises_stops_the_window_after_the_others_unwound() -> None:
+    """One item's work raising ends the window: the other running work is cancelled and has
+    cleaned up before the error reaches the caller, and every item is accounted for."""
+    started = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def work(item: str) -> str:
+        if item == "boom":
+            await started.wait()
+            raise RuntimeError("analyzer bug")
+        return await hang(item, started, cleaned)
+
+    w = naming_window(work, limit=2)
+    with pytest.raises(RuntimeError, match="analyzer bug"):
+        await w.run(["boom", "slow", "later"], cancelled_reason="crash")
+
+    assert cleaned == ["slow"]
+    assert w.results == {
+        "boom": "interrupted:boom",
+        "slow": "interrupted:slow",
+        "later": "refused:later:crash",
+    }
+    assert w.in_flight == set()

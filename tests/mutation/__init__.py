@@ -1,0 +1,1 @@
+"""The mutation score of the pure core: ``make mutation`` (``python -m tests.mutation``)."""
