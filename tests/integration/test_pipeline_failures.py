@@ -49,12 +49,13 @@ def llm(stub_llm_session: StubLLM) -> StubLLM:  # noqa: F811 - the fixture impor
 def pipeline_env(redis_url: str, state_dir: Path, stub: StubLLM, failing: str) -> dict[str, str]:
     """Every stage on the openai backend; the failing stage alone gets a short timeout, so that a
     slow machine never times out the others."""
-    short = {
+    timeouts = {
         "signal": "RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS",
         "score": "RUNNER_PIPELINE__SCORE__TIMEOUT_SECONDS",
         "advise": "RUNNER_PIPELINE__ADVISE__TIMEOUT_SECONDS",
         "report": "RUNNER_PIPELINE__REPORT__TIMEOUT_SECONDS",
-    }[failing]
+    }
+    seconds = {name: "1" if stage == failing else "10" for stage, name in timeouts.items()}
     return env_for(
         redis_url,
         state_dir,
@@ -68,7 +69,7 @@ def pipeline_env(redis_url: str, state_dir: Path, stub: StubLLM, failing: str) -
         RUNNER_RATE_LIMIT__REQUESTS_PER_MINUTE="6000",
         RUNNER_RETRY__MAX_ATTEMPTS=str(ATTEMPTS),
         RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="30",
-        **{short: "1"},
+        **seconds,
     )
 
 
