@@ -36,6 +36,8 @@ SPEC_ALERTS: dict[str, set[str]] = {
     "BackpressureCooldown": {"warning"},
     "StaleLockRecoveryHigh": {"warning", "critical"},
     "CycleFailureRateHigh": {"warning", "critical"},
+    # The pipeline's own: a stage failing for most of the symbols it runs for.
+    "PipelineStageFailing": {"warning", "critical"},
 }
 
 #: Dashboard panel title -> metric names its queries must use.
@@ -47,6 +49,8 @@ DASHBOARD_PANELS: dict[str, set[str]] = {
     "P95 latency": {"current_p95_latency_ms", "llm_latency_ms_bucket"},
     "Locks": {"active_locks", "stale_locks_recovered_total"},
     "Start lag": {"autonomous_runner_start_lag_seconds"},
+    "Pipeline stages by status": {"pipeline_stage_total"},
+    "Pipeline stage duration": {"pipeline_stage_duration_seconds_bucket"},
     "Time since last cycle / last success": {
         "autonomous_runner_last_cycle_timestamp",
         "autonomous_runner_last_success_timestamp",
@@ -201,6 +205,7 @@ def test_rules_use_only_metrics_the_runner_exposes() -> None:
         "stale_locks_recovered_total",
         "cycle_failures_total",
         "cycles_total",
+        "pipeline_stage_total",
     } <= used
 
 
@@ -256,6 +261,10 @@ def test_dashboard_has_the_panels_and_variables() -> None:
     assert "histogram_quantile(0.95," in quantiles
     assert "by (action)" in " ".join(queries["Signals per cycle by action"])
     assert "by (reason)" in " ".join(queries["Skips by reason"])
+    assert "by (stage, status)" in " ".join(queries["Pipeline stages by status"])
+    durations = " ".join(queries["Pipeline stage duration"])
+    assert "by (stage, le)" in durations
+    assert "histogram_quantile(0.95," in durations
 
 
 def test_dashboard_uses_only_metrics_the_runner_exposes() -> None:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from runner.analyzers.base import AnalysisRequest
-from runner.analyzers.opencode import OpenCodeAnalyzer, error_from_info
+from runner.analyzers.opencode import OpenCodeAnalyzer, OpenCodeClient, error_from_info
 from runner.analyzers.prompt import SYSTEM_PROMPT, prompt_hash, user_prompt
 from runner.config import Settings
 from runner.errors import (
@@ -40,9 +40,14 @@ from runner.errors import (
     RateLimited,
     TransientError,
 )
+from runner.factory import build_stages
 from runner.market.synthetic import SyntheticSource
+from runner.models import Signal
+from runner.pipeline import llm as llm_stages
+from runner.pipeline.base import StageRequest
+from runner.pipeline.prompts import ADVISE_PROMPT, REPORT_PROMPT, SCORE_PROMPT, SCORE_SCHEMA
 from tests.conftest import ROOT, cli_env, free_port, run_cli
-from tests.support.stub_llm import Mode, StubLLM
+from tests.support.stub_llm import Mode, StubLLM, stage_in, text_of
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +58,11 @@ PROVIDER, MODEL = "stub", "stub-model"
 PRICE_IN, PRICE_OUT = 1.0, 2.0
 MINUTE = datetime(2026, 11, 23, 14, 5, tzinfo=UTC)
 SERVER_PASSWORD = "the-right-password"
+EXAMPLE_AGENTS = ROOT / "examples" / "opencode" / "agent"
+#: The agents of the stages after the signal, installed from examples/opencode/agent/.
+PIPELINE_AGENTS = ("signal-scorer", "trade-advisor", "cycle-reporter")
+#: An agent of a user's own that may read files (for ``tools: agent``).
+READER_AGENT = "reader"
 
 
 # --- OpenCode: install, configure, run -------------------------------------------------------
@@ -128,7 +138,13 @@ def opencode_config(stub_url: str) -> dict[str, Any]:
                 "mode": "primary",
                 "prompt": "You are a trading-signal generator. Answer only with the JSON object asked for.",
                 "permission": {"*": "deny", "StructuredOutput": "allow"},
-            }
+            },
+            READER_AGENT: {
+                "description": "Scores signals and may read files to do so.",
+                "mode": "primary",
+                "prompt": "You are a signal scorer that may read files.",
+                "permission": {"*": "deny", "read": "allow", "StructuredOutput": "allow"},
+            },
         },
     }
 
@@ -199,6 +215,11 @@ def start_opencode(stub_url: str, password: str | None = None, ready_within: flo
         (config_dir / "package.json").write_text("{}\n")
     config = root / "config" / "opencode" / "opencode.json"
     config.write_text(json.dumps(opencode_config(stub_url), indent=2))
+    # The pipeline's agents are the example files themselves, as a user installs them.
+    agents = root / "config" / "opencode" / "agent"
+    agents.mkdir()
+    for name in PIPELINE_AGENTS:
+        shutil.copy(EXAMPLE_AGENTS / f"{name}.md", agents / f"{name}.md")
     env.update(
         OPENCODE_CONFIG=str(config),
         OPENCODE_DISABLE_MODELS_FETCH="1",
@@ -671,3 +692,206 @@ def test_a_wrong_server_password_fails_fast_with_one_clear_line(
     assert result.json()["status"] == "failed"
     assert llm.chat_requests() == []
     assert real_redis.xlen("signals:raw") == 0
+
+
+# --- the pipeline's stages through OpenCode, with the example agents ---------------------------
+
+STAGE_TITLES = ("signal ", "score ", "advise ", "report ")
+
+
+def pipeline_sessions(server: OpenCodeServer) -> list[dict[str, Any]]:
+    """Sessions any stage of a cycle created (by their title) that still exist."""
+    return [s for s in server.sessions() if s.get("title", "").startswith(STAGE_TITLES)]
+
+
+def pipeline_env(redis_url: str, state_dir: Path, opencode_url: str, **extra: str) -> dict[str, str]:
+    """Every stage on the opencode backend, each to its default (example) agent."""
+    return runner_env(
+        redis_url,
+        state_dir,
+        opencode_url,
+        RUNNER_PIPELINE__SCORE__BACKEND="opencode",
+        RUNNER_PIPELINE__ADVISE__BACKEND="opencode",
+        RUNNER_PIPELINE__REPORT__BACKEND="opencode",
+        RUNNER_RATE_LIMIT__REQUESTS_PER_MINUTE="6000",
+        **extra,
+    )
+
+
+def stage_docs(client: Any, stream: str) -> list[dict[str, Any]]:
+    return [json.loads(fields["doc"]) for _, fields in client.xrange(stream)]
+
+
+def by_stage(stub: StubLLM) -> dict[str, list[Any]]:
+    """The chat requests the model received, by the stage each asks for."""
+    out: dict[str, list[Any]] = {}
+    for request in stub.chat_requests():
+        out.setdefault(stage_in(request.messages), []).append(request)
+    return out
+
+
+def system_text(request: Any) -> str:
+    return "\n".join(text_of(m.get("content")) for m in request.messages if m.get("role") == "system")
+
+
+def agent_prompt(name: str) -> str:
+    """The first line of an example agent's prompt (after its front matter)."""
+    body = (EXAMPLE_AGENTS / f"{name}.md").read_text().split("---", 2)[2]
+    return body.strip().splitlines()[0]
+
+
+def test_a_cycle_with_every_stage_on_opencode_publishes_the_whole_pipeline(
+    real_redis, redis_server, opencode, llm, tmp_path
+):
+    env = pipeline_env(redis_server.url, tmp_path, opencode.url)
+
+    result = run_cli(["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], env)
+
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert doc["status"] == "completed"
+    assert [r["stages"] for r in doc["results"]] == [{"signal": "ok", "score": "ok", "advise": "ok"}] * 2
+    assert doc["report_status"] == "ok"
+    assert real_redis.xlen("signals:raw") == 2
+    scores = stage_docs(real_redis, "signals:scored")
+    advice = stage_docs(real_redis, "signals:advised")
+    reports = stage_docs(real_redis, "reports:cycle")
+    assert sorted(d["symbol"] for d in scores) == ["BTC/USD", "ETH/USD"]
+    assert sorted(d["symbol"] for d in advice) == ["BTC/USD", "ETH/USD"]
+    assert len(reports) == 1
+    for stage_doc in (*scores, *advice, *reports):
+        assert stage_doc["analyzer"] == "opencode"
+        assert stage_doc["model"] == f"{PROVIDER}/{MODEL}"
+        assert stage_doc["cost_usd"] == pytest.approx((120 * PRICE_IN + 40 * PRICE_OUT) / 1e6)
+    assert {(d["score"], d["grade"]) for d in scores} == {(72, "B")}
+    assert reports[0]["summary"] == "**stub report**: every symbol went through."
+    # Each stage reached the model through its own example agent, with our prompt, and no tool
+    # but the answer.
+    asked = by_stage(llm)
+    assert {stage: len(requests) for stage, requests in asked.items()} == {
+        "signal": 2,
+        "score": 2,
+        "advise": 2,
+        "report": 1,
+    }
+    for stage, agent, prompt in (
+        ("score", "signal-scorer", SCORE_PROMPT),
+        ("advise", "trade-advisor", ADVISE_PROMPT),
+        ("report", "cycle-reporter", REPORT_PROMPT),
+    ):
+        for request in asked[stage]:
+            assert agent_prompt(agent) in system_text(request), agent
+            assert prompt in system_text(request)
+            assert request.tools == ["StructuredOutput"]
+    assert pipeline_sessions(opencode) == []
+
+
+def test_a_stage_failing_on_opencode_skips_the_later_stages_and_invents_nothing(
+    real_redis, redis_server, opencode, llm, tmp_path
+):
+    llm.per_stage["score"] = Mode("bad_confidence")  # a score of 150
+    env = pipeline_env(redis_server.url, tmp_path, opencode.url)
+
+    result = run_cli(["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], env)
+
+    assert result.code == 3, result.stderr
+    doc = result.json()
+    for symbol_result in doc["results"]:
+        assert symbol_result["stages"] == {"signal": "ok", "score": "failed", "advise": "skipped"}
+        assert symbol_result["code"] == "invalid_output"
+        assert symbol_result["stage_reasons"]["advise"] == "upstream score failed"
+        assert "less than or equal to 100" in symbol_result["stage_reasons"]["score"]
+    assert real_redis.xlen("signals:raw") == 2
+    assert real_redis.xlen("signals:scored") == 0
+    assert real_redis.xlen("signals:advised") == 0
+    assert real_redis.hlen("signals:latest:advised") == 0
+    assert "advise" not in by_stage(llm), "no advice is asked for after a failed score"
+    [report] = stage_docs(real_redis, "reports:cycle")
+    assert (report["counts"]["scores"], report["counts"]["advice"]) == (0, 0)
+    assert pipeline_sessions(opencode) == []
+
+
+async def stage_request(symbol: str = "ETH/USD") -> StageRequest:
+    candles = await SyntheticSource().candles(symbol, MINUTE, 60)
+    signal = Signal(
+        id=f"{symbol}:2026-11-23T14:05",
+        symbol=symbol,
+        action="BUY",
+        confidence=0.7,
+        reasoning="uptrend",
+        price=100.0,
+        generated_at="2026-11-23T14:05:01.000Z",
+        cycle_id="c1",
+        instance_id="i1",
+        analyzer="opencode",
+        model=f"{PROVIDER}/{MODEL}",
+        latency_ms=300,
+        fencing_token=1,
+    )
+    return StageRequest(
+        stage="score", symbol=symbol, candles=candles, scheduled_minute=MINUTE, timeout=10.0, signal=signal
+    )
+
+
+@pytest.mark.parametrize("tools", ["none", "agent"])
+async def test_tools_agent_lets_the_agent_keep_its_own_tools(opencode, llm, tools):
+    settings = Settings(
+        analyzer={"opencode_url": opencode.url, "model": f"{PROVIDER}/{MODEL}"},
+        pipeline={"score": {"backend": "opencode", "agent": READER_AGENT, "tools": tools}},
+    )
+    stages = build_stages(settings)
+    try:
+        answer = await stages.scorer.answer(await stage_request())
+    finally:
+        await stages.aclose()
+
+    assert (answer.score, answer.grade) == (72, "B")
+    [sent] = llm.chat_requests()
+    assert "You are a signal scorer that may read files." in system_text(sent)
+    if tools == "agent":  # no override: what the agent's own permissions grant
+        assert {"read", "StructuredOutput"} <= set(sent.tools)
+    else:
+        assert sent.tools == ["StructuredOutput"]
+    assert pipeline_sessions(opencode) == []
+
+
+@pytest.mark.parametrize("tools", ["none", "agent"])
+async def test_the_prompt_carries_a_tools_override_unless_the_stage_says_tools_agent(tools):
+    sent: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/message"):
+            sent.append(json.loads(request.content))
+            info = {"structured": {"symbol": "ETH/USD", **SCORED}, "providerID": PROVIDER, "modelID": MODEL}
+            return httpx.Response(200, json={"info": info, "parts": []})
+        if request.method == "POST" and request.url.path == "/session":
+            return httpx.Response(200, json={"id": "ses_1", "title": "t"})
+        return httpx.Response(200, json=True)
+
+    settings = Settings(
+        analyzer={"opencode_url": "http://opencode.test:4096", "model": f"{PROVIDER}/{MODEL}"},
+        pipeline={"score": {"backend": "opencode", "tools": tools}},
+    )
+    client = OpenCodeClient(
+        settings,
+        model=f"{PROVIDER}/{MODEL}",
+        agent="signal-scorer",
+        field="pipeline.score",
+        transport=httpx.MockTransport(handle),
+    )
+    scorer = llm_stages.scorer(client, "signal-scorer", tools == "agent")
+    try:
+        await scorer.answer(await stage_request())
+    finally:
+        await scorer.aclose()
+
+    [prompt] = sent
+    assert prompt["agent"] == "signal-scorer"
+    assert prompt["format"] == {"type": "json_schema", "schema": SCORE_SCHEMA}
+    if tools == "agent":
+        assert "tools" not in prompt
+    else:
+        assert prompt["tools"] == {"*": False, "StructuredOutput": True}
+
+
+SCORED = {"score": 72, "grade": "B", "factors": ["trend"], "reasoning": "fine"}
