@@ -453,16 +453,42 @@ class Steps:
     async def publish(
         self, chain: Chain, stage: str, record: StageRecord, doc_id: str, doc: str, target: Target
     ) -> bool:
-        """Hand the stage's document to the publisher and wait until it is published; True when
-        the chain goes on (its lock is released with its last document)."""
+        """Hand the stage's document to the publisher, after the chain's earlier one; True when the
+        chain goes on (its lock is released with its last document).
+
+        Before a stage that costs a call the chain waits until this document is published, so no
+        money goes to a stage whose signal was a duplicate or lost its lock. A built-in next stage
+        goes on at once: its document follows this one, published only if this one is.
+        """
         lock = self.lock(chain)
-        last = not chain.next_stages(stage)
+        following = chain.next_stages(stage)
         record.publishing = self.holding.publisher.submit(
-            Pending(doc_id, chain.symbol, doc, lock.key, lock.value, target, release=last)
+            Pending(
+                doc_id,
+                chain.symbol,
+                doc,
+                lock.key,
+                lock.value,
+                target,
+                release=not following,
+                after=self.latest_publish(chain),
+            )
         )
         chain.record(stage, record)  # a cancellation while waiting leaves the publish to settle later
+        if not following or not self.costs_a_call(following[0]):
+            return True
         fate = await asyncio.shield(record.publishing)
         return fate is PublishResult.PUBLISHED
+
+    def costs_a_call(self, stage: str) -> bool:
+        stages = self.run.deps.stages
+        return (stages.scorer if stage == "score" else stages.advisor).remote
+
+    @staticmethod
+    def latest_publish(chain: Chain) -> asyncio.Future[PublishResult] | None:
+        """The publish of the chain's latest document so far (what its next one follows)."""
+        found = [r.publishing for r in chain.records.values() if r.publishing is not None]
+        return found[-1] if found else None
 
     # Attempts -----------------------------------------------------------------------------------
 
@@ -628,6 +654,7 @@ class Steps:
                     lock.key,
                     lock.value,
                     self.targets.advice,
+                    after=self.latest_publish(chain),
                 )
             )
 

@@ -50,6 +50,8 @@ class StageRecord:
             return self
         if fate is PublishResult.DUPLICATE:
             return _replace(self, code=Code.DUPLICATE, reason="already published this minute")
+        if fate is PublishResult.SKIPPED:  # the chain's earlier document was not published: it decides
+            return _replace(self, status=SymbolStatus.SKIPPED, reason="upstream not published")
         code = Code.FENCED if fate is PublishResult.FENCED else Code.PUBLISH_FAILED
         return _replace(self, status=SymbolStatus.FAILED, code=code, reason=f"not published ({fate})")
 

@@ -6,8 +6,11 @@ capped stream, ``PUBLISH`` to its channel, ``HSET`` of the latest document per s
 
 ``Publisher`` coalesces: documents are handed over as they are ready (``submit`` returns a future
 of their ``PublishResult``) and flushed in batches, so a cycle costs a few round trips however
-many symbols it has, and a crash loses only the batch in flight. ``DryPublisher`` writes nothing
-and reports every document published: a dry run is a different publisher, not a branch.
+many symbols it has, and a crash loses only the batch in flight. A document can follow another
+(a score its signal): it is published only if that one was, in the same batch or an earlier one,
+so a chain need not wait for a publish before its next stage unless that stage costs a call.
+``DryPublisher`` writes nothing and reports every document published: a dry run is a different
+publisher, not a branch.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import redis.asyncio as aioredis
@@ -43,6 +46,8 @@ class PublishResult(StrEnum):
     FENCED = "fenced"
     #: Redis did not take the batch.
     ERROR = "error"
+    #: The document it follows (its chain's earlier stage) was not published: nothing written.
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class Pending:
     target: Target
     #: Release the symbol's lock once the document is published (its chain is over).
     release: bool = True
+    #: The publish of the document this one follows: it is published only if that one was.
+    after: asyncio.Future[PublishResult] | None = field(default=None, compare=False)
 
 
 def signal_target(keys: Keys, maxlen: int) -> Target:
@@ -121,10 +128,14 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self.errors: list[str] = []
 
-    async def publish_batch(self, batch: list[Pending]) -> list[PublishResult]:
-        """Publish ``batch`` in one script; returns the result per document."""
+    async def publish_batch(
+        self, batch: list[Pending], follows: list[int] | None = None
+    ) -> list[PublishResult]:
+        """Publish ``batch`` in one script; returns the result per document. ``follows[i]`` is the
+        1-based position in the batch of the document item i follows (0: none)."""
         targets = list(dict.fromkeys(p.target for p in batch))
         index = {t: i + 1 for i, t in enumerate(targets)}
+        follows = follows or [0] * len(batch)
         keys, args = scripts.pack(
             {},
             {
@@ -152,8 +163,9 @@ class Publisher:
                         "symbol": p.symbol,
                         "doc": p.doc,
                         "release": p.release,
+                        "after": after,
                     }
-                    for p in batch
+                    for p, after in zip(batch, follows, strict=True)
                 ],
             },
         )
@@ -183,11 +195,21 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="publisher")
 
     async def _flush(self) -> None:
-        batch, self._queue = self._queue, []
+        queued, self._queue = self._queue, []
+        batch: list[tuple[Pending, asyncio.Future[PublishResult]]] = []
+        for p, future in queued:
+            if p.after is not None and p.after.done() and p.after.result() is not PublishResult.PUBLISHED:
+                future.set_result(PublishResult.SKIPPED)  # what it follows is not published: neither is it
+            else:
+                batch.append((p, future))
         if not batch:
             return
+        # What a document follows was published earlier (then it is done) or is in this batch:
+        # the script checks that one first, in order.
+        position = {id(future): i + 1 for i, (_, future) in enumerate(batch)}
+        follows = [position.get(id(p.after), 0) if p.after is not None else 0 for p, _ in batch]
         try:
-            results = await self.publish_batch([p for p, _ in batch])
+            results = await self.publish_batch([p for p, _ in batch], follows)
         except Exception as exc:  # reported per document; the cycle reports it
             self.errors.append(one_line(exc))
             results = [PublishResult.ERROR] * len(batch)

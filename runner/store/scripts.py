@@ -156,8 +156,9 @@ return cjson.encode(out)
 #: hash. An item marked ``release`` frees its lock once it is published or found a duplicate.
 #: L: streams, latests (one per target), locks, markers (one per item).
 #: A: targets [{channel, field, key_field, maxlen, string (the latest key is a string, not a
-#:    hash)}], marker_ttl, items [{t (target index), record, symbol, doc, release}].
-#: Returns JSON [[published | duplicate | fenced per item], warnings].
+#:    hash)}], marker_ttl, items [{t (target index), record, symbol, doc, release, after (the
+#:    position of the item it follows, published only if that one is; 0: none)}].
+#: Returns JSON [[published | duplicate | fenced | skipped per item], warnings].
 #: Every stream and hash is checked before anything is written, so a wrong-type key found
 #: half-way cannot leave a marker without an entry (a lost document).
 PUBLISH = (
@@ -170,7 +171,9 @@ end
 local out = {}
 for i, item in ipairs(A.items) do
   local lock_key, marker, target = L.locks[i], L.markers[i], A.targets[item.t]
-  if redis.pcall('GET', lock_key) ~= item.record then
+  if item.after > 0 and out[item.after] ~= 'published' then
+    out[i] = 'skipped'
+  elseif redis.pcall('GET', lock_key) ~= item.record then
     out[i] = 'fenced'
   elseif not redis.call('SET', marker, '1', 'NX', 'EX', A.marker_ttl) then
     out[i] = 'duplicate'

@@ -232,7 +232,7 @@ async def test_a_signal_whose_lock_was_taken_mid_chain_publishes_no_later_stage(
     def score(request: StageRequest) -> ScoreAnswer:
         return BuiltinScorer_score(request)
 
-    stage = ScriptedStage(score, gate=gate)
+    stage = ScriptedStage(score, gate=gate, remote=True)  # a stage that costs a call waits for the signal
     cycle = asyncio.create_task(run(any_redis, stages=Stages(scorer=stage), symbols=["ETH/USD"], clock=None))
     await asyncio.wait_for(stage.entered.wait(), 10)  # the chain is at its score stage, its signal published
     await any_redis.set(KEYS.lock("ETH/USD"), json.dumps({"instance_id": "pod-b", "cycle_id": "c-b"}))

@@ -4,6 +4,7 @@ and cycle state."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from runner.clock import FrozenClock
 from runner.models import Signal
 from runner.store.keys import SIGNAL_ID_TTL_SECONDS, Keys
 from runner.store.locks import LockManager, LockResult, Owner
-from runner.store.publish import Pending, Publisher, signal_target
+from runner.store.publish import Pending, Publisher, Target, signal_target
 from runner.store.state import StateStore
 
 KEYS = Keys()
@@ -883,3 +884,48 @@ async def test_a_reset_reports_the_breaker_it_replaced(any_redis: Any) -> None:
 
     assert (before.state, before.since) == ("open", NOW)
     assert after == BreakerState(version=2)
+
+
+async def test_a_document_following_one_that_is_not_published_is_skipped(any_redis: Any) -> None:
+    eth = await locked(any_redis, "ETH/USD")
+    btc = await locked(any_redis, "BTC/USD")
+    await seed_lock(any_redis, "BTC/USD")  # lost
+    score = Target(KEYS.scored_stream, KEYS.scored_latest, KEYS.scored_channel, 1000)
+
+    def follower(lock: LockResult, symbol: str) -> Pending:
+        return Pending(f"score:{symbol}", symbol, "{}", lock.key, lock.value, score)
+
+    def leading(lock: LockResult, symbol: str) -> Pending:  # the chain goes on: its lock stays held
+        return dataclasses.replace(pending(make_signal(symbol, lock.token), lock), release=False)
+
+    outcome = await publisher(any_redis).publish_batch(
+        [
+            leading(eth, "ETH/USD"),
+            leading(btc, "BTC/USD"),
+            follower(eth, "ETH/USD"),
+            follower(btc, "BTC/USD"),
+        ],
+        [0, 0, 1, 2],
+    )
+
+    assert outcome == ["published", "fenced", "published", "skipped"]
+    assert [f["symbol"] for _, f in await any_redis.xrange(KEYS.scored_stream)] == ["ETH/USD"]
+    assert await any_redis.exists(KEYS.published("score:BTC/USD")) == 0
+
+
+async def test_the_publisher_keeps_a_chains_documents_in_order_across_batches(any_redis: Any) -> None:
+    lock = await locked(any_redis, "ETH/USD")
+    await seed_lock(any_redis, "ETH/USD")  # lost before anything is published
+    pub = publisher(any_redis)
+    pub.start()
+    first = pub.submit(pending(make_signal("ETH/USD", lock.token), lock))
+    await pub.close()
+    pub = publisher(any_redis)
+    pub.start()
+    score = Target(KEYS.scored_stream, KEYS.scored_latest, KEYS.scored_channel, 1000)
+
+    then = pub.submit(Pending("score:ETH", "ETH/USD", "{}", lock.key, lock.value, score, after=first))
+    await pub.close()
+
+    assert (first.result(), then.result()) == ("fenced", "skipped")
+    assert await any_redis.exists(KEYS.scored_stream) == 0
