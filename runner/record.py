@@ -1,7 +1,8 @@
-"""The end of every cycle: write its outcome and release what it holds (one script), then export
-the metrics. ``conclude`` is the one way a cycle ends, whatever the exit; ``plan_record`` and
-``cycle_gauges`` are its pure halves. A failure to record or to export is a warning on the
-outcome, never the cycle's failure.
+"""The end of every cycle: write its outcome and release what it holds (one script), copy what
+is new to the PostgreSQL archive when there is one, then export the metrics. ``conclude`` is the
+one way a cycle ends, whatever the exit; ``plan_record`` and ``cycle_gauges`` are its pure
+halves. A failure to record, to archive or to export is a warning on the outcome, never the
+cycle's failure.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import adaptive, breaker
 from runner.analysis import Tally
@@ -25,6 +26,9 @@ from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus
 from runner.run import Run
 from runner.store.locks import LockResult, LockStatus, Owner
 from runner.store.state import RecordResult
+
+if TYPE_CHECKING:
+    from runner.archive.step import Archived
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +298,31 @@ async def conclude(
             settings.adaptive.cooldown_cycles,
         )
     record = await _record(run, outcome, plan)
+    archived = await _archive(run, outcome) if record is not None else None
     if record is not None and run.exports.wanted(settings):
         gauges = cycle_gauges(settings, outcome, decision, record, run.minute, snap, tally=tally, locks=locks)
+        if archived is not None:
+            if archived.counters:
+                record.counters = archived.counters
+            if archived.ok_at is not None:
+                gauges["archive_last_success_timestamp"] = archived.ok_at
         await _export(run, outcome, record, gauges)
     return outcome
+
+
+async def _archive(run: Run, outcome: Outcome) -> Archived | None:
+    """The archive step, when PostgreSQL is configured (``runner/archive/step.py``)."""
+    if run.settings.archive.postgres_url is None:
+        return None
+    from runner.archive.step import archive_step
+
+    try:
+        return await archive_step(
+            run, lambda message: _warn(outcome, message), want_counters=run.exports.wanted(run.settings)
+        )
+    except Exception as exc:  # the archive is the long memory, never a reason to fail a cycle
+        _warn(outcome, f"archive step failed: {one_line(exc)}")
+        return None
 
 
 async def _record(run: Run, outcome: Outcome, plan: RecordPlan) -> RecordResult | None:
