@@ -432,9 +432,9 @@ end
 """
 
 #: What the archive copies next: each stream's entries after its cursor (at most A.count), the
-#: gap the stream cap opened behind the cursor (entries deleted before they were archived: exact
-#: with Redis 7's max-deleted-entry-id, else the first entry newer than the cursor), and the
-#: history's summaries of cycles after ``history_from``. Reads only.
+#: gap the stream cap opened behind the cursor (the oldest entry the stream holds is newer than
+#: the newest one archived: what lay between was dropped unarchived), and the history's
+#: summaries of cycles after ``history_from``. Reads only.
 #: K: archive, history. L: streams (aligned with A.stages). A: stages, count, history_len.
 #: Returns JSON {streams [{stage, entries [[id, [field, value, ...]], ...], gap {from, to} | nil}],
 #: history [summary], history_gap {from, to} | nil, warnings}.
@@ -459,17 +459,7 @@ for i, key in ipairs(L.streams) do
     out.entries = redis.call('XRANGE', key, start, '+', 'COUNT', A.count)
     if cursor then
       local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
-      local first_id = first and first[1] or nil
-      local ok, info = pcall(redis.call, 'XINFO', 'STREAM', key)
-      local deleted = nil
-      if ok and type(info) == 'table' then
-        for j = 1, #info - 1, 2 do
-          if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
-        end
-      end
-      local lost = first_id ~= nil and id_lt(cursor, first_id)
-      if deleted then lost = id_lt(cursor, deleted) end
-      if lost then out.gap = {from = cursor, to = first_id or deleted} end
+      if first and id_lt(cursor, first[1]) then out.gap = {from = cursor, to = first[1]} end
     end
   end
   streams[i] = out

@@ -9,6 +9,8 @@ subprocess slow, failing or wrong:
   (default), invalid, auth or permanent
 * ``SCRIPTED_ACTION``: the action to answer (default HOLD)
 * ``SCRIPTED_LOG``: a file to which each started analysis appends ``<symbol>\\n``
+* ``SCRIPTED_GATE``: a file each analysis waits for before it answers (a test creates it to let
+  the cycle go on: a state held open by a gate, not by a delay)
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class ScriptedAnalyzer:
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
             _append(log_path, request.symbol + "\n")
+        gate = os.environ.get("SCRIPTED_GATE")
+        # The test opens the gate from another process: a file is what it can set, so poll it.
+        while gate and not _exists(gate):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)
@@ -62,6 +68,10 @@ def _append(path: str, line: str) -> None:
     # A tiny local write; blocking the loop for it is fine in a test plugin.
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def make(settings: Any) -> ScriptedAnalyzer:
