@@ -141,13 +141,18 @@ def archive_lines(archive: dict[str, Any], now: float) -> list[Text]:
             continue
         out.append(
             Text(
-                f"archive gap in {stage}: entries between {id_moment(gap.get('from'))} and "
+                f"archive gap in {stage}: {_lost(gap.get('lost'))}entries between "
+                f"{id_moment(gap.get('from'))} and "
                 f"{id_moment(gap.get('to'))} were dropped by the stream cap before they were archived "
                 f"(found {_ago(at, now)})",
                 style="red",
             )
         )
     return out
+
+
+def _lost(count: Any) -> str:
+    return f"{count} " if isinstance(count, int) and count > 0 else ""
 
 
 def sparkline(history: list[dict[str, Any]], width: int = 60) -> Text:

@@ -241,10 +241,9 @@ async def describe(url: str, seconds: float) -> dict[str, Any]:
     each table, and whether this runner can write (``problems`` says why not)."""
     clock = Clock(seconds)
     async with session(url, clock.left()) as s:
-        ((role, database, has_schema, usage, has_migrations),) = await s.fetch(
+        ((role, database, has_schema, usage),) = await s.fetch(
             f"""SELECT current_user, current_database(), n.oid IS NOT NULL,
-                       coalesce(has_schema_privilege(n.oid, 'USAGE'), false),
-                       to_regclass('{SCHEMA}.schema_migrations') IS NOT NULL
+                       coalesce(has_schema_privilege(n.oid, 'USAGE'), false)
                 FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = '{SCHEMA}'""",
             None,
             clock.left(),
@@ -259,15 +258,17 @@ async def describe(url: str, seconds: float) -> dict[str, Any]:
             clock.left(),
             "a read",
         )
+        has_migrations = any(t[0] == "schema_migrations" for t in tables)
+        readable = has_migrations and usage and any(t[0] == "schema_migrations" and t[2] for t in tables)
         migrations: list[tuple[Any, ...]] = []
-        if has_migrations and usage:
+        if readable:
             migrations = await s.fetch(
                 f"SELECT version, name, applied_at FROM {SCHEMA}.schema_migrations ORDER BY version",
                 None,
                 clock.left(),
                 "a read",
             )
-    version = max((int(m[0]) for m in migrations), default=0) if has_migrations else None
+    version = max((int(m[0]) for m in migrations), default=0) if readable else None
     grants = {
         str(t[0]): {"insert": bool(t[1]), "select": bool(t[2]), "rows_estimate": int(t[3])} for t in tables
     }
@@ -276,17 +277,16 @@ async def describe(url: str, seconds: float) -> dict[str, Any]:
         problems.append(refusal(None))
     elif not usage:
         problems.append(f"role {role} has no USAGE on schema {SCHEMA} ({GRANTS_HINT})")
+    elif not readable:
+        problems.append(f"role {role} cannot SELECT {SCHEMA}.schema_migrations ({GRANTS_HINT})")
+    elif version != LATEST:
+        problems.append(refusal(version))
     else:
-        if version != LATEST:
-            problems.append(refusal(version))
-        if not grants.get("schema_migrations", {}).get("select"):
-            problems.append(f"role {role} cannot SELECT {SCHEMA}.schema_migrations ({GRANTS_HINT})")
-        if version == LATEST:
-            for table in (t.name for t in TABLES.values()):
-                if table not in grants:
-                    problems.append(f"table {SCHEMA}.{table} is missing: run `runner db migrate`")
-                elif not grants[table]["insert"]:
-                    problems.append(f"role {role} cannot INSERT into {SCHEMA}.{table} ({GRANTS_HINT})")
+        for table in (t.name for t in TABLES.values()):
+            if table not in grants:
+                problems.append(f"table {SCHEMA}.{table} is missing: run `runner db migrate`")
+            elif not grants[table]["insert"]:
+                problems.append(f"role {role} cannot INSERT into {SCHEMA}.{table} ({GRANTS_HINT})")
     return {
         "database": database,
         "role": role,
@@ -334,7 +334,10 @@ async def history(
         )
     if not parts:
         return []
-    query = " UNION ALL ".join(parts) + " ORDER BY minute DESC, published_at DESC, stage LIMIT %(limit)s"
+    query = (
+        f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS d "
+        "ORDER BY minute DESC, published_at DESC, stage LIMIT %(limit)s"
+    )
     clock = Clock(seconds)
     async with session(url, clock.left()) as s:
         rows = await s.fetch(query, params, clock.left(), "the history read")

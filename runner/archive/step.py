@@ -43,10 +43,10 @@ class Archived:
 
 def gap_line(gap: Gap, stream: str) -> str:
     """How a gap is told: what was lost, between when and when."""
+    what = f"{gap.lost} entries" if gap.lost else "entries"
     return (
-        f"archive gap: {stream} dropped entries between {rows.id_moment(gap.start)} and "
-        f"{rows.id_moment(gap.end)} "
-        "before they were archived (the stream's cap); the archive lacks them"
+        f"archive gap: {stream} dropped {what} between {rows.id_moment(gap.start)} and "
+        f"{rows.id_moment(gap.end)} before they were archived (the stream's cap); the archive lacks them"
     )
 
 
@@ -97,6 +97,7 @@ async def archive_step(run: Run, warn: Callable[[str], None], *, want_counters: 
         async with asyncio.timeout(min(redis_seconds, max(run.budget(), 0.5))):
             done = await store.finish(
                 cursors=cursors if ok else {},
+                ordinals=read.ordinals if ok else {},
                 history_from=rows.history_floor(cycle_ids, window) if ok else None,
                 history_max=max(cycle_ids) if ok and cycle_ids else None,
                 gaps=read.gaps,

@@ -27,6 +27,8 @@ class Gap:
     stage: str
     start: str
     end: str | None
+    #: How many entries were lost, where the stream counts what was ever added (Redis 7).
+    lost: int | None = None
 
 
 @dataclass
@@ -38,6 +40,9 @@ class ArchiveRead:
     #: Cycle summaries newer than the history's floor (JSON, as the history holds them).
     summaries: list[str] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+    #: Stage -> the ordinal of its newest entry read (how many entries the stream had ever taken
+    #: up to it), where Redis counts them and the read reached the stream's end.
+    ordinals: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -62,8 +67,13 @@ def _entries(raw: Any) -> list[Entry]:
 def _gap(stage: str, raw: Any) -> Gap | None:
     if not isinstance(raw, dict) or not raw.get("from"):
         return None
-    end = raw.get("to")
-    return Gap(stage, str(raw["from"]), str(end) if isinstance(end, str) else None)
+    end, lost = raw.get("to"), raw.get("lost")
+    return Gap(
+        stage,
+        str(raw["from"]),
+        str(end) if isinstance(end, str) else None,
+        int(lost) if isinstance(lost, int | float) and not isinstance(lost, bool) else None,
+    )
 
 
 class ArchiveStore:
@@ -90,6 +100,9 @@ class ArchiveStore:
         for item in data.get("streams") or []:
             stage = str(item.get("stage"))
             read.entries[stage] = _entries(item.get("entries"))
+            added = item.get("added")
+            if isinstance(added, int | float) and not isinstance(added, bool):
+                read.ordinals[stage] = int(added)
             gap = _gap(stage, item.get("gap"))
             if gap is not None:
                 read.gaps.append(gap)
@@ -104,6 +117,7 @@ class ArchiveStore:
         self,
         *,
         cursors: Mapping[str, str],
+        ordinals: Mapping[str, int],
         history_from: str | None,
         history_max: str | None,
         gaps: list[Gap],
@@ -118,9 +132,10 @@ class ArchiveStore:
             {"archive": self.keys.archive, "counters": self.keys.counters(self.shard)},
             args={
                 "cursors": dict(cursors),
+                "ordinals": dict(ordinals),
                 "history_from": history_from,
                 "history_max": history_max,
-                "gaps": [{"stage": g.stage, "from": g.start, "to": g.end} for g in gaps],
+                "gaps": [{"stage": g.stage, "from": g.start, "to": g.end, "lost": g.lost} for g in gaps],
                 "result": result,
                 "error": error,
                 "now": now,

@@ -22,6 +22,7 @@ async def add(redis: Any, n: int, stream: str = KEYS.stream, field: str = "signa
 async def finish(store: ArchiveStore, **over: Any) -> Any:
     args: dict[str, Any] = {
         "cursors": {},
+        "ordinals": {},
         "history_from": None,
         "history_max": None,
         "gaps": [],
@@ -159,3 +160,20 @@ async def test_a_stream_of_the_wrong_type_is_read_as_empty(any_redis: Any) -> No
     assert read.entries["signal"] == []
     assert read.warnings
     assert await any_redis.get(KEYS.stream) == "not a stream"  # reading repairs nothing
+
+
+async def test_where_redis_counts_what_was_added_a_gap_is_exact(any_redis: Any) -> None:
+    ids = await add(any_redis, 2)
+    store = ArchiveStore(any_redis, KEYS)
+    first = await store.read(100)
+    await finish(store, cursors={"signal": ids[-1]}, ordinals=first.ordinals)
+    later = await add(any_redis, 3)
+
+    await any_redis.xtrim(KEYS.stream, maxlen=3, approximate=False)  # the archived ones only
+    none_lost = await store.read(100)
+    await any_redis.xtrim(KEYS.stream, maxlen=1, approximate=False)  # and two never archived
+    two_lost = await store.read(100)
+
+    assert first.ordinals == {"signal": 2}
+    assert none_lost.gaps == []
+    assert two_lost.gaps == [Gap("signal", ids[-1], later[-1], lost=2)]
