@@ -50,7 +50,9 @@ CONFIG_MOUNT = "/etc/autonomous-runner"
 #: record, a 2 s push).
 STARTUP_BUDGET = 5
 WIND_DOWN_BUDGET = 5
-SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL", re.IGNORECASE)
+SECRET_NAME_RE = re.compile(
+    r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL|POSTGRES_URL|DATABASE_URL", re.IGNORECASE
+)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -375,6 +377,7 @@ def pod_settings(
         "redis-url": "redis://redis:6379/0",
         "openrouter-api-key": "test-key",
         "opencode-server-password": "test-password",
+        "postgres-url": "postgresql://runner_writer:test-password@postgres:5432/archive?sslmode=require",
     }
     for name, entry in env_of(container).items():
         if "value" in entry:
@@ -542,7 +545,7 @@ def test_secrets_come_only_from_the_secret(rendered: dict[str, Any]) -> None:
             assert ref["name"] == SECRET_NAME, where
             assert ref["key"] in secret_keys, f"{where}: key {ref['key']} is not in secret.example.yaml"
             seen.add(entry["name"])
-    assert {"REDIS_URL", "OPENROUTER_API_KEY", "OPENCODE_SERVER_PASSWORD"} <= seen
+    assert {"REDIS_URL", "OPENROUTER_API_KEY", "OPENCODE_SERVER_PASSWORD", "POSTGRES_URL"} <= seen
     for name, docs in rendered.items():
         assert not [k for k in docs if k[0] == "Secret"], (
             f"k8s/{name} renders a Secret: create it out of band"
@@ -587,6 +590,8 @@ def test_the_pod_environment_and_config_build_the_analyzer(
     assert settings.instance_id == "autonomous-runner-29383142-abcde"
     assert settings.redis.url == "redis://redis:6379/0"
     assert settings.metrics.pushgateway_url == "http://pushgateway:9091"
+    assert settings.archive.postgres_url is not None
+    assert settings.archive.postgres_url.get_secret_value().startswith("postgresql://runner_writer:")
     analyzer = build_analyzer(settings)
     market = build_market(settings)
 
