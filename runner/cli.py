@@ -71,6 +71,20 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
         fail(str(exc), ExitCode.USAGE)
 
 
+def symbol_or_exit(symbol: str | None) -> str | None:
+    """``--symbol`` validated; exit 2 when it is not one."""
+    if symbol is None:
+        return None
+    try:
+        (checked,) = parse_symbols(symbol)
+    except (ConfigError, ValueError):
+        fail(
+            f"--symbol: must look like BASE/QUOTE in upper-case letters and digits (got {symbol!r})",
+            ExitCode.USAGE,
+        )
+    return checked
+
+
 def shard_or_exit(flag: str | None, settings: Settings) -> Shard:
     """``--shard``, else the Indexed Job's index of ``RUNNER_SHARDS``; exit 2 when unusable."""
     from runner.shards import from_environment
@@ -466,14 +480,7 @@ def scorecard(
     """How good the signals were: hit rate, return against buy-and-hold, Brier score, calibration."""
     from runner.outcomes import Filters, parse_since
 
-    if symbol is not None:
-        try:
-            (symbol,) = parse_symbols(symbol)
-        except (ConfigError, ValueError):
-            fail(
-                f"--symbol: must look like BASE/QUOTE in upper-case letters and digits (got {symbol!r})",
-                ExitCode.USAGE,
-            )
+    symbol = symbol_or_exit(symbol)
     try:
         days = None if since.strip().lower() == "all" else parse_since(since, 1_000_000)
     except ConfigError as exc:
@@ -618,14 +625,7 @@ def history(
 
     if stage is not None and stage not in STAGES:
         fail(f"--stage: must be one of {', '.join(STAGES)} (got {stage!r})", ExitCode.USAGE)
-    if symbol is not None:
-        try:
-            (symbol,) = parse_symbols(symbol)
-        except (ConfigError, ValueError):
-            fail(
-                f"--symbol: must look like BASE/QUOTE in upper-case letters and digits (got {symbol!r})",
-                ExitCode.USAGE,
-            )
+    symbol = symbol_or_exit(symbol)
     try:
         age = parse_age(since)
     except ConfigError as exc:

@@ -88,7 +88,7 @@ async def archive_step(run: Run, warn: Callable[[str], None], *, want_counters: 
             f"archive not written: {error}; {batch.count()} document(s) stay in Redis "
             "and a later run copies them"
         )
-    increments = {series("archive_writes_total", {"result": result}): 1.0}
+    increments = {series("archive_writes_total", {"result": result}): 1.0} if batch.count() else {}
     for stage, n in inserted.items():
         if n:
             increments[series("archive_documents_total", {"stage": stage})] = float(n)

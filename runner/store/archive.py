@@ -146,14 +146,9 @@ class ArchiveStore:
         async with redis_errors("recording the archive step"):
             raw = await self._finish(keys=keys, args=args)
         data = json.loads(raw)
-        totals: dict[str, float] = {}
-        for k, v in replies.pairs(data.get("counters")).items():
-            value = replies.as_float(v)
-            if value is not None:
-                totals[k] = value
         new_gaps = data.get("new_gaps")
         return ArchiveFinish(
-            counters=totals,
+            counters=replies.numbers(data.get("counters")),
             ok_at=replies.as_float(data.get("ok_at")),
             new_gaps=[str(s) for s in new_gaps] if isinstance(new_gaps, list) else [],
         )
