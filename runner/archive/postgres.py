@@ -373,21 +373,21 @@ SCORECARD = {
                sum((o.confidence - CASE WHEN o.hit THEN 1 ELSE 0 END) ^ 2),
                sum(coalesce(s.cost_usd, 0))
         FROM {SCHEMA}.outcomes o LEFT JOIN {SCHEMA}.signals s ON s.id = o.signal_id
-        WHERE {_SCORED} AND {_SINCE.format(col="o.matured_at")}
+        WHERE {_SCORED} AND {_SINCE.format(col="o.published_at")}
         GROUP BY 1, 2, 3, 4""",
     "calibration": f"""
         SELECT o.symbol, o.model, o.horizon_minutes, least(9, floor(o.confidence * 10))::int, count(*),
                count(*) FILTER (WHERE o.hit)
         FROM {SCHEMA}.outcomes o
-        WHERE {_SCORED} AND {_SINCE.format(col="o.matured_at")}
+        WHERE {_SCORED} AND {_SINCE.format(col="o.published_at")}
         GROUP BY 1, 2, 3, 4""",
     "unscored": f"SELECT symbol, model, action, horizon, count(*) FROM ({_UNSCORED}) u GROUP BY 1, 2, 3, 4",
     "days": f"""
-        SELECT symbol, model, count(DISTINCT (matured_at AT TIME ZONE 'UTC')::date) FROM (
-            SELECT o.symbol, o.model, o.matured_at FROM {SCHEMA}.outcomes o
-            WHERE {_SCORED} AND {_SINCE.format(col="o.matured_at")}
+        SELECT symbol, model, count(DISTINCT (at AT TIME ZONE 'UTC')::date) FROM (
+            SELECT o.symbol, o.model, o.published_at FROM {SCHEMA}.outcomes o
+            WHERE {_SCORED} AND {_SINCE.format(col="o.published_at")}
             UNION ALL SELECT symbol, model, matured_at FROM ({_UNSCORED}) u
-        ) d GROUP BY 1, 2""",
+        ) d (symbol, model, at) GROUP BY 1, 2""",
 }
 
 
@@ -396,7 +396,8 @@ async def scorecard(
 ) -> dict[str, list[tuple[Any, ...]]]:
     """The archived outcomes aggregated per symbol, model, action and horizon (``rows``), per
     confidence decile (``calibration``), the signals never scored (``unscored``: no outcome at a
-    horizon that ended before ``scorable_from``) and the days holding either (``days``)."""
+    horizon that ended before ``scorable_from``) and the days holding either (``days``). An
+    outcome belongs to the day it was scored (its publication), as in the totals Redis keeps."""
     params = {"since": since, "scorable_from": scorable_from, "horizons": list(horizons)}
     clock = Clock(seconds)
     out: dict[str, list[tuple[Any, ...]]] = {}

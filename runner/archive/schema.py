@@ -143,6 +143,7 @@ CREATE TABLE archive.outcomes (
 );
 CREATE INDEX outcomes_symbol_minute ON archive.outcomes (symbol, minute);
 CREATE INDEX outcomes_matured_at ON archive.outcomes (matured_at);
+CREATE INDEX outcomes_published_at ON archive.outcomes (published_at);
 CREATE INDEX outcomes_signal_id ON archive.outcomes (signal_id);
 
 CREATE TABLE archive.cycles (

@@ -248,7 +248,7 @@ def test_the_database_stopped_during_a_cycle_costs_one_warning_and_the_rows_arri
     proc = start_cli(
         ["cycle", "--symbols", SYMBOLS, "--json"], {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-1, at)}
     )
-    wait_until(lambda: started.exists() and len(started.read_text().split()) == 2, timeout=60)
+    wait_until(lambda: started.exists() and len(started.read_text().split()) >= 2, timeout=60)
     postgres.stop()
     gate.touch()
     down = finish(proc, timeout=90)
@@ -496,6 +496,10 @@ def test_the_scorecard_from_the_archive_matches_the_one_redis_keeps(
 
     from_pg = run_cli(["scorecard", "--json", "--since", "30d"], env).json()
     from_redis = run_cli(["scorecard", "--json", "--since", "30d"], no_archive).json()
+    # An outcome belongs to the UTC day its cycle scored it: in Redis the day the cycle started,
+    # in the archive the day Redis took the outcome. Only a cycle straddling midnight tells them
+    # apart, and then only in signals per day.
+    one_day = at.date() == datetime.now(UTC).date()
 
     assert (from_pg["source"], from_redis["source"]) == ("postgres", "redis")
     assert from_pg["rows"], "outcomes were scored"
@@ -504,6 +508,8 @@ def test_the_scorecard_from_the_archive_matches_the_one_redis_keeps(
         for mine, theirs in zip(from_pg[part], from_redis[part], strict=True):
             assert mine.keys() == theirs.keys()
             for k, v in theirs.items():
+                if k == "signals_per_day" and not one_day:
+                    continue
                 assert mine[k] == (pytest.approx(v) if isinstance(v, float) else v), (part, k)
 
 
