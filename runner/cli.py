@@ -599,7 +599,7 @@ def db_status(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         for problem in doc["problems"]:
             print(f"  {problem}")
         tables = ", ".join(
-            f"{name} ~{t['rows_estimate']}"
+            f"{name} ~{t['rows_estimate'] if t['rows_estimate'] is not None else '?'}"
             for name, t in doc["tables"].items()
             if name != "schema_migrations"
         )

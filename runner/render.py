@@ -433,7 +433,7 @@ def _what(stage: str, d: dict[str, Any]) -> Text:
         ret = d.get("return")
         text.append(f" {d.get('action')} {d.get('horizon_minutes')}m {_bps(ret)}")
         return text
-    summary = str(d.get("summary") or "")
+    summary = str(d.get("summary") or "").replace("**", "")
     return Text(summary.splitlines()[0][:90] if summary else "")
 
 

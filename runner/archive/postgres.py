@@ -251,7 +251,7 @@ async def describe(url: str, seconds: float) -> dict[str, Any]:
         )
         tables = await s.fetch(
             f"""SELECT c.relname, has_table_privilege(c.oid, 'INSERT'), has_table_privilege(c.oid, 'SELECT'),
-                       greatest(c.reltuples, 0)::bigint
+                       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END
                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE n.nspname = '{SCHEMA}' AND c.relkind IN ('r', 'v', 'p') ORDER BY c.relname""",
             None,
@@ -270,7 +270,13 @@ async def describe(url: str, seconds: float) -> dict[str, Any]:
             )
     version = max((int(m[0]) for m in migrations), default=0) if readable else None
     grants = {
-        str(t[0]): {"insert": bool(t[1]), "select": bool(t[2]), "rows_estimate": int(t[3])} for t in tables
+        # The planner's estimate (None until the table was first analyzed): counting is too slow.
+        str(t[0]): {
+            "insert": bool(t[1]),
+            "select": bool(t[2]),
+            "rows_estimate": int(t[3]) if t[3] is not None else None,
+        }
+        for t in tables
     }
     problems = []
     if not has_schema or not has_migrations:
