@@ -24,7 +24,8 @@ def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, li
         problems.append((1, f"{len(doc['paused'])} symbol(s) paused"))
     archive = doc.get("archive") or {}
     if archive.get("configured") and archive.get("result") not in (None, "ok"):
-        problems.append((1, f"archive not written since {_since(archive.get('ok_at'), now)}"))
+        when = _since(archive.get("ok_at"), now)
+        problems.append((1, f"archive write {archive.get('result')} (last written {when})"))
     if last is None:
         problems.append((1, "no cycle has run yet"))
     else:
@@ -43,7 +44,7 @@ def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, li
 
 def _since(epoch: Any, now: float) -> str:
     if not isinstance(epoch, int | float):
-        return "it was configured"
+        return "never"
     return f"{int(now - epoch)}s ago"
 
 

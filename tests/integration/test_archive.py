@@ -291,7 +291,7 @@ def test_a_frozen_database_is_given_up_on_within_the_archive_timeout(
     assert counter_totals(real_redis)['archive_writes_total{result="timeout"}'] == 1
     status = run_cli(["status", "--json"], env).json()
     assert status["archive"]["result"] == "timeout"
-    assert "archive not written" in " ".join(status["health"]["problems"])
+    assert "archive write timeout" in " ".join(status["health"]["problems"])
 
     later = cycle(env, scheduled_now(0, at), RUNNER_ARCHIVE__TIMEOUT_SECONDS="20")
 
