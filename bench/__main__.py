@@ -382,7 +382,7 @@ def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
     heavy = sorted(
         {
             m
-            for m in ("httpx", "runner.analyzers", "redis", "prometheus_client", "tenacity")
+            for m in ("httpx", "runner.analyzers", "redis", "prometheus_client", "tenacity", "psycopg")
             if f" {m}\n" in help_imports + "\n" or f"| {m}" in help_imports
         }
     )

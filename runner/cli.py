@@ -45,9 +45,13 @@ app = typer.Typer(
 kill_app = typer.Typer(help="Halt (on) or resume (off) all cycles.", no_args_is_help=True)
 breaker_app = typer.Typer(help="The analyzer's circuit breaker.", no_args_is_help=True)
 notify_app = typer.Typer(help="Notifications to the notify.urls (Apprise URLs).", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The PostgreSQL archive: create or upgrade its schema, show its version.", no_args_is_help=True
+)
 app.add_typer(kill_app, name="kill-switch")
 app.add_typer(breaker_app, name="breaker")
 app.add_typer(notify_app, name="notify")
+app.add_typer(db_app, name="db")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -68,6 +72,20 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
         return load_settings(config, overrides)
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
+
+
+def symbol_or_exit(symbol: str | None) -> str | None:
+    """``--symbol`` validated; exit 2 when it is not one."""
+    if symbol is None:
+        return None
+    try:
+        (checked,) = parse_symbols(symbol)
+    except (ConfigError, ValueError):
+        fail(
+            f"--symbol: must look like BASE/QUOTE in upper-case letters and digits (got {symbol!r})",
+            ExitCode.USAGE,
+        )
+    return checked
 
 
 def shard_or_exit(flag: str | None, settings: Settings) -> Shard:
@@ -521,18 +539,10 @@ def scorecard(
 ) -> None:
     """How good the signals were: hit rate, return against buy-and-hold, Brier score, calibration."""
     from runner.outcomes import Filters, parse_since
-    from runner.record import OUTCOME_DAYS_KEPT
 
-    if symbol is not None:
-        try:
-            (symbol,) = parse_symbols(symbol)
-        except (ConfigError, ValueError):
-            fail(
-                f"--symbol: must look like BASE/QUOTE in upper-case letters and digits (got {symbol!r})",
-                ExitCode.USAGE,
-            )
+    symbol = symbol_or_exit(symbol)
     try:
-        days = parse_since(since, OUTCOME_DAYS_KEPT)
+        days = None if since.strip().lower() == "all" else parse_since(since, 1_000_000)
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
     settings = settings_or_exit(config)
@@ -549,23 +559,209 @@ def scorecard(
         Console().print(render.scorecard_screen(doc))
 
 
-async def _scorecard(settings: Settings, filters: Any, days: int) -> dict[str, Any]:
+async def _scorecard(settings: Settings, filters: Any, days: int | None) -> dict[str, Any]:
+    """From the archive when there is one (every outcome it holds), else from the daily totals
+    Redis keeps (``OUTCOME_DAYS_KEPT`` days); ``days`` None: everything."""
     from runner import outcomes
-    from runner.store.connection import redis_session
-    from runner.store.keys import Keys
-    from runner.store.scorecard import read_days
 
-    async with redis_session(settings) as handle:
-        daily = await read_days(handle.client, Keys.for_settings(settings), datetime.now(UTC), days)
-    totals = outcomes.merge(daily)
+    now = datetime.now(UTC)
+    if settings.archive.postgres_url is not None:
+        from datetime import timedelta
+
+        from runner.archive import postgres, rows
+
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        found = await postgres.scorecard(
+            settings.archive.postgres_url.get_secret_value(),
+            since=today - timedelta(days=days - 1) if days else None,
+            # An exit minute before the window of candles a cycle fetches can no longer be scored.
+            scorable_from=now.replace(second=0, microsecond=0)
+            - timedelta(minutes=settings.market.candles - 1),
+            horizons=settings.outcomes.horizons_minutes,
+            seconds=READ_SECONDS,
+        )
+        totals, days_with_data = rows.scorecard_totals(found)
+        source = "postgres"
+    else:
+        from runner.record import OUTCOME_DAYS_KEPT
+        from runner.store.connection import redis_session
+        from runner.store.keys import Keys
+        from runner.store.scorecard import read_days
+
+        days = min(days or OUTCOME_DAYS_KEPT, OUTCOME_DAYS_KEPT)
+        async with redis_session(settings) as handle:
+            daily = await read_days(handle.client, Keys.for_settings(settings), now, days)
+        totals, days_with_data, source = outcomes.merge(daily), outcomes.days_with_data(daily), "redis"
     return {
+        "source": source,
         "days": days,
         "horizons_minutes": settings.outcomes.horizons_minutes,
         "fee_bps": settings.outcomes.fee_bps,
         "rows": [r.as_dict() for r in outcomes.rows(totals, filters)],
-        "summary": [s.as_dict() for s in outcomes.summaries(totals, outcomes.days_with_data(daily), filters)],
+        "summary": [s.as_dict() for s in outcomes.summaries(totals, days_with_data, filters)],
         "calibration": [c.as_dict() for c in outcomes.calibration(totals, filters)],
     }
+
+
+#: Seconds a command's reads of the archive may take.
+READ_SECONDS = 30.0
+STAGES = ("signal", "score", "advice", "report", "outcome")
+
+
+def archive_url_or_exit(settings: Settings) -> str:
+    """The archive's URL; exit 2 when none is configured."""
+    if settings.archive.postgres_url is None:
+        fail("archive.postgres_url (POSTGRES_URL): not set; this command needs the archive", ExitCode.USAGE)
+    return settings.archive.postgres_url.get_secret_value()
+
+
+@db_app.command("migrate")
+def db_migrate(
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds the migration may take.")
+    ] = 300.0,
+) -> None:
+    """Create the archive's schema, or upgrade it to this runner's version (idempotent)."""
+    from runner.archive import postgres
+
+    settings = settings_or_exit(config)
+    _setup_logs(settings)
+    url = archive_url_or_exit(settings)
+    done = run_async(lambda: postgres.migrate(url, timeout))
+    if json_out or not sys.stdout.isatty():
+        print(json.dumps({"before": done.before, "version": done.after, "applied": done.applied}))
+    elif done.applied:
+        applied = ", ".join(map(str, done.applied))
+        print(f"archive schema at version {done.after} (was {done.before}; applied {applied})")
+    else:
+        print(f"archive schema already at version {done.after}: nothing to do")
+
+
+@db_app.command("status")
+def db_status(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """The archive's schema version and whether this runner can write to it (exit 0 yes, 1 no)."""
+    from runner.archive import postgres
+    from runner.config import redact_dsn
+
+    settings = settings_or_exit(config)
+    _setup_logs(settings)
+    url = archive_url_or_exit(settings)
+    doc = run_async(lambda: postgres.describe(url, READ_SECONDS))
+    if json_out or not sys.stdout.isatty():
+        print(json.dumps({"url": redact_dsn(url), **doc}))
+    else:
+        version = doc["version"] if doc["version"] is not None else "none"
+        verdict = "writable" if doc["writable"] else "NOT writable"
+        print(f"archive: {redact_dsn(url)} (database {doc['database']}, role {doc['role']})")
+        print(f"schema version {version}; this runner writes version {doc['latest']}: {verdict}")
+        for problem in doc["problems"]:
+            print(f"  {problem}")
+        tables = ", ".join(
+            f"{name} ~{t['rows_estimate'] if t['rows_estimate'] is not None else '?'}"
+            for name, t in doc["tables"].items()
+            if name != "schema_migrations"
+        )
+        if tables:
+            print(f"rows (estimates): {tables}")
+    raise typer.Exit(0 if doc["writable"] else 1)
+
+
+@app.command()
+def history(
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+    symbol: Annotated[str | None, typer.Option("--symbol", help="Only this symbol, e.g. ETH/USD.")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Only this stage: signal, score, advice, report or outcome.")
+    ] = None,
+    since: Annotated[str, typer.Option("--since", help="How far back: 12h, 7d, 2w or all.")] = "all",
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="At most this many.")] = 100,
+) -> None:
+    """Published documents, newest first: from the PostgreSQL archive when it is configured, else
+    from the Redis streams (only what they still hold)."""
+    from runner.archive.rows import parse_age
+
+    if stage is not None and stage not in STAGES:
+        fail(f"--stage: must be one of {', '.join(STAGES)} (got {stage!r})", ExitCode.USAGE)
+    symbol = symbol_or_exit(symbol)
+    try:
+        age = parse_age(since)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    settings = settings_or_exit(config)
+    _setup_logs(settings)
+    stages = [stage] if stage else list(STAGES)
+    start = datetime.now(UTC) - age if age is not None else None
+    doc = run_async(lambda: _history(settings, stages, symbol, start, limit))
+    doc["since"] = since
+    if json_out or not sys.stdout.isatty():
+        print(json.dumps(doc, default=str))
+    else:
+        from rich.console import Console
+
+        from runner import render
+
+        Console().print(render.history_screen(doc))
+
+
+def _wanted(doc: dict[str, Any] | None, symbol: str | None) -> bool:
+    return doc is not None and (symbol is None or doc["symbol"] == symbol)
+
+
+async def _history(
+    settings: Settings, stages: list[str], symbol: str | None, start: datetime | None, limit: int
+) -> dict[str, Any]:
+    if settings.archive.postgres_url is not None:
+        from runner.archive import postgres
+
+        docs = await postgres.history(
+            settings.archive.postgres_url.get_secret_value(),
+            stages,
+            symbol=symbol,
+            since=start,
+            limit=limit,
+            seconds=READ_SECONDS,
+        )
+        return {"source": "postgres", "note": None, "count": len(docs), "documents": docs}
+    from runner.archive.rows import STAGE_FIELDS, history_doc
+    from runner.store import streams
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
+
+    keys = Keys.for_settings(settings)
+    found: list[dict[str, Any]] = []
+
+    def parsed(stage: str, entry_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(fields.get(STAGE_FIELDS[stage], ""))
+        except ValueError:
+            return None
+        return history_doc(stage, entry_id, doc) if isinstance(doc, dict) else None
+
+    async with redis_session(settings) as handle:
+        for stage in stages:
+            if stage == "report" and symbol is not None:
+                continue
+
+            def keep(entry_id: str, fields: dict[str, Any], stage: str = stage) -> bool:
+                return _wanted(parsed(stage, entry_id, fields), symbol)
+
+            entries = await streams.newest(
+                handle.client,
+                keys.stage_streams()[stage],
+                since_ms=int(start.timestamp() * 1000) if start else None,
+                count=limit,
+                keep=keep,
+            )
+            found += [d for d in (parsed(stage, i, f) for i, f in entries) if d is not None]
+    found.sort(key=lambda d: (d["minute"], d["published_at"]), reverse=True)
+    note = (
+        "from the Redis streams: only what they still hold (each is capped); "
+        "set POSTGRES_URL to read the archive"
+    )
+    return {"source": "redis", "note": note, "count": len(found[:limit]), "documents": found[:limit]}
 
 
 @app.command("config")

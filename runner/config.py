@@ -64,6 +64,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "OPENCODE_URL": ("analyzer", "opencode_url"),
     "OPENCODE_SERVER_PASSWORD": ("analyzer", "opencode_password"),
     "PUSHGATEWAY_URL": ("metrics", "pushgateway_url"),
+    "POSTGRES_URL": ("archive", "postgres_url"),
 }
 
 
@@ -385,6 +386,32 @@ class NotifySettings(Section):
         return value
 
 
+class ArchiveSettings(Section):
+    """The PostgreSQL archive of every published document and cycle summary (off when no URL)."""
+
+    #: ``postgresql://user:password@host:5432/db?sslmode=verify-full`` (a libpq URL); a secret.
+    postgres_url: SecretStr | None = None
+    #: Seconds the write may take at most, within what is left of the cycle's deadline.
+    timeout_seconds: PositiveFloat = 5.0
+    #: Most documents copied from each stream in one run; a backlog is copied over several runs.
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+
+    @field_validator("postgres_url", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        if urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"must be a postgresql:// URL, got {redact_dsn(url)!r}")
+        return value
+
+
 def _check_window(value: str) -> str:
     if not isinstance(value, str) or not WINDOW_RE.fullmatch(value):
         raise ValueError(f"maintenance window must look like HH:MM-HH:MM (UTC), got {value!r}")
@@ -432,6 +459,7 @@ class Settings(BaseSettings):
     publish: Publish = Publish()
     metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings = NotifySettings()
+    archive: ArchiveSettings = ArchiveSettings()
     maintenance_windows: list[Annotated[str, AfterValidator(_check_window)]] = Field(default_factory=list)
 
     @field_validator("schedule")
@@ -567,7 +595,7 @@ def _alias_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _describe(error: Mapping[str, Any], secret_fields: set[str]) -> str:
+def _describe(error: Mapping[str, Any], secret_fields: frozenset[str]) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
     msg = str(error["msg"]).removeprefix("Value error, ")
     field = f"{ROOT_KEY}.{loc}" if loc else ROOT_KEY
@@ -604,11 +632,14 @@ def load_settings(
             f"e.g. RUNNER_SYMBOLS='[\"ETH/USD\"]' (got {raw!r})"
         ) from exc
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password", "urls"})) from exc
+        raise ConfigError(_describe(exc.errors()[0], SECRET_FIELDS)) from exc
     finally:
         _FILE_VALUES.reset(tokens[0])
         _ALIAS_VALUES.reset(tokens[1])
 
+
+#: Settings whose values are never shown, not even in an error message.
+SECRET_FIELDS = frozenset({"api_key", "opencode_password", "postgres_url", "urls"})
 
 #: ``RUNNER_*`` variables that are not settings.
 NOT_SETTINGS = frozenset({"RUNNER_CONFIG", "RUNNER_STATE_DIR"})
@@ -651,6 +682,17 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{location}"
 
 
+_DSN_PASSWORD = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
+
+
+def redact_dsn(url: str) -> str:
+    """A PostgreSQL URL with its password masked, in the credentials and in the query
+    (``?password=...``, ``sslpassword=...``)."""
+    scheme, sep, rest = redact_url(url).partition("://")
+    location, qmark, query = rest.partition("?")
+    return f"{scheme}{sep}{location}{qmark}{_DSN_PASSWORD.sub(lambda m: m.group(1) + '***', query)}"
+
+
 def public_view(settings: Settings) -> dict[str, Any]:
     """The effective settings with secrets masked, for ``runner config``."""
     data = settings.model_dump(mode="json")
@@ -658,6 +700,8 @@ def public_view(settings: Settings) -> dict[str, Any]:
         if data[section][key] is not None:
             data[section][key] = "***"
     data["notify"]["urls"] = [masked_url(u.get_secret_value()) for u in settings.notify.urls]
+    if settings.archive.postgres_url is not None:
+        data["archive"]["postgres_url"] = redact_dsn(settings.archive.postgres_url.get_secret_value())
     for section, key in (
         ("redis", "url"),
         ("metrics", "pushgateway_url"),

@@ -5,7 +5,10 @@ The tree::
     RunnerError
      ├── ConfigError            bad settings, flags or environment        -> exit 2
      ├── DependencyError        a dependency the whole cycle needs is down -> exit 3
-     │    └── RedisUnavailable  Redis refused, timed out or answered nonsense
+     │    ├── RedisUnavailable  Redis refused, timed out or answered nonsense
+     │    └── ArchiveError      the PostgreSQL archive could not be used (never a cycle's failure)
+     │         ├── ArchiveUnavailable  down, slow, or refused the connection or the statement
+     │         └── ArchiveRefused      its schema or grants do not let this runner write
      └── AnalyzerError          one analysis went wrong (one symbol's result)
           ├── TransientError    worth retrying: timeouts, 5xx, resets
           │    └── RateLimited  429 / 503 with an optional Retry-After
@@ -90,6 +93,25 @@ class DependencyError(RunnerError):
 
 class RedisUnavailable(DependencyError):
     """Redis could not be reached in time, or answered something unusable."""
+
+
+class ArchiveError(DependencyError):
+    """The PostgreSQL archive could not be used. A cycle turns it into a warning; commands that
+    read the archive exit 3 with it."""
+
+
+class ArchiveUnavailable(ArchiveError):
+    """PostgreSQL is down, did not answer in time (``timeout``), or refused the connection or
+    the statement."""
+
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class ArchiveRefused(ArchiveError):
+    """The archive's schema is missing, older or newer than this runner's, or the role lacks a
+    grant: writing waits until an operator acts (the documents stay in Redis meanwhile)."""
 
 
 class AnalyzerError(RunnerError):

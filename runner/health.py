@@ -22,6 +22,10 @@ def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, li
         problems.append((1, "backpressure cooldown"))
     if doc["paused"]:
         problems.append((1, f"{len(doc['paused'])} symbol(s) paused"))
+    archive = doc.get("archive") or {}
+    if archive.get("configured") and archive.get("result") not in (None, "ok"):
+        when = _since(archive.get("ok_at"), now)
+        problems.append((1, f"archive write {archive.get('result')} (last written {when})"))
     if last is None:
         problems.append((1, "no cycle has run yet"))
     else:
@@ -36,6 +40,12 @@ def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, li
             problems.append((1, "last cycle partial"))
     code = max((c for c, _ in problems), default=0)
     return code, [m for _, m in problems]
+
+
+def _since(epoch: Any, now: float) -> str:
+    if not isinstance(epoch, int | float):
+        return "never"
+    return f"{int(now - epoch)}s ago"
 
 
 def _parse(iso: Any) -> float | None:

@@ -100,6 +100,9 @@ COUNTERS: dict[str, str] = {
     "pipeline_stage": "Pipeline stages by stage (signal, score, advise, report) and status.",
     "signal_outcomes": "Signal outcomes scored at a horizon: hit, miss or unscored (no candle to score it).",
     "notifications": "Notification sends, by event and result (sent, failed: retried later, dropped).",
+    "archive_writes": "Writes to the PostgreSQL archive, by result: ok, error, timeout or refused.",
+    "archive_documents": "Documents newly archived in PostgreSQL, by stage (or cycle: cycle summaries).",
+    "archive_gap": "Gaps found: entries of a stage the stream cap dropped before they were archived.",
 }
 
 #: Counters without labels: exposed as 0 before their first increment.
@@ -126,6 +129,7 @@ GAUGES: dict[str, str] = {
     "autonomous_runner_start_lag_seconds": "Seconds between the scheduled minute and the start.",
     "autonomous_runner_last_cycle_exit_code": "Exit code of the last cycle.",
     "signal_outcome_hit_ratio": "Share of a symbol's scored signals that hit, by horizon, since the start.",
+    "archive_last_success_timestamp": "When the PostgreSQL archive was last written (epoch seconds).",
 }
 
 _SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")

@@ -1,8 +1,9 @@
-"""The end of every cycle: write its outcome and release what it holds (one script), then export
-the metrics and announce what changed, side by side. ``conclude`` is the one way a cycle ends,
-whatever the exit; ``plan_record``, ``cycle_gauges`` and ``plan_notices`` are its pure parts. A
-failure to record, export or notify is a warning on the outcome, never the cycle's failure, and
-the lease is free before anything is sent.
+"""The end of every cycle: write its outcome and release what it holds (one script), copy what
+is new to the PostgreSQL archive when there is one, then export the metrics and announce what
+changed, side by side. ``conclude`` is the one way a cycle ends, whatever the exit;
+``plan_record``, ``cycle_gauges`` and ``plan_notices`` are its pure parts. A failure to record,
+archive, export or notify is a warning on the outcome, never the cycle's failure, and the lease
+is free before anything is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import adaptive, breaker, notify
 from runner.analysis import Tally
@@ -26,6 +27,9 @@ from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus
 from runner.run import Run
 from runner.store.locks import LockResult, LockStatus, Owner
 from runner.store.state import RecordResult
+
+if TYPE_CHECKING:
+    from runner.archive.step import Archived
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +307,20 @@ async def conclude(
     record = await _record(run, outcome, plan)
     if record is None:
         return outcome
+    archived = await _archive(run, outcome)
+    steps = []
+    if run.exports.wanted(settings):
+        gauges = cycle_gauges(settings, outcome, decision, record, run.minute, snap, tally=tally, locks=locks)
+        if archived is not None:
+            if archived.counters:
+                record.counters = archived.counters
+            if archived.ok_at is not None:
+                gauges["archive_last_success_timestamp"] = archived.ok_at
+        steps.append(_export(run, outcome, record, gauges))
+    if settings.notify.urls:
+        steps.append(_notify(run, outcome, plan_notices(run, outcome, snap, record, plan)))
+    await asyncio.gather(*steps)
+    return outcome
     steps = []
     if run.exports.wanted(settings):
         gauges = cycle_gauges(settings, outcome, decision, record, run.minute, snap, tally=tally, locks=locks)
@@ -362,6 +380,21 @@ async def _notify(run: Run, outcome: Outcome, notices: list[notify.Notice]) -> N
     )
     for warning in report.warnings:
         _warn(outcome, warning)
+
+
+async def _archive(run: Run, outcome: Outcome) -> Archived | None:
+    """The archive step, when PostgreSQL is configured (``runner/archive/step.py``)."""
+    if run.settings.archive.postgres_url is None:
+        return None
+    from runner.archive.step import archive_step
+
+    try:
+        return await archive_step(
+            run, lambda message: _warn(outcome, message), want_counters=run.exports.wanted(run.settings)
+        )
+    except Exception as exc:  # the archive is the long memory, never a reason to fail a cycle
+        _warn(outcome, f"archive step failed: {one_line(exc)}")
+        return None
 
 
 async def _record(run: Run, outcome: Outcome, plan: RecordPlan) -> RecordResult | None:

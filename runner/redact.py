@@ -77,9 +77,27 @@ def url_secrets(url: str) -> list[str]:
     return found
 
 
+def dsn_secrets(url: str | None) -> list[str]:
+    """The passwords a database URL holds (its credentials', a query's ``password=`` and
+    ``sslpassword=``), to mask in logs."""
+    if not url:
+        return []
+    from urllib.parse import parse_qsl
+
+    found = []
+    credentials = url.partition("://")[2].rpartition("@")[0]
+    if ":" in credentials:
+        password = credentials.split(":", 1)[1]
+        found += [password, unquote(password)]
+    query = url.partition("?")[2]
+    found += [v for k, v in parse_qsl(query) if k.lower() in ("password", "sslpassword")]
+    return [s for s in dict.fromkeys(found) if s]
+
+
 def secret_values(settings: Settings) -> list[str]:
     """Every secret string the settings hold (API key, passwords, notification URLs' secret
-    parts), longest first so that a secret containing another is masked whole."""
+    parts, the archive's database password), longest first so that a secret containing another
+    is masked whole."""
     found: list[str] = []
     for secret in (settings.analyzer.api_key, settings.analyzer.opencode_password):
         if secret is not None:
@@ -94,6 +112,8 @@ def secret_values(settings: Settings) -> list[str]:
                 found += [password, unquote(password)]
     for secret in settings.notify.urls:
         found += url_secrets(secret.get_secret_value())
+    if settings.archive.postgres_url is not None:
+        found += dsn_secrets(settings.archive.postgres_url.get_secret_value())
     return sorted({s for s in found if len(s) >= MIN_SECRET}, key=len, reverse=True)
 
 

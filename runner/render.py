@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from runner.archive.rows import id_moment
 from runner.models import Outcome, SymbolStatus
 
 STATUS_STYLE = {
@@ -116,6 +117,44 @@ def _ts(iso: str | None) -> float | None:
         return None
 
 
+#: Gaps found longer ago than this are left to ``runner status --json``.
+GAP_SHOWN_SECONDS = 7 * 86400
+
+
+def archive_lines(archive: dict[str, Any], now: float) -> list[Text]:
+    """The archive's state: when it was last written, why not since, and the gaps found lately."""
+    out: list[Text] = []
+    if archive.get("configured"):
+        line = Text("archive: ")
+        if archive.get("result") in (None, "ok"):
+            line.append("ok", style="green")
+            line.append(f", last written {_ago(archive.get('ok_at'), now)}")
+        else:
+            line.append(str(archive.get("result")), style="red")
+            line.append(f" since {_ago(archive.get('error_at'), now)}")
+            line.append(f" (last written {_ago(archive.get('ok_at'), now)})")
+            line.append(f": {archive.get('error') or ''}"[:200])
+        out.append(line)
+    for stage, gap in sorted((archive.get("gaps") or {}).items()):
+        at = gap.get("at") if isinstance(gap.get("at"), int | float) else None
+        if at is not None and now - at > GAP_SHOWN_SECONDS:
+            continue
+        out.append(
+            Text(
+                f"archive gap in {stage}: {_lost(gap.get('lost'))}entries between "
+                f"{id_moment(gap.get('from'))} and "
+                f"{id_moment(gap.get('to'))} were dropped by the stream cap before they were archived "
+                f"(found {_ago(at, now)})",
+                style="red",
+            )
+        )
+    return out
+
+
+def _lost(count: Any) -> str:
+    return f"{count} " if isinstance(count, int) and count > 0 else ""
+
+
 def sparkline(history: list[dict[str, Any]], width: int = 60) -> Text:
     """Oldest to newest: bar height is duration, colour is the outcome."""
     items = list(reversed(history[:width]))
@@ -204,6 +243,7 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
         or "none"
     )
     parts.append(Text(f"live instances: {inst}   stream length: {doc.get('stream_length', 0)}"))
+    parts += archive_lines(doc.get("archive") or {}, now)
     if doc["locks"]:
         t = Table(title="locks", title_justify="left")
         for c in ("symbol", "owner", "cycle", "token", "age", "ttl", "owner alive"):
@@ -289,9 +329,10 @@ def scorecard_screen(doc: dict[str, Any]) -> Group:
             Text("no outcomes yet: signals are scored once their horizons have passed", style="yellow")
         )
         return Group(*parts)
+    span = f"the last {doc['days']} day(s)" if doc.get("days") else "every archived day"
+    source = " (PostgreSQL archive)" if doc.get("source") == "postgres" else ""
     head = Text(
-        f"outcomes of the last {doc['days']} day(s); a hit beats a {doc['fee_bps']:g} bp fee; "
-        "returns are means per signal"
+        f"outcomes of {span}{source}; a hit beats a {doc['fee_bps']:g} bp fee; returns are means per signal"
     )
     parts.append(head)
     t = Table(title="per symbol and model", title_justify="left")
@@ -370,6 +411,53 @@ def scorecard_screen(doc: dict[str, Any]) -> Group:
                 bar,
             )
         parts.append(t)
+    return Group(*parts)
+
+
+def _what(stage: str, d: dict[str, Any]) -> Text:
+    """One document in a line: what it said."""
+    if stage in ("signal", "advice"):
+        action = str(d.get("action", "?"))
+        text = Text(f"{action:<4}", style=ACTION_STYLE.get(action, ""))
+        if stage == "signal":
+            text.append(f" {float(d.get('confidence') or 0):.2f}  {str(d.get('reasoning', ''))[:70]}")
+        else:
+            text.append(f" {float(d.get('position_size_pct') or 0):.3g}% stop {d.get('stop_loss')} ")
+            text.append(f"target {d.get('take_profit')}")
+        return text
+    if stage == "score":
+        return Text(f"{d.get('score')} {d.get('grade')}  {'; '.join(d.get('factors') or [])[:70]}")
+    if stage == "outcome":
+        hit = d.get("hit")
+        text = Text("hit " if hit else "miss", style="green" if hit else "red")
+        ret = d.get("return")
+        text.append(f" {d.get('action')} {d.get('horizon_minutes')}m {_bps(ret)}")
+        return text
+    summary = str(d.get("summary") or "").replace("**", "")
+    return Text(summary.splitlines()[0][:90] if summary else "")
+
+
+def history_screen(doc: dict[str, Any]) -> Group:
+    """``runner history`` on a terminal: one line per document, newest first."""
+    parts: list[Any] = []
+    if doc.get("note"):
+        parts.append(Text(str(doc["note"]), style="yellow"))
+    if not doc["documents"]:
+        parts.append(Text("nothing archived matches", style="yellow"))
+        return Group(*parts)
+    t = Table(title=f"{doc['count']} document(s), newest first", title_justify="left")
+    for c in ("minute", "stage", "symbol", "what", "id"):
+        t.add_column(c, no_wrap=c != "what")
+    for d in doc["documents"]:
+        body = d.get("doc") if isinstance(d.get("doc"), dict) else {}
+        t.add_row(
+            str(d.get("minute", ""))[:16].replace("T", " "),
+            d["stage"],
+            str(d.get("symbol") or ""),
+            _what(d["stage"], body),
+            str(d.get("id", "")),
+        )
+    parts.append(t)
     return Group(*parts)
 
 

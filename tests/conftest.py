@@ -298,3 +298,156 @@ def receiver() -> Iterator[Any]:
     server.start()
     yield server
     server.stop()
+
+
+# PostgreSQL ---------------------------------------------------------------------------------------
+
+#: The superuser of the test server (it owns every database the tests create).
+PG_ADMIN, PG_ADMIN_PASSWORD = "archive_admin", "admin-secret-7f3a"
+
+
+def postgres_binaries() -> Path:
+    """The directory of Debian's PostgreSQL server binaries (the newest version installed)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    pytest.fail(
+        "PostgreSQL is not installed; `.ci/run` installs it (apt-get install postgresql)", pytrace=False
+    )
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server of our own on a free loopback port, run by an unprivileged user (the
+    server refuses to run as root): ``postgres`` through ``runuser`` when the tests run as root."""
+
+    bin: Path
+    data: Path
+    port: int
+    #: The command prefix that runs a server binary as the unprivileged user.
+    as_user: list[str]
+
+    def url(self, database: str = "postgres", user: str = PG_ADMIN, password: str = PG_ADMIN_PASSWORD) -> str:
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def ctl(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (``pg_ctl -w``)."""
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self.ctl("-w", "-t", "60", "-l", str(self.data / "server.log"), "-o", options, "start")
+
+    def stop(self) -> None:
+        self.ctl("-w", "-m", "fast", "stop")
+
+    def running(self) -> bool:
+        result = subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "status"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def pid(self) -> int:
+        """The postmaster's process id (the first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text(encoding="utf-8").splitlines()[0])
+
+    def sql(self, statement: str, database: str = "postgres", params: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement as the superuser; returns its rows."""
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+
+def _unprivileged() -> tuple[list[str], int | None, int | None]:
+    """How to run the server's binaries: as ourselves, or as ``postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return [], None, None
+    import pwd
+
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.fail("running as root and no `postgres` user to run PostgreSQL as", pytrace=False)
+    return [require_binary("runuser"), "-u", "postgres", "--"], user.pw_uid, user.pw_gid
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (each test makes its own database on it)."""
+    bin_dir = postgres_binaries()
+    as_user, uid, gid = _unprivileged()
+    root = Path(tempfile.mkdtemp(prefix="runner-pg-"))
+    data = root / "data"
+    data.mkdir()
+    pwfile = root / "pw"
+    pwfile.write_text(PG_ADMIN_PASSWORD + "\n", encoding="utf-8")
+    if uid is not None:
+        for path in (root, data, pwfile):
+            os.chown(path, uid, gid or -1)
+    os.chmod(root, 0o700)
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_ADMIN,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--no-sync",
+            "--no-instructions",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=120,
+    )
+    server = PostgresServer(bin_dir, data, free_port(), as_user)
+    server.start()
+    yield server
+    if server.running():
+        server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(postgres_server: PostgresServer) -> PostgresServer:
+    """The session's server, running (a test that stopped it has it started again)."""
+    if not postgres_server.running():
+        postgres_server.start()
+    return postgres_server
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of this test's own, dropped after it; yields its name."""
+    import re
+    import secrets
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
+    postgres.sql(f'CREATE DATABASE "{name}"')
+    yield name
+    if not postgres.running():
+        postgres.start()
+    postgres.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

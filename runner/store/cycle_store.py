@@ -1,8 +1,9 @@
 """What one cycle reads and writes in Redis, as one object the cycle talks to.
 
 ``CycleStore`` is a live run: it takes the lease, keeps the heartbeat, locks the symbols,
-publishes and records. ``DryRunStore`` reads the same state and writes nothing (no heartbeat, no
-lease, no locks, no publish, no record), so a dry run follows the same steps as a live one.
+publishes, records and archives. ``DryRunStore`` reads the same state and writes nothing (no
+heartbeat, no lease, no locks, no publish, no record, no archive), so a dry run follows the same
+steps as a live one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from runner.breaker import BreakerState
 from runner.clock import Clock
 from runner.config import Settings
 from runner.guards import Snapshot
+from runner.store.archive import ArchiveStore
 from runner.store.keys import Keys
 from runner.store.locks import Heartbeat, LockManager, LockResult, LockStatus, Owner
 from runner.store.publish import DryPublisher, Publisher
@@ -61,6 +63,7 @@ class CycleStore:
         self.owner = owner
         self.clock = clock
         self.state = StateStore(client, keys, shard_key)
+        self.shard_key = shard_key
 
     async def begin(self, now: datetime) -> Snapshot:
         """Heartbeat, lease and every guard's state (one script)."""
@@ -156,6 +159,10 @@ class CycleStore:
     ) -> tuple[BreakerState, bool]:
         return await self.state.update_breaker(mutate, state)
 
+    def archiver(self) -> ArchiveStore | None:
+        """The archive's cursor and progress (what the archive step reads and moves forward)."""
+        return ArchiveStore(self.client, self.keys, self.shard_key)
+
 
 class DryRunStore(CycleStore):
     """Reads what a live run reads; writes nothing and holds nothing."""
@@ -179,3 +186,6 @@ class DryRunStore(CycleStore):
         self, payload: dict[str, Any], lock_keys: list[str], outcome_symbols: list[str], day: datetime
     ) -> RecordResult | None:
         return None
+
+    def archiver(self) -> ArchiveStore | None:
+        return None  # a dry run published nothing, so it archives nothing

@@ -121,6 +121,23 @@ class Keys:
         """The outcome totals of one UTC day (what ``runner scorecard --since`` adds up)."""
         return self._k(f"runner:outcomes:totals:{day:%Y-%m-%d}")
 
+    def stage_streams(self) -> dict[str, str]:
+        """Stage -> the stream its documents are published to (what the archive copies)."""
+        return {
+            "signal": self.stream,
+            "score": self.scored_stream,
+            "advice": self.advised_stream,
+            "report": self.reports_stream,
+            "outcome": self.outcomes_stream,
+        }
+
+    @property
+    def archive(self) -> str:
+        """The PostgreSQL archive's progress: ``cursor:<stage>`` (the newest stream entry
+        archived), ``history_from``/``history_max`` (cycle ids), ``gap:<stage>`` (the last gap
+        found), ``ok_at``, ``error_at``, ``error``, ``result``."""
+        return self._k("runner:archive")
+
     def published(self, signal_id: str) -> str:
         """Marker that a document was published (idempotency): ``<signal id>`` for a signal,
         ``score:<id>``, ``advice:<id>`` and ``report:<minute>:<shard>`` for the others."""

@@ -33,6 +33,16 @@ def as_float(value: Any) -> float | None:
         return None
 
 
+def numbers(raw: Any) -> dict[str, float]:
+    """A hash reply of numbers (metric totals) as floats; unreadable values left out."""
+    out: dict[str, float] = {}
+    for k, v in pairs(raw).items():
+        value = as_float(v)
+        if value is not None:
+            out[k] = value
+    return out
+
+
 def as_json(raw: Any) -> Any:
     """The JSON value in a reply, None when it is absent or not JSON."""
     try:

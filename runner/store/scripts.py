@@ -433,6 +433,149 @@ return cjson.encode({
 """
 )
 
+#: Compares two stream entry ids (``ms-seq``); an unreadable id counts as ``0-0``.
+IDS = """
+local function id_parts(id)
+  local ms, seq = string.match(tostring(id), '^(%d+)-(%d+)$')
+  return tonumber(ms) or 0, tonumber(seq) or 0
+end
+local function id_lt(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  return am < bm or (am == bm and as < bs)
+end
+"""
+
+#: What the archive copies next: each stream's entries after its cursor (at most A.count), and
+#: the gap the stream cap opened behind the cursor. Where the stream counts what was ever added
+#: (Redis 7's entries-added) and the cursor's ordinal is known, the gap is exact: the entries the
+#: cap deleted beyond the cursor's ordinal (``lost``); elsewhere, a stream whose oldest entry is
+#: newer than the cursor has dropped what lay between. Also the history's summaries of cycles
+#: after ``history_from``. Reads only.
+#: K: archive, history. L: streams (aligned with A.stages). A: stages, count, history_len.
+#: Returns JSON {streams [{stage, entries [[id, [field, value, ...]], ...], added (the newest
+#: entry's ordinal, when it is the last one read), gap {from, to, lost} | nil}], history
+#: [summary], history_gap {from, to} | nil, warnings}.
+ARCHIVE_READ = (
+    PRELUDE
+    + IDS
+    + """
+local function counts(key)
+  local ok, info = pcall(redis.call, 'XINFO', 'STREAM', key)
+  local added, length = nil, nil
+  if ok and type(info) == 'table' then
+    for j = 1, #info - 1, 2 do
+      if info[j] == 'entries-added' then added = tonumber(info[j + 1]) end
+      if info[j] == 'length' then length = tonumber(info[j + 1]) end
+    end
+  end
+  return added, length
+end
+local progress = flat(K.archive, 'hash', true, 0)
+local at = {}
+for i = 1, #progress, 2 do at[progress[i]] = progress[i + 1] end
+local streams = {}
+for i, key in ipairs(L.streams) do
+  local stage = A.stages[i]
+  local out = {stage = stage, entries = {}}
+  if ensure(key, 'stream', true) then
+    local cursor = at['cursor:' .. stage]
+    if cursor and not string.match(cursor, '^%d+-%d+$') then
+      warnings[#warnings + 1] = K.archive .. ' cursor:' .. stage .. ' unreadable; copying the whole stream'
+      cursor = nil
+    end
+    local start = cursor and ('(' .. cursor) or '-'
+    out.entries = redis.call('XRANGE', key, start, '+', 'COUNT', A.count)
+    local added, length = counts(key)
+    if added and #out.entries > 0 and #out.entries < A.count then out.added = added end
+    if cursor then
+      local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+      local ordinal = tonumber(at['ordinal:' .. stage])
+      if added and length and ordinal and ordinal <= added then
+        local lost = added - length - ordinal
+        if lost > 0 then out.gap = {from = cursor, to = first and first[1] or nil, lost = lost} end
+      elseif first and id_lt(cursor, first[1]) then
+        out.gap = {from = cursor, to = first[1]}
+      end
+    end
+  end
+  streams[i] = out
+end
+local history, history_gap = {}, nil
+local floor = at['history_from'] or ''
+local items = flat(K.history, 'list', true, A.history_len - 1)
+for _, s in ipairs(items) do
+  local id = string.match(s, '"cycle_id"%s*:%s*"([^"]*)"')
+  if id and id > floor then history[#history + 1] = s end
+end
+local newest = at['history_max']
+if newest and #items >= A.history_len then
+  local oldest = string.match(items[#items], '"cycle_id"%s*:%s*"([^"]*)"')
+  if oldest and oldest > newest then history_gap = {from = newest, to = oldest} end
+end
+return cjson.encode({streams = streams, history = history, history_gap = history_gap, warnings = warnings})
+"""
+)
+
+#: Records what the archive step did: moves each cursor forward (never back) with its ordinal
+#: when known, notes the gaps found (each counted once: a gap already noted from the same cursor
+#: is updated, not counted again), the result of the write, and adds the step's metric increments.
+#: K: archive, counters. A: cursors {stage: id}, ordinals {stage: n}, history_from, history_max,
+#: gaps [{stage, from, to, lost}], result (ok | error | timeout | refused), error, now, counters
+#: {series: by}, want_counters.
+#: Returns JSON {counters, ok_at, new_gaps [stage]}.
+ARCHIVE_FINISH = (
+    PRELUDE
+    + IDS
+    + """
+ensure(K.archive, 'hash', false)
+for stage, id in pairs(A.cursors) do
+  local current = redis.call('HGET', K.archive, 'cursor:' .. stage)
+  if not current or not string.match(current, '^%d+-%d+$') or id_lt(current, id) then
+    redis.call('HSET', K.archive, 'cursor:' .. stage, id)
+    local ordinal = A.ordinals[stage]
+    if ordinal then
+      redis.call('HSET', K.archive, 'ordinal:' .. stage, ordinal)
+    else
+      redis.call('HDEL', K.archive, 'ordinal:' .. stage)
+    end
+  end
+end
+for _, name in ipairs({'history_from', 'history_max'}) do
+  local value = A[name]
+  if present(value) then
+    local current = redis.call('HGET', K.archive, name)
+    if not current or current < value then redis.call('HSET', K.archive, name, value) end
+  end
+end
+ensure(K.counters, 'hash', false)
+local new_gaps = {}
+for _, gap in ipairs(A.gaps) do
+  local field = 'gap:' .. gap.stage
+  local ok, seen = pcall(cjson.decode, redis.call('HGET', K.archive, field) or '')
+  local known = ok and type(seen) == 'table' and seen['from'] == gap['from']
+  redis.call('HSET', K.archive, field, cjson.encode({['from'] = gap['from'], to = gap.to, lost = gap.lost,
+    at = known and seen.at or A.now}))
+  if not known then
+    redis.call('HINCRBYFLOAT', K.counters, 'archive_gap_total{stage="' .. gap.stage .. '"}', 1)
+    new_gaps[#new_gaps + 1] = gap.stage
+  end
+end
+redis.call('HSET', K.archive, 'result', A.result, 'at', A.now)
+if A.result == 'ok' then
+  redis.call('HSET', K.archive, 'ok_at', A.now)
+else
+  redis.call('HSET', K.archive, 'error_at', A.now, 'error', A.error)
+end
+for k, v in pairs(A.counters) do redis.call('HINCRBYFLOAT', K.counters, k, v) end
+return cjson.encode({
+  counters = A.want_counters and redis.call('HGETALL', K.counters) or {},
+  ok_at = redis.call('HGET', K.archive, 'ok_at'),
+  new_gaps = new_gaps,
+})
+"""
+)
+
 #: Compare-and-set of the breaker. K: breaker. A: expected (version), fields.
 #: Returns JSON [saved, the breaker's fields now].
 BREAKER_CAS = (

@@ -179,11 +179,7 @@ class StateStore:
         async with redis_errors("recording the cycle"):
             raw = await self._record(keys=keys, args=args)
         data = json.loads(raw)
-        counters: dict[str, float] = {}
-        for k, v in replies.pairs(data.get("counters")).items():
-            value = replies.as_float(v)
-            if value is not None:
-                counters[k] = value
+        counters = replies.numbers(data.get("counters"))
         current = replies.pairs(data.get("breaker"))
         try:
             breaker: BreakerState | None = BreakerState.from_fields(current)

@@ -47,6 +47,7 @@ async def read_status(
             spend_key,
             keys.scored_latest,
             keys.advised_latest,
+            keys.archive,
         ]
         lists = [keys.history, keys.latency]
         async with client.pipeline(transaction=False) as pipe:
@@ -83,9 +84,17 @@ async def read_status(
             answers = await pipe.execute(raise_on_error=False)
     it = iter(answers)
     history_raw, latency_raw = next(it), next(it)
-    breaker_raw, kill_raw, paused_raw, stats_raw, latest_raw, spend_raw, scored_raw, advised_raw = (
-        next(it) for _ in range(8)
-    )
+    (
+        breaker_raw,
+        kill_raw,
+        paused_raw,
+        stats_raw,
+        latest_raw,
+        spend_raw,
+        scored_raw,
+        advised_raw,
+        archive_raw,
+    ) = (next(it) for _ in range(9))
 
     as_dict = replies.pairs
     history = [h for h in (json_object(x) for x in (history_raw or [])) if h is not None]
@@ -178,11 +187,31 @@ async def read_status(
         "latest_advice": advised,
         "report": report,
         "stream_length": stream_len if isinstance(stream_len, int) else 0,
+        "archive": archive_status(as_dict(archive_raw), configured=settings.archive.postgres_url is not None),
         "spend": {
             "usd": as_float(spend.get("usd")) or 0.0,
             "calls": int(as_float(spend.get("calls")) or 0),
             "budget_usd": settings.analyzer.daily_budget_usd,
         },
+    }
+
+
+def archive_status(fields: dict[str, str], *, configured: bool) -> dict[str, Any]:
+    """The archive's progress as ``runner status`` shows it (``runner:archive``)."""
+    gaps = {}
+    for name, raw in fields.items():
+        if name.startswith("gap:"):
+            gap = json_object(raw)
+            if gap is not None:
+                gaps[name[len("gap:") :]] = gap
+    return {
+        "configured": configured,
+        "result": fields.get("result"),
+        "ok_at": as_float(fields.get("ok_at")),
+        "error_at": as_float(fields.get("error_at")),
+        "error": fields.get("error"),
+        "cursors": {k[len("cursor:") :]: v for k, v in fields.items() if k.startswith("cursor:")},
+        "gaps": gaps,
     }
 
 

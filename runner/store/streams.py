@@ -1,9 +1,10 @@
-"""Reading the streams: the latest entries, then every new one as it arrives (``runner watch``)."""
+"""Reading the streams: the latest entries, then every new one as it arrives (``runner watch``);
+the newest entries that match (``runner history`` without the archive)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -54,3 +55,31 @@ async def follow(
             for entry_id, fields in entries:
                 cursors[str(stream)] = str(entry_id)
                 yield str(stream), str(entry_id), dict(fields)
+
+
+async def newest(
+    client: aioredis.Redis,
+    stream: str,
+    *,
+    since_ms: int | None,
+    count: int,
+    keep: Callable[[str, dict[str, Any]], bool],
+    page: int = 500,
+) -> list[Entry]:
+    """The newest ``count`` entries of ``stream`` that ``keep`` accepts and that Redis took at or
+    after ``since_ms``, newest first (read a page at a time)."""
+    out: list[Entry] = []
+    upper = "+"
+    floor = str(since_ms) if since_ms is not None else "-"
+    async with redis_errors("reading the streams"):
+        while len(out) < count:
+            entries: list[Any] = list(await client.xrevrange(stream, max=upper, min=floor, count=page) or [])
+            for entry_id, fields in entries:
+                if keep(str(entry_id), dict(fields)):
+                    out.append((str(entry_id), dict(fields)))
+                    if len(out) >= count:
+                        break
+            if len(entries) < page:
+                break
+            upper = f"({entries[-1][0]}"
+    return out

@@ -51,7 +51,8 @@ CONFIG_MOUNT = "/etc/autonomous-runner"
 STARTUP_BUDGET = 5
 WIND_DOWN_BUDGET = 5
 SECRET_NAME_RE = re.compile(
-    r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL|NOTIFY__URLS", re.IGNORECASE
+    r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL|NOTIFY__URLS|POSTGRES_URL|DATABASE_URL",
+    re.IGNORECASE,
 )
 
 
@@ -378,6 +379,7 @@ def pod_settings(
         "openrouter-api-key": "test-key",
         "opencode-server-password": "test-password",
         "notify-urls": "json://127.0.0.1:9/hook",
+        "postgres-url": "postgresql://runner_writer:test-password@postgres:5432/archive?sslmode=require",
     }
     for name, entry in env_of(container).items():
         if "value" in entry:
@@ -545,7 +547,13 @@ def test_secrets_come_only_from_the_secret(rendered: dict[str, Any]) -> None:
             assert ref["name"] == SECRET_NAME, where
             assert ref["key"] in secret_keys, f"{where}: key {ref['key']} is not in secret.example.yaml"
             seen.add(entry["name"])
-    assert {"REDIS_URL", "OPENROUTER_API_KEY", "OPENCODE_SERVER_PASSWORD", "RUNNER_NOTIFY__URLS"} <= seen
+    assert {
+        "REDIS_URL",
+        "OPENROUTER_API_KEY",
+        "OPENCODE_SERVER_PASSWORD",
+        "RUNNER_NOTIFY__URLS",
+        "POSTGRES_URL",
+    } <= seen
     for name, docs in rendered.items():
         assert not [k for k in docs if k[0] == "Secret"], (
             f"k8s/{name} renders a Secret: create it out of band"
@@ -590,6 +598,8 @@ def test_the_pod_environment_and_config_build_the_analyzer(
     assert settings.instance_id == "autonomous-runner-29383142-abcde"
     assert settings.redis.url == "redis://redis:6379/0"
     assert settings.metrics.pushgateway_url == "http://pushgateway:9091"
+    assert settings.archive.postgres_url is not None
+    assert settings.archive.postgres_url.get_secret_value().startswith("postgresql://runner_writer:")
     analyzer = build_analyzer(settings)
     market = build_market(settings)
 

@@ -76,5 +76,9 @@ def _append(path: str, line: str) -> None:
         fh.write(line)
 
 
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def make(settings: Any) -> ScriptedAnalyzer:
     return ScriptedAnalyzer()

@@ -10,8 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.config import DEFAULT_SYMBOLS, load_settings, parse_symbols, public_view, redact_url
+from runner.config import (
+    DEFAULT_SYMBOLS,
+    load_settings,
+    parse_symbols,
+    public_view,
+    redact_url,
+)
 from runner.errors import ConfigError
+from runner.redact import secret_values
 
 SECRET = "sk-or-v1-very-secret-key-0123456789"
 
@@ -443,6 +450,57 @@ def test_public_view_masks_credentials_in_the_pushgateway_url() -> None:
     s = load_settings(None, None, environ={"PUSHGATEWAY_URL": "http://ops:gw-s3cret@gateway:9091"})
 
     assert "gw-s3cret" not in json.dumps(public_view(s))
+
+
+PG_PASSWORD = "pg-s3cret-9x"
+
+
+def test_postgres_url_comes_from_postgres_url_and_is_masked_everywhere() -> None:
+    url = f"postgresql://runner:{PG_PASSWORD}@db.example:5432/archive?sslmode=verify-full"
+    s = load_settings(None, None, environ={"POSTGRES_URL": url})
+
+    view = public_view(s)
+
+    assert s.archive.postgres_url is not None
+    assert s.archive.postgres_url.get_secret_value() == url
+    assert (
+        view["archive"]["postgres_url"]
+        == "postgresql://runner:***@db.example:5432/archive?sslmode=verify-full"
+    )
+    assert PG_PASSWORD not in json.dumps(view)
+    assert PG_PASSWORD not in repr(s)
+    assert PG_PASSWORD in secret_values(s)
+
+
+def test_a_password_in_the_postgres_url_query_is_masked_too() -> None:
+    s = load_settings(None, None, environ={"POSTGRES_URL": f"postgresql://db/archive?password={PG_PASSWORD}"})
+
+    assert PG_PASSWORD not in json.dumps(public_view(s))
+    assert PG_PASSWORD in secret_values(s)
+
+
+def test_without_postgres_url_there_is_no_archive() -> None:
+    s = load_settings(None, {"archive": {"postgres_url": ""}}, environ={})
+
+    assert s.archive.postgres_url is None
+    assert public_view(s)["archive"]["postgres_url"] is None
+
+
+def test_a_postgres_url_that_is_not_one_is_a_config_error_without_its_password() -> None:
+    message = config_error(environ={"POSTGRES_URL": f"mysql://runner:{PG_PASSWORD}@db/archive"})
+
+    assert "archive.postgres_url" in message
+    assert "postgresql://" in message
+    assert PG_PASSWORD not in message
+
+
+def test_a_postgres_url_of_the_wrong_type_is_masked_in_the_error(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"autonomous_runner:\n  archive:\n    postgres_url: ['{PG_PASSWORD}']\n")
+
+    message = config_error(config_file=path)
+
+    assert "archive.postgres_url" in message
+    assert PG_PASSWORD not in message
 
 
 def test_secret_never_appears_in_an_error_message(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,3 +68,38 @@ def test_the_collector_is_left_alone_when_the_command_line_is_called_from_python
         return gc.isenabled(), gc.get_freeze_count()
 
     assert cli.run_async(work) == (True, before)
+
+
+#: Modules a command that does not use them must not pay for at start-up.
+HEAVY = ("psycopg", "runner.archive.postgres", "httpx", "prometheus_client")
+
+
+def _imported_by(*args: str, **extra_env: str) -> set[str]:
+    """The modules of ``HEAVY`` that ``runner <args>`` imported (run in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['runner', *{list(args)!r}]\n"
+        "import runner.__main__ as entry\n"
+        "try:\n    entry.main()\nexcept SystemExit:\n    pass\n"
+        f"print('imported:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "POSTGRES", "REDIS"))}
+    env.update(extra_env)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True, timeout=60
+    )
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("imported:")]
+    return {m for m in line.removeprefix("imported:").split(",") if m}
+
+
+def test_help_imports_no_driver_nor_client() -> None:
+    assert _imported_by("--help") == set()
+
+
+def test_the_settings_of_an_archive_import_no_driver_until_it_is_used() -> None:
+    seen = _imported_by("config", "--json", POSTGRES_URL="postgresql://runner:pw@127.0.0.1:1/archive")
+
+    assert "psycopg" not in seen

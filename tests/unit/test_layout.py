@@ -1,4 +1,5 @@
-"""The walls of the code base: Redis only behind runner/store, Lua only in store/scripts.py."""
+"""The walls of the code base: Redis only behind runner/store, Lua only in store/scripts.py,
+PostgreSQL only in archive/postgres.py."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def test_every_lua_script_lives_in_the_scripts_module() -> None:
     ]
 
     assert holders == []
+
+
+def test_only_the_archive_module_talks_to_postgresql() -> None:
+    talkers = sorted(
+        str(p.relative_to(RUNNER))
+        for p in RUNNER.rglob("*.py")
+        if any(m == "psycopg" or m.startswith("psycopg.") for m in imported_modules(p))
+    )
+
+    assert talkers == ["archive/postgres.py"]
