@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 SIGNAL_ID_TTL_SECONDS = 6 * 3600
 #: How many cycle summaries the history keeps.
 HISTORY_LENGTH = 200
+#: How many cycle summaries the cycle stream keeps at least (``MAXLEN ~``): ``/api/history``
+#: serves up to this many.
+CYCLES_LENGTH = 1000
 #: Slack added to the cycle lease beyond the cycle's own deadline and grace period.
 LEASE_SLACK_SECONDS = 15
 
@@ -58,6 +61,34 @@ class Keys:
     @property
     def latest(self) -> str:
         return self._k(self.latest_name)
+
+    # The pipeline's later stages and the reports (their streams' entries: ``symbol``, ``doc``) ----
+    @property
+    def scored_stream(self) -> str:
+        return self._k("signals:scored")
+
+    @property
+    def advised_stream(self) -> str:
+        return self._k("signals:advised")
+
+    @property
+    def scored_latest(self) -> str:
+        """Symbol -> the latest score document."""
+        return self._k("signals:latest:scored")
+
+    @property
+    def advised_latest(self) -> str:
+        """Symbol -> the latest advice document."""
+        return self._k("signals:latest:advised")
+
+    @property
+    def reports_stream(self) -> str:
+        return self._k("reports:cycle")
+
+    @property
+    def reports_latest(self) -> str:
+        """The latest report document (a string)."""
+        return self._k("reports:latest")
 
     def published(self, signal_id: str) -> str:
         """Marker that ``signal_id`` was published (idempotency)."""
@@ -132,6 +163,12 @@ class Keys:
     def history(self) -> str:
         """Cycle summaries, newest first."""
         return self._k("runner:history")
+
+    @property
+    def cycles(self) -> str:
+        """The same summaries as a capped stream (entry field ``doc``), so that they
+        can be followed from a cursor like every other stream the dashboard shows."""
+        return self._k("runner:cycles")
 
     @property
     def last_cycle(self) -> str:
