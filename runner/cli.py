@@ -22,12 +22,13 @@ import typer
 from typer._click import exceptions as click_exc
 
 from runner import __version__
-from runner.config import Settings, load_settings, parse_symbols, public_view
+from runner.config import Settings, load_settings, parse_symbols, public_view, secret_values
 from runner.errors import ConfigError, ExitCode, RunnerError
 
 if TYPE_CHECKING:
     # Annotations only: the modules behind them load when a command needs them.
     from runner.analysis import Progress
+    from runner.kill_switch import Change
     from runner.models import Outcome, SymbolResult
     from runner.shards import Shard
     from runner.store.state import StateStore
@@ -105,16 +106,7 @@ def _end_startup() -> None:
 def _setup_logs(settings: Settings) -> None:
     from runner import logs
 
-    secrets = [
-        s.get_secret_value() for s in (settings.analyzer.api_key, settings.analyzer.opencode_password) if s
-    ]
-    if settings.redis.url:
-        from urllib.parse import urlsplit
-
-        pw = urlsplit(settings.redis.url).password
-        if pw:
-            secrets.append(pw)
-    logs.setup(settings.log_level, secrets)
+    logs.setup(settings.log_level, secret_values(settings))
 
 
 def _version(value: bool) -> None:
@@ -252,20 +244,28 @@ async def _progress_bar(machine: bool) -> AsyncIterator[Progress | None]:
 def serve(
     config: ConfigOpt = None,
     host: Annotated[
-        str, typer.Option("--host", help="Address for the health and metrics endpoints.")
-    ] = "0.0.0.0",  # noqa: S104 - a pod serves its probes on all interfaces
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port for the endpoints.")] = 8080,
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    no_schedule: Annotated[
+        bool,
+        typer.Option("--no-schedule", help="Serve the dashboard and API only; run no scheduled cycles."),
+    ] = False,
     shard: Annotated[
         str | None, typer.Option("--shard", help="This process's share of the symbols, I/N.")
     ] = None,
 ) -> None:
-    """Run cycles on the configured cron schedule, with /health, /health/ready and /metrics."""
-    from runner.serve import Service
-
+    """The dashboard, the HTTP API and cycles on the configured cron schedule (or none)."""
     settings = settings_or_exit(config)
     shard_value = shard_or_exit(shard, settings)
     _setup_logs(settings)
-    run_async(lambda: Service(settings, shard_value).run(host, port))
+
+    async def serving() -> None:
+        from runner.serve import Service
+
+        await Service(settings, shard_value, schedule=not no_schedule).run(host, port)
+
+    run_async(serving)
 
 
 @app.command()
@@ -317,15 +317,10 @@ def kill_on(
     config: ConfigOpt = None,
 ) -> None:
     """Halt all cycles until `runner kill-switch off`."""
-    from runner.identity import resolve_instance_id
-
     if not reason.strip():
         fail("--reason: must not be empty", ExitCode.USAGE)
     settings = settings_or_exit(config)
-    by = resolve_instance_id(settings)
-    run_async(
-        lambda: _with_store(settings, lambda s: s.set_kill_switch(reason.strip(), by, datetime.now(UTC)))
-    )
+    run_async(lambda: _kill_switch(settings, True, reason))
     print(f"kill switch ON: cycles skip until `runner kill-switch off` ({reason.strip()})")
 
 
@@ -333,8 +328,18 @@ def kill_on(
 def kill_off(config: ConfigOpt = None) -> None:
     """Resume cycles."""
     settings = settings_or_exit(config)
-    was_on = run_async(lambda: _with_store(settings, lambda s: s.clear_kill_switch()))
-    print("kill switch off" if was_on else "kill switch was already off")
+    change = run_async(lambda: _kill_switch(settings, False, None))
+    print("kill switch off" if change.before.on else "kill switch was already off")
+
+
+async def _kill_switch(settings: Settings, on: bool, reason: str | None) -> Change:
+    from runner.identity import resolve_instance_id
+    from runner.kill_switch import change_kill_switch
+
+    by = resolve_instance_id(settings)
+    return await _with_store(
+        settings, lambda s: change_kill_switch(s, on=on, reason=reason, by=by, now=datetime.now(UTC))
+    )
 
 
 @app.command()

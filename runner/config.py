@@ -57,7 +57,12 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "OPENCODE_URL": ("analyzer", "opencode_url"),
     "OPENCODE_SERVER_PASSWORD": ("analyzer", "opencode_password"),
     "PUSHGATEWAY_URL": ("metrics", "pushgateway_url"),
+    "RUNNER_API_TOKEN": ("api", "token"),
 }
+
+#: The settings that hold secrets, as (section, key): masked in ``runner config``, never logged.
+SECRETS = (("analyzer", "api_key"), ("analyzer", "opencode_password"), ("api", "token"))
+SECRET_FIELDS = frozenset(key for _, key in SECRETS)
 
 
 def validate_symbol(symbol: str) -> str:
@@ -228,6 +233,19 @@ class MetricsSettings(Section):
     push_timeout_seconds: PositiveFloat = 2.0
 
 
+class Api(Section):
+    """``runner serve``'s HTTP API and its Server-Sent Events."""
+
+    #: Bearer token of the write routes (``POST /api/cycles``, ``POST /api/kill-switch``); or
+    #: ``RUNNER_API_TOKEN``. Without one, those routes answer 403.
+    token: SecretStr | None = None
+    #: Seconds between the comment pings every event stream gets (proxies close idle streams).
+    sse_ping_seconds: float = Field(default=10.0, gt=0, le=15)
+    #: Events an event-stream client may have waiting; one that falls further behind is
+    #: disconnected (it resumes from its last event id), never buffered without bound.
+    sse_client_queue: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
+
+
 def _check_window(value: str) -> str:
     if not isinstance(value, str) or not WINDOW_RE.fullmatch(value):
         raise ValueError(f"maintenance window must look like HH:MM-HH:MM (UTC), got {value!r}")
@@ -271,6 +289,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     publish: Publish = Publish()
     metrics: MetricsSettings = MetricsSettings()
+    api: Api = Api()
     maintenance_windows: list[Annotated[str, AfterValidator(_check_window)]] = Field(default_factory=list)
 
     @field_validator("schedule")
@@ -406,7 +425,7 @@ def _alias_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _describe(error: Mapping[str, Any], secret_fields: set[str]) -> str:
+def _describe(error: Mapping[str, Any], secret_fields: frozenset[str]) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
     msg = str(error["msg"]).removeprefix("Value error, ")
     field = f"{ROOT_KEY}.{loc}" if loc else ROOT_KEY
@@ -442,14 +461,14 @@ def load_settings(
             f"e.g. RUNNER_SYMBOLS='[\"ETH/USD\"]' (got {raw!r})"
         ) from exc
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], {"api_key", "opencode_password"})) from exc
+        raise ConfigError(_describe(exc.errors()[0], SECRET_FIELDS)) from exc
     finally:
         _FILE_VALUES.reset(tokens[0])
         _ALIAS_VALUES.reset(tokens[1])
 
 
-#: ``RUNNER_*`` variables that are not settings.
-NOT_SETTINGS = frozenset({"RUNNER_CONFIG", "RUNNER_STATE_DIR"})
+#: ``RUNNER_*`` variables that are not settings (``RUNNER_API_TOKEN`` is an alias of one).
+NOT_SETTINGS = frozenset({"RUNNER_CONFIG", "RUNNER_STATE_DIR", "RUNNER_API_TOKEN"})
 
 
 def _check_prefixed(environ: Mapping[str, str]) -> None:
@@ -492,7 +511,7 @@ def redact_url(url: str) -> str:
 def public_view(settings: Settings) -> dict[str, Any]:
     """The effective settings with secrets masked, for ``runner config``."""
     data = settings.model_dump(mode="json")
-    for section, key in (("analyzer", "api_key"), ("analyzer", "opencode_password")):
+    for section, key in SECRETS:
         if data[section][key] is not None:
             data[section][key] = "***"
     for section, key in (
@@ -504,6 +523,20 @@ def public_view(settings: Settings) -> dict[str, Any]:
         if data[section][key]:
             data[section][key] = redact_url(data[section][key])
     return data
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The clear values of every secret the settings hold, for the log filter that masks them."""
+    values = []
+    for section, key in SECRETS:
+        secret = getattr(getattr(settings, section), key)
+        if secret is not None and secret.get_secret_value():
+            values.append(secret.get_secret_value())
+    if settings.redis.url:
+        password = urlsplit(settings.redis.url).password
+        if password:
+            values.append(password)
+    return values
 
 
 def in_kubernetes(environ: Mapping[str, str] | None = None) -> bool:

@@ -1,12 +1,19 @@
-"""Reading the signal stream: the latest entries, then every new one as it arrives (``runner watch``)."""
+"""Reading streams: the latest entries, following one stream (``runner watch``), and what the
+event feed of ``runner serve`` needs to follow several at once from a cursor.
+
+Stream entry ids are ``<milliseconds>-<sequence>``; here they are ``StreamId`` pairs of ints,
+so that they compare as Redis orders them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from runner.errors import DependencyError
 from runner.store.connection import redis_errors
@@ -17,6 +24,22 @@ BLOCK_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 
 Entry = tuple[str, dict[str, Any]]
+#: An entry id as (milliseconds, sequence).
+StreamId = tuple[int, int]
+#: Before every entry: "nothing of this stream seen yet".
+ZERO: StreamId = (0, 0)
+
+
+def parse_id(text: str) -> StreamId:
+    """``"1732370741203-4"`` -> ``(1732370741203, 4)``; raises ValueError for anything else."""
+    ms, sep, seq = str(text).partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f"not a stream entry id: {text!r}")
+    return int(ms), int(seq)
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
 
 
 async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]:
@@ -52,3 +75,135 @@ async def follow(client: aioredis.Redis, stream: str, after: str) -> AsyncIterat
             for entry_id, fields in entries:
                 cursor = str(entry_id)
                 yield cursor, dict(fields)
+
+
+# Several streams from a cursor (the event feed) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """Where a stream stands: its last id ever given, and the newest id it no longer holds."""
+
+    last: StreamId = ZERO
+    #: The newest entry id removed by trimming or XDEL (ZERO when none ever was): a reader whose
+    #: position is older than this has missed entries for good.
+    max_deleted: StreamId = ZERO
+
+    def lost_after(self, position: StreamId) -> bool:
+        """Whether an entry after ``position`` was removed before it could be read."""
+        return self.max_deleted > position
+
+
+def stream_info(reply: Any) -> StreamInfo:
+    """An ``XINFO STREAM`` reply; a missing key (an error reply) or a wrong type is an empty stream."""
+    if not isinstance(reply, dict):
+        return StreamInfo()
+    try:
+        last = parse_id(reply.get("last-generated-id") or "0-0")
+    except ValueError:
+        last = ZERO
+    try:
+        deleted = parse_id(reply.get("max-deleted-entry-id") or "0-0")
+    except ValueError:
+        deleted = ZERO
+    if "max-deleted-entry-id" not in reply:
+        # Redis before 7.0 does not say what it trimmed: everything before the first entry held
+        # may have been, so a position older than that counts as lost.
+        first = reply.get("first-entry")
+        if first:
+            try:
+                fid = parse_id(first[0])
+                deleted = (fid[0], fid[1] - 1) if fid[1] else (fid[0] - 1, 2**63)
+            except (ValueError, IndexError, TypeError):
+                deleted = ZERO
+    return StreamInfo(last=last, max_deleted=deleted)
+
+
+async def infos(client: aioredis.Redis, streams: Sequence[str]) -> list[StreamInfo]:
+    """Where each stream stands, in one round trip."""
+    async with redis_errors("reading the event streams"), client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        replies = await pipe.execute(raise_on_error=False)
+        _raise_connection_errors(replies)
+    return [stream_info(r) for r in replies]
+
+
+#: One entry read from one of several streams: (index of its stream, id, fields).
+Read = tuple[int, StreamId, dict[str, str]]
+
+
+async def read_after(
+    client: aioredis.Redis,
+    streams: Sequence[str],
+    positions: Sequence[StreamId],
+    *,
+    block_ms: int,
+    count: int,
+) -> list[Read]:
+    """One ``XREAD BLOCK`` over ``streams``: the entries after each stream's position (at most
+    ``count`` per stream), waiting up to ``block_ms`` for the first one. A stream of the wrong
+    type is skipped rather than failing the read of the others."""
+    index = {s: i for i, s in enumerate(streams)}
+    wanted: dict[Any, Any] = {s: format_id(p) for s, p in zip(streams, positions, strict=True)}
+    async with redis_errors("following the event streams"):
+        try:
+            replies: Any = await client.xread(wanted, block=block_ms, count=count)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            readable = await _streams_only(client, streams)
+            if not readable:
+                await asyncio.sleep(block_ms / 1000)
+                return []
+            replies = await client.xread({s: wanted[s] for s in readable}, block=block_ms, count=count)
+    out: list[Read] = []
+    for name, entries in replies or []:
+        i = index[str(name)]
+        for entry_id, fields in entries:
+            out.append((i, parse_id(entry_id), dict(fields)))
+    return out
+
+
+async def _streams_only(client: aioredis.Redis, streams: Sequence[str]) -> list[str]:
+    async with client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.type(stream)
+        kinds = await pipe.execute()
+    return [s for s, kind in zip(streams, kinds, strict=True) if kind in ("stream", "none")]
+
+
+async def ranges_with_infos(
+    client: aioredis.Redis,
+    streams: Sequence[str],
+    after: Sequence[StreamId],
+    until: Sequence[StreamId],
+    count: int,
+) -> tuple[list[StreamInfo], list[list[tuple[StreamId, dict[str, str]]]]]:
+    """Atomically (one MULTI): where each stream stands, and its entries after ``after[i]`` up to
+    and including ``until[i]`` (at most ``count``; none where ``until[i] <= after[i]``). Read
+    together, so that nothing can be trimmed between the check and the read."""
+    async with redis_errors("reading the event streams"), client.pipeline(transaction=True) as pipe:
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        for stream, start, end in zip(streams, after, until, strict=True):
+            if end > start:
+                pipe.xrange(stream, f"({format_id(start)}", format_id(end), count=count)
+            else:
+                pipe.echo("")
+        replies = await pipe.execute(raise_on_error=False)
+        _raise_connection_errors(replies)
+    n = len(streams)
+    found: list[list[tuple[StreamId, dict[str, str]]]] = []
+    for reply in replies[n:]:
+        rows = reply if isinstance(reply, list) else []
+        found.append([(parse_id(i), dict(f)) for i, f in rows])
+    return [stream_info(r) for r in replies[:n]], found
+
+
+def _raise_connection_errors(replies: list[Any]) -> None:
+    """Error replies of single commands (no such key, wrong type) read as empty streams; a lost
+    connection is an outage."""
+    for reply in replies:
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply
