@@ -82,41 +82,52 @@ async def follow(client: aioredis.Redis, stream: str, after: str) -> AsyncIterat
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """Where a stream stands: its last id ever given, and the newest id it no longer holds."""
+    """Where a stream stands, and what it no longer holds."""
 
+    #: The last id it ever gave (its entries' ids never go below this again).
     last: StreamId = ZERO
-    #: The newest entry id removed by trimming or XDEL (ZERO when none ever was): a reader whose
-    #: position is older than this has missed entries for good.
+    #: Its oldest entry still held (None when it holds none).
+    first: StreamId | None = None
+    #: The newest id removed by XDEL (Redis 7; trimming does not move it).
     max_deleted: StreamId = ZERO
+    #: How many entries were ever removed, by trimming or XDEL (None before Redis 7).
+    removed: int | None = None
 
     def lost_after(self, position: StreamId) -> bool:
-        """Whether an entry after ``position`` was removed before it could be read."""
-        return self.max_deleted > position
+        """Whether entries after ``position`` may have been removed before a reader at
+        ``position`` read them. Trimming removes the oldest entries, so a position before the
+        oldest entry held has lost what lay between (when the reader's own last entry is the
+        only one trimmed, this says lost too: the cautious answer)."""
+        if self.max_deleted > position:
+            return True
+        if self.removed == 0:
+            return False
+        if self.first is None:
+            return position < self.last
+        return position < self.first
+
+
+def _id_or(raw: Any, default: StreamId | None) -> StreamId | None:
+    try:
+        return parse_id(raw) if raw else default
+    except ValueError:
+        return default
 
 
 def stream_info(reply: Any) -> StreamInfo:
     """An ``XINFO STREAM`` reply; a missing key (an error reply) or a wrong type is an empty stream."""
     if not isinstance(reply, dict):
         return StreamInfo()
-    try:
-        last = parse_id(reply.get("last-generated-id") or "0-0")
-    except ValueError:
-        last = ZERO
-    try:
-        deleted = parse_id(reply.get("max-deleted-entry-id") or "0-0")
-    except ValueError:
-        deleted = ZERO
-    if "max-deleted-entry-id" not in reply:
-        # Redis before 7.0 does not say what it trimmed: everything before the first entry held
-        # may have been, so a position older than that counts as lost.
-        first = reply.get("first-entry")
-        if first:
-            try:
-                fid = parse_id(first[0])
-                deleted = (fid[0], fid[1] - 1) if fid[1] else (fid[0] - 1, 2**63)
-            except (ValueError, IndexError, TypeError):
-                deleted = ZERO
-    return StreamInfo(last=last, max_deleted=deleted)
+    first_entry = reply.get("first-entry")
+    first = _id_or(first_entry[0], None) if isinstance(first_entry, list | tuple) and first_entry else None
+    added, length = reply.get("entries-added"), reply.get("length")
+    removed = added - length if isinstance(added, int) and isinstance(length, int) else None
+    return StreamInfo(
+        last=_id_or(reply.get("last-generated-id"), ZERO) or ZERO,
+        first=first,
+        max_deleted=_id_or(reply.get("max-deleted-entry-id"), ZERO) or ZERO,
+        removed=removed,
+    )
 
 
 async def infos(client: aioredis.Redis, streams: Sequence[str]) -> list[StreamInfo]:

@@ -31,7 +31,7 @@ from runner.web.feed import PING, Cursor, CursorCodec, Source, advance, frame
 
 log = logging.getLogger(__name__)
 
-#: Entries read per stream and per read: bounds one batch the hub offers at once.
+#: Entries read per stream and per read, at most: bounds one batch the hub offers at once.
 READ_COUNT = 256
 #: Cycle summaries a snapshot carries.
 SNAPSHOT_CYCLES = 48
@@ -160,6 +160,9 @@ class Hub:
         self.names = [s.stream for s in self.sources]
         self.codec = CursorCodec(self.names)
         self.queue_limit = queue_limit
+        # A batch fills at most half a queue, so that a client that writes out each batch as it
+        # comes is never dropped for one burst; only one that keeps not writing is.
+        self.read_count = max(1, min(READ_COUNT, queue_limit // (2 * len(self.sources))))
         self.ping_seconds = ping_seconds
         self.block_ms = block_ms
         #: Every Redis read made for a client goes through this: a constant number of
@@ -237,7 +240,7 @@ class Hub:
                     self.head = tuple(i.last for i in infos)
                     self.ready.set()
                 reads = await streams.read_after(
-                    self.client, self.names, self.head, block_ms=self.block_ms, count=READ_COUNT
+                    self.client, self.names, self.head, block_ms=self.block_ms, count=self.read_count
                 )
             except RedisUnavailable as exc:
                 if self.stats.reader_ok or self.stats.reader_error is None:

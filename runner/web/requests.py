@@ -52,7 +52,7 @@ def int_param(params: dict[str, str], name: str, default: int, low: int, high: i
     if raw is None:
         return default
     text = raw.strip()
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise BadRequest(f"{name}: must be an integer from {low} to {high} (got {raw[:40]!r})")
     return int(text)
 
@@ -88,9 +88,11 @@ async def json_body(request: Request, required: bool) -> Any:
             raise BadRequest("body: required (a JSON object)", 400)
         return None
     try:
-        return json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body: not UTF-8 text", 400) from None
+    try:
+        return json.loads(text)
     except ValueError as exc:
         reason = getattr(exc, "msg", "invalid")
         raise BadRequest(f"body: not valid JSON ({reason})", 400) from None

@@ -9,6 +9,8 @@ subprocess slow, failing or wrong:
   (default), invalid, auth or permanent
 * ``SCRIPTED_ACTION``: the action to answer (default HOLD)
 * ``SCRIPTED_LOG``: a file to which each started analysis appends ``<symbol>\\n``
+* ``SCRIPTED_GATE``: a file each analysis waits for (after the log line): a test holds a cycle
+  open until it creates the file
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class ScriptedAnalyzer:
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
             _append(log_path, request.symbol + "\n")
+        gate = os.environ.get("SCRIPTED_GATE")
+        # A file the test process creates: there is no event to wait on across processes.
+        while gate and not await asyncio.to_thread(os.path.exists, gate):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)
