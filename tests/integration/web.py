@@ -120,10 +120,11 @@ def start_serve(
     *args: str,
     schedule: bool = False,
     scripted: bool = False,
+    port: int | None = None,
     **env: str,
 ) -> Served:
     """``runner serve --no-schedule`` (as a user starts it beside the CronJob) on a free port."""
-    port = free_port()
+    port = port or free_port()
     values = {"RUNNER_SYMBOLS": '["ETH/USD","BTC/USD"]', "LOG_LEVEL": "INFO", **env}
     environ = env_for(redis_url, tmp_path, scripted=scripted, **values)
     log = tmp_path / f"serve-{port}.log"
