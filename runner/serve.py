@@ -43,8 +43,10 @@ from runner.web.routes import CycleBusy, WebContext
 
 log = logging.getLogger(__name__)
 
-#: Redis reads that requests and event-stream clients may have in flight at once.
-WEB_READ_SLOTS = 2
+#: Redis reads that requests, probes and event-stream clients may have in flight at once: with
+#: the one connection the event feed's reader blocks on, the app holds two connections however
+#: many clients it has (cycles, when it runs them, use their own).
+WEB_READ_SLOTS = 1
 #: Seconds the server waits for its connections to close after the last events went out.
 CLOSE_SECONDS = 5.0
 
@@ -126,6 +128,7 @@ class Service:
         self.control: Control | None = None
         self.deps: Deps | None = None
         self.hub: Hub | None = None
+        self.reads = asyncio.Semaphore(WEB_READ_SLOTS)
         self._cycle = asyncio.Lock()
 
     def stop(self) -> None:
@@ -145,7 +148,7 @@ class Service:
 
     async def _serve(self, deps: Deps, sock: socket.socket, host: str, port: int) -> None:
         api = self.settings.api
-        reads = asyncio.Semaphore(WEB_READ_SLOTS)
+        reads = self.reads
         hub = Hub(
             deps.redis,
             self.keys,
@@ -293,7 +296,8 @@ class Service:
         if self.deps is None or self.state.redis_breaker.state == "open":
             return down
         try:
-            state, cooldown = await read_readiness(self.deps.redis, self.keys, self.shard.key)
+            async with self.reads:
+                state, cooldown = await read_readiness(self.deps.redis, self.keys, self.shard.key)
         except RedisUnavailable:
             return down
         return {
@@ -306,7 +310,8 @@ class Service:
         doc = None
         if self.deps is not None:
             with contextlib.suppress(RedisUnavailable):
-                doc = await read_status(self.deps.redis, self.keys, self.settings, datetime.now(UTC))
+                async with self.reads:
+                    doc = await read_status(self.deps.redis, self.keys, self.settings, datetime.now(UTC))
         body: dict[str, Any] = {**self.basics(), "redis_connected": doc is not None}
         if self.hub is not None:
             stats = self.hub.stats

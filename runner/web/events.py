@@ -40,6 +40,7 @@ HEADERS = [
     (b"cache-control", b"no-store"),
     # nginx and its kin would otherwise hold events back to fill their buffers.
     (b"x-accel-buffering", b"no"),
+    (b"x-content-type-options", b"nosniff"),
 ]
 
 

@@ -50,6 +50,8 @@ CONFIG_MOUNT = "/etc/autonomous-runner"
 #: record, a 2 s push).
 STARTUP_BUDGET = 5
 WIND_DOWN_BUDGET = 5
+#: What a pod's server must listen on (the app binds 127.0.0.1 unless told).
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - a pod serves its probes and its Service on every interface
 SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL", re.IGNORECASE)
 
 
@@ -637,7 +639,7 @@ def test_the_service_overlay_serves_health_and_metrics(
     assert spec["strategy"] == {"type": "Recreate"}
     pod = pod_spec(deployment)
     container = runner_container(deployment)
-    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert container["args"] == ["serve", "--host", EVERY_INTERFACE, "--port", "8080"]
     assert "command" not in container
     (port,) = container["ports"]
     assert port["containerPort"] == 8080
@@ -677,7 +679,7 @@ def test_the_dashboard_overlay_serves_the_app_beside_the_cronjob(
     args = container["args"]
     assert args[:2] == ["serve", "--no-schedule"]
     # The app binds 127.0.0.1 by default: in a pod it must listen on every interface.
-    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert args[args.index("--host") + 1] == EVERY_INTERFACE
     (port,) = container["ports"]
     assert args[args.index("--port") + 1] == str(port["containerPort"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
