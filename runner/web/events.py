@@ -109,6 +109,8 @@ class _Stream:
             return
         start = await self._start(self.sub, asked)
         if start is None:
+            if self.sub.final is not None:  # the server stops while Redis is still away
+                await self._end(self.sub.final)
             return
         position, frames = start
         if frames:
@@ -185,11 +187,14 @@ class _Stream:
                 return
             chunks, position = render(sub.take(), position, self.hub)
             if sub.final is not None:
-                await self.write(b"".join([*chunks, sub.final]))
-                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._end(b"".join([*chunks, sub.final]))
                 return
             if chunks:
                 await self.write(b"".join(chunks))
+
+    async def _end(self, last: bytes) -> None:
+        await self.write(last)
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def write(self, data: bytes) -> None:
         sub = self.sub
@@ -198,8 +203,11 @@ class _Stream:
         try:
             await self.send({"type": "http.response.body", "body": data, "more_body": True})
         except asyncio.CancelledError:
+            # Dropped by the hub, or the server's grace for closing streams ran out: either way
+            # this client's socket takes no writes, and the connection is closed without more.
             task = asyncio.current_task()
-            if sub is not None and sub.dropped and task is not None and task.cancelling() == 1:
+            gone = sub is not None and (sub.dropped or sub.final is not None)
+            if gone and task is not None and task.cancelling() == 1:
                 task.uncancel()
                 raise Dropped from None
             raise

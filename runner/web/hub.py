@@ -173,6 +173,7 @@ class Hub:
         self.subscribers: set[Subscriber] = set()
         self.stats = HubStats()
         self.closing = False
+        self._final: bytes | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flight: asyncio.Task[Flight] | None = None
 
@@ -185,11 +186,11 @@ class Hub:
         ]
 
     def close(self, reason: str) -> None:
-        """Give every subscriber a last ``shutdown`` event; take no new ones."""
+        """Give every subscriber a last ``shutdown`` event (and any that still joins)."""
         self.closing = True
-        final = frame("shutdown", json.dumps({"reason": reason}))
+        self._final = frame("shutdown", json.dumps({"reason": reason}))
         for sub in list(self.subscribers):
-            sub.finish(final)
+            sub.finish(self._final)
 
     async def aclose(self) -> None:
         """Stop reading."""
@@ -208,6 +209,8 @@ class Hub:
         assert self.head is not None, "subscribe only once the hub is ready"
         sub = Subscriber(self.queue_limit, self.head, asyncio.current_task())
         self.subscribers.add(sub)
+        if self._final is not None:
+            sub.finish(self._final)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:

@@ -13,26 +13,9 @@ import redis
 
 from tests.conftest import RedisServer, run_cli, start_cli
 from tests.integration.helpers import env_for, scheduled_now, wait_until
-from tests.integration.web import TOKEN, Response, Served, start_serve
+from tests.integration.web import TOKEN, Response, gated, start_serve
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def served(real_redis: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> Any:
-    servers: list[Served] = []
-
-    def start(**env: str) -> Served:
-        server = start_serve(redis_server.url, tmp_path, **env)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        result = server.stop()
-        assert result.code == 0, result.stderr
-        assert "Traceback" not in result.stderr, result.stderr
-        assert TOKEN not in result.stderr  # the token is never logged
 
 
 def cycle(redis_server: RedisServer, tmp_path: Path, minute: int, **env: str) -> dict[str, Any]:
@@ -137,15 +120,7 @@ def test_a_cycle_asked_for_while_one_runs_is_409(
     gate = tmp_path / "gate"
     started = tmp_path / "started"
     server = start_serve(
-        redis_server.url,
-        tmp_path,
-        scripted=True,
-        RUNNER_API_TOKEN=TOKEN,
-        SCRIPTED_GATE=str(gate),
-        SCRIPTED_LOG=str(started),
-        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="60",
-        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="55",
-        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS="55",
+        redis_server.url, tmp_path, scripted=True, RUNNER_API_TOKEN=TOKEN, **gated(gate, started)
     )
     first: list[Response] = []
     try:
@@ -159,14 +134,7 @@ def test_a_cycle_asked_for_while_one_runs_is_409(
         gate.unlink()
         started.unlink()
         other = env_for(
-            redis_server.url,
-            tmp_path,
-            SCRIPTED_GATE=str(gate),
-            SCRIPTED_LOG=str(started),
-            RUNNER_SCHEDULED_AT=scheduled_now(-5),
-            RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="60",
-            RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="55",
-            RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS="55",
+            redis_server.url, tmp_path, RUNNER_SCHEDULED_AT=scheduled_now(-5), **gated(gate, started)
         )
         cronjob = start_cli(["cycle", "--json"], other)
         wait_until(lambda: started.exists() and started.read_text(), timeout=30)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +17,12 @@ import redis
 
 from runner.serve import WEB_READ_SLOTS
 from tests.conftest import RedisServer, start_redis
-from tests.integration.web import STREAMS, Served, add, start_serve, until
+from tests.integration.web import STREAMS, TOKEN, add, gated, start_serve, until
 from tests.support.sse import Message, SseClient, stalled_socket
 
 pytestmark = pytest.mark.integration
 
 KINDS = list(STREAMS)
-
-
-@pytest.fixture
-def served(real_redis: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> Any:
-    servers: list[Served] = []
-
-    def start(**env: str) -> Served:
-        server = start_serve(redis_server.url, tmp_path, **env)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        result = server.stop()
-        assert result.code == 0, result.stderr
-        assert "Traceback" not in result.stderr, result.stderr
 
 
 def doc_for(kind: str, n: int, symbol: str = "ETH/USD") -> dict[str, Any]:
@@ -346,3 +331,39 @@ async def test_sigterm_ends_every_stream_with_a_last_event_and_exits_0(
         events = [m for m in messages if m.event]
         assert events[-1].event == "shutdown"
         assert "shutting down" in events[-1].json()["reason"]
+
+
+async def test_sigterm_lets_the_running_cycle_finish_and_publish_before_the_streams_close(
+    real_redis: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    server = start_serve(
+        redis_server.url,
+        tmp_path,
+        scripted=True,
+        RUNNER_API_TOKEN=TOKEN,
+        RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS="30",
+        **gated(gate, started),
+    )
+    client = await SseClient.open(server.port)
+    await client.next_event()
+    answers: list[Any] = []
+    poster = threading.Thread(target=lambda: answers.append(server.post("/api/cycles", {}, token=TOKEN)))
+    try:
+        poster.start()
+        await until(lambda: started.exists() and len(started.read_text().split()) == 2, what="both started")
+        server.proc.send_signal(signal.SIGTERM)  # while the cycle runs
+        gate.write_text("go")
+        messages = await client.read_to_end()
+        await asyncio.to_thread(poster.join, 60)
+    finally:
+        gate.write_text("go")
+        await client.close()
+        result = server.stop()
+
+    assert result.code == 0, result.stderr
+    assert answers[0].status == 200
+    assert answers[0].body["status"] == "completed"
+    # What the cycle published reached the stream before its last event.
+    assert [m.event for m in messages if m.event] == ["signal", "signal", "cycle", "shutdown"]
+    assert real_redis.xlen("signals:raw") == 2

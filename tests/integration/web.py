@@ -149,6 +149,19 @@ def start_serve(
     return served
 
 
+def gated(gate: Path, started: Path) -> dict[str, str]:
+    """Settings of a cycle held open by the scripted analyzer until the test creates ``gate``;
+    each analysis appends its symbol to ``started`` as it begins. The timeouts are long enough
+    that only the gate decides when the cycle ends."""
+    return {
+        "SCRIPTED_GATE": str(gate),
+        "SCRIPTED_LOG": str(started),
+        "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "60",
+        "RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS": "55",
+        "RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS": "55",
+    }
+
+
 def add(client: redis.Redis, kind: str, doc: dict[str, Any], symbol: str = "ETH/USD") -> str:
     """XADD one document to the stream of ``kind``, as the cycle writes it; returns the entry id."""
     stream, field_name = STREAMS[kind]
