@@ -128,7 +128,8 @@ class _Stream:
                 task.cancel()
         if self.gone.is_set() or (self.sub is not None and self.sub.ended):
             return False
-        await self.write(comment("waiting for Redis"))
+        if not waiter.done() or waiter.cancelled():
+            await self.write(comment("waiting for Redis"))
         return True
 
     async def _start(self, sub: Subscriber, asked: str | None) -> tuple[Cursor, list[bytes]] | None:
@@ -178,7 +179,7 @@ class _Stream:
             return None
         reads = [(i, entry, fields) for i, rows in enumerate(found) for entry, fields in rows]
         events, position, _ = to_events(hub.sources, hub.codec, after, reads)
-        return _max(position, after), [e.frame for e in events]
+        return position, [e.frame for e in events]
 
     async def _live(self, sub: Subscriber, position: Cursor) -> None:
         while True:
@@ -237,10 +238,6 @@ def render(items: Sequence[Event | bytes], position: Cursor, hub: Hub) -> tuple[
     if pinged and not chunks:
         chunks.append(PING)
     return chunks, position
-
-
-def _max(a: Cursor, b: Cursor) -> Cursor:
-    return tuple(max(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _reset_reason(wanted: Cursor | None) -> str:

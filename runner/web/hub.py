@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.errors import RedisUnavailable
+from runner.errors import RedisUnavailable, one_line
 from runner.store import streams, views
 from runner.store.connection import Client
 from runner.store.keys import Keys
@@ -249,6 +249,11 @@ class Hub:
                 if self.stats.reader_ok or self.stats.reader_error is None:
                     log.warning("event feed: %s; retrying", exc)
                 self.stats.reader_ok, self.stats.reader_error = False, str(exc)
+                await asyncio.sleep(backoff.delay())
+                continue
+            except Exception as exc:  # a reply it cannot read must not end the feed for good
+                log.exception("event feed: reading failed (%s); retrying", one_line(exc))
+                self.stats.reader_ok, self.stats.reader_error = False, one_line(exc)
                 await asyncio.sleep(backoff.delay())
                 continue
             if not self.stats.reader_ok:
