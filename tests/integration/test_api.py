@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer, run_cli, start_cli
-from tests.integration.helpers import env_for, scheduled_now, wait_until
+from tests.integration.helpers import assert_one_error_line, env_for, scheduled_now, wait_until
 from tests.integration.web import TOKEN, Response, gated, start_serve
 
 pytestmark = pytest.mark.integration
@@ -259,3 +259,18 @@ def test_a_head_request_of_the_event_stream_gets_its_headers_and_no_stream(serve
     assert head.status == 200
     assert head.headers["content-type"].startswith("text/event-stream")
     assert head.body == ""
+
+
+def test_a_port_already_taken_is_one_line_and_exit_2(redis_server: RedisServer, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            ["serve", "--no-schedule", "--port", str(port)], env_for(redis_server.url, tmp_path), timeout=60
+        )
+
+    line = assert_one_error_line(result, 2)
+    assert f"--port: cannot listen on 127.0.0.1:{port}" in line
