@@ -3,11 +3,13 @@
 It starts its own redis-server on a free loopback port and measures, with medians of several
 runs: scheduling efficiency against an ideal greedy pool and the specification's lock-step
 batches, Redis round trips per cycle at 20 / 200 / 2,000 symbols, whole-process overhead against
-a minimal redis-py script and against the same work on the runner's libraries, import time, a 2,000-symbol cycle's wall time and peak memory, and
-the shared rate limit's fidelity with two concurrent shards.
+a minimal redis-py script and against the same work on the runner's libraries, import time, a 2,000-symbol cycle's wall time and peak memory,
+the shared rate limit's fidelity with two concurrent shards, and the delivery latency of
+``runner serve``'s event stream to 1 and 1,000 clients with the server's RSS and Redis connections.
 
 ``--quick`` scales the rate-limit check down (1,000 per minute over 6-second windows) so the
 whole run takes about a minute; the default checks 100 per minute over real 60-second windows.
+``--sse-only`` measures the event stream alone and replaces its section of the report.
 """
 
 from __future__ import annotations

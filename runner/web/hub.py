@@ -133,9 +133,9 @@ class HubStats:
 
 @dataclass(frozen=True)
 class Flight:
-    """A snapshot read once for every client that asked while it was in flight."""
+    """A snapshot read once for every client that asked while it was in flight: where it stands
+    and its frame."""
 
-    snapshot: views.Snapshot
     cursor: Cursor
     frame: bytes
 
@@ -230,7 +230,7 @@ class Hub:
             snap = await views.read_snapshot(self.client, self.keys, self.names, SNAPSHOT_CYCLES)
         cursor: Cursor = tuple(snap.positions)
         data = json.dumps(snap.document(), separators=(",", ":"))
-        return Flight(snap, cursor, frame("snapshot", data, self.codec.encode(cursor)))
+        return Flight(cursor, frame("snapshot", data, self.codec.encode(cursor)))
 
     # The reader -----------------------------------------------------------------------------
 

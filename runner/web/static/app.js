@@ -14,7 +14,6 @@ const state = {
   report: null,
   status: null,
   cursor: null,
-  events: 0,
   lastEventAt: null,
 };
 
@@ -283,7 +282,6 @@ function handle(kind, event) {
     return;
   }
   if (event.lastEventId) state.cursor = event.lastEventId;
-  state.events += 1;
   state.lastEventAt = Date.now();
   if (kind === "snapshot") {
     applySnapshot(doc);
