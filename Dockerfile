@@ -61,7 +61,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/runner
 
-# `runner serve` listens here; `runner cycle` listens nowhere.
+# `runner serve --host 0.0.0.0` listens here (it binds 127.0.0.1 unless told); `runner cycle`
+# listens nowhere.
 EXPOSE 8080
 
 # Exec form, no shell: the runner is PID 1 and gets Kubernetes' SIGTERM itself, which it handles

@@ -2,7 +2,7 @@
 # what is missing first.
 PY ?= .venv/bin/python
 
-.PHONY: all install lint types test cycle clean bench
+.PHONY: all install lint types test cycle clean bench screenshot
 
 all: lint types test
 
@@ -28,6 +28,10 @@ clean:
 
 bench:
 	$(PY) -m bench
+
+# The browser test, writing its final screenshot to docs/dashboard.png (the README's).
+screenshot:
+	DASHBOARD_SCREENSHOT=1 $(PY) -m pytest tests/integration/test_dashboard.py
 
 # Reliability suite with the full 200-cycle soak; writes docs/RELIABILITY.md from the measured figures.
 .PHONY: reliability

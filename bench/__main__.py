@@ -4,13 +4,15 @@ It starts its own redis-server on a free loopback port and measures, with median
 runs: scheduling efficiency against an ideal greedy pool and the specification's lock-step
 batches, Redis round trips per cycle at 20 / 200 / 2,000 symbols, whole-process overhead against
 a minimal redis-py script and against the same work on the runner's libraries, import time, a 2,000-symbol cycle's wall time and peak memory,
-the shared rate limit's fidelity with two concurrent shards, and the pipeline: the makespan of
+the shared rate limit's fidelity with two concurrent shards, the pipeline (the makespan of
 chains of three remote stages against an ideal pool and a barrier design, and the chains
-completed under a binding rate limit.
+completed under a binding rate limit), and the delivery latency of ``runner serve``'s event
+stream to 1 and 1,000 clients with the server's RSS and Redis connections.
 
 ``--quick`` scales the rate-limit checks down (1,000 per minute over 6-second windows, a 3 s
 deadline) so the whole run takes about a minute; the default checks 100 per minute over real
-60-second windows and a 30 s deadline.
+60-second windows and a 30 s deadline. ``--sse-only`` measures the event stream alone and
+replaces its section of the report.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ import logging
 import os
 import platform
 import random
+import resource
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -315,10 +321,14 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.C
 
 def _vmhwm(pid: int) -> int:
     # wait4's ru_maxrss is useless here: a child inherits the high-water mark of this process.
+    return _proc_status_kb(pid, "VmHWM")
+
+
+def _proc_status_kb(pid: int, field: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -697,6 +707,214 @@ def bench_pipeline_rate_limit(server: Server, quick: bool) -> dict[str, Any]:
     }
 
 
+# 7. The event stream of runner serve -------------------------------------------------------------
+
+#: Messages whose delivery is timed, per client count (each waits until every client has it).
+SSE_MESSAGES = {1: 500, 1000: 200}
+SSE_MESSAGES_QUICK = {1: 100, 1000: 40}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Receiver(asyncio.Protocol):
+    """One event-stream client, as cheap as a client can be: it notes when each event's bytes
+    arrive (its ``"sent"`` time against now) and nothing else, so that the figures are the
+    server's, not the bench's parsing."""
+
+    def __init__(self, board: _Board) -> None:
+        self.board = board
+        self.tail = b""
+        self.subscribed = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"GET /api/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        text = self.tail + data
+        if not self.subscribed and b"event: snapshot" in text:
+            self.subscribed = True
+            self.board.subscribed()
+        start = 0
+        while (at := text.find(b'"sent": ', start)) >= 0:
+            end = text.find(b"}", at)
+            if end < 0:
+                break
+            self.board.delivered(now - float(text[at + 8 : end]))
+            start = end
+        self.tail = text[start:][-64:]
+
+
+class _Board:
+    """What the receivers saw, and when a round is complete."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.latencies: list[float] = []
+        self.ready = asyncio.Event()
+        self.count = 0
+
+    def subscribed(self) -> None:
+        self.count += 1
+        if self.count == self.expected:
+            self.ready.set()
+
+    def delivered(self, latency: float) -> None:
+        self.latencies.append(latency)
+        if len(self.latencies) % self.expected == 0:
+            self.ready.set()
+
+
+async def sse_delivery(port: int, redis_url: str, clients: int, messages: int) -> dict[str, Any]:
+    """Open ``clients`` streams, then time ``messages`` entries from XADD to each client."""
+    loop = asyncio.get_running_loop()
+    board = _Board(clients)
+    transports = []
+    for start in range(0, clients, 100):  # in waves, as browsers arrive, not one SYN flood
+        opened = await asyncio.gather(
+            *(
+                loop.create_connection(lambda: _Receiver(board), "127.0.0.1", port)
+                for _ in range(min(100, clients - start))
+            )
+        )
+        transports += [t for t, _ in opened]
+    await asyncio.wait_for(board.ready.wait(), 120)  # every client has its snapshot: subscribed
+    writer = aioredis.Redis.from_url(redis_url, decode_responses=True, client_name="bench")
+    try:
+        for k in range(messages):
+            board.ready.clear()
+            doc = {"id": f"BENCH/USD:{k}", "symbol": "BENCH/USD", "action": "HOLD", "sent": time.time()}
+            await writer.xadd("signals:raw", {"symbol": "BENCH/USD", "signal": json.dumps(doc)})
+            await asyncio.wait_for(board.ready.wait(), 120)
+    finally:
+        await writer.aclose()
+    return {"latencies": board.latencies, "transports": transports}
+
+
+def redis_connections(server: Server) -> int:
+    """Connections to the bench's Redis that are not the bench's own."""
+    client = redis.Redis(port=server.port, decode_responses=True, client_name="bench")
+    try:
+        return sum(1 for c in client.client_list() if c.get("name") != "bench")
+    finally:
+        client.close()
+
+
+def sse_clients(port: int) -> int:
+    """How many event-stream clients the server counts (``/health/detailed``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/detailed", timeout=10) as response:
+        return int(json.loads(response.read())["events"]["clients"])
+
+
+def bench_sse(server: Server, quick: bool) -> dict[str, Any]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # 1,000 sockets each side
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out: dict[str, Any] = {"load": os.getloadavg()[0]}
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "serve", "--no-schedule", "--port", str(port)],
+            env=runner_env(server),
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            for _ in range(600):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            for clients, messages in (SSE_MESSAGES_QUICK if quick else SSE_MESSAGES).items():
+                server.flush()
+
+                async def measured(n: int = clients, m: int = messages) -> dict[str, Any]:
+                    got = await sse_delivery(port, server.url, n, m)
+                    got["rss_mb"] = _proc_status_kb(proc.pid, "VmRSS") / 1024
+                    got["redis_connections"] = redis_connections(server)
+                    for transport in got.pop("transports"):
+                        transport.close()
+                    await asyncio.sleep(0)
+                    return got
+
+                got = asyncio.run(measured())
+                lat = got["latencies"]
+                out[str(clients)] = {
+                    "clients": clients,
+                    "messages": messages,
+                    "deliveries": len(lat),
+                    "p50_ms": percentile(lat, 0.50) * 1000,
+                    "p99_ms": percentile(lat, 0.99) * 1000,
+                    "max_ms": max(lat) * 1000,
+                    "rss_mb": got["rss_mb"],
+                    "redis_connections": got["redis_connections"],
+                }
+                while sse_clients(port):  # the closed streams are gone before the next round
+                    time.sleep(0.05)
+            out["load"] = max(out["load"], os.getloadavg()[0])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return out
+
+
+def sse_section(sse: dict[str, Any]) -> list[str]:
+    one, many = sse["1"], sse["1000"]
+    constant = one["redis_connections"] == many["redis_connections"]
+    intro = (
+        "One `runner serve --no-schedule` and its clients on this machine: the bench's own client "
+        "process shares its two cores, whose load average was "
+        f"{sse['load']:.1f} while it measured. Every figure is from XADD to the moment the event's "
+        "bytes reach a client."
+    )
+    how = (
+        "**How**: the bench starts `runner serve --no-schedule` against its redis-server, opens the "
+        "clients (HTTP/1.1 streams on asyncio protocols that only note when an event's bytes arrive, "
+        f"in waves of 100) and waits until each has its snapshot; then, {many['messages']} times "
+        f"({one['messages']} times for the one client), it XADDs a signal carrying its send time to "
+        "`signals:raw` and waits until every client has it. RSS is the server's VmRSS at that point; "
+        "the connections are CLIENT LIST less the bench's own."
+    )
+    return [
+        SSE_HEADING,
+        "",
+        *textwrap.wrap(intro, 96),
+        "",
+        "| what | measured | goal | |",
+        "|---|---|---|---|",
+        f"| delivery, 1 client: p50 / p99 ({one['deliveries']} deliveries) | {one['p50_ms']:.1f} ms / {one['p99_ms']:.1f} ms | - | |",
+        f"| delivery, 1,000 clients: p50 / p99 ({many['deliveries']:,} deliveries; slowest {many['max_ms']:.0f} ms) "
+        f"| {many['p50_ms']:.0f} ms / {many['p99_ms']:.0f} ms | p99 < 250 ms | {check(many['p99_ms'] < 250)} |",
+        f"| RSS of the server with 1,000 clients | {many['rss_mb']:.0f} MB | < 250 MB | {check(many['rss_mb'] < 250)} |",
+        f"| Redis connections the server holds with 1 and with 1,000 clients | {one['redis_connections']} and "
+        f"{many['redis_connections']} | constant | {check(constant)} |",
+        "",
+        *textwrap.wrap(how, 96),
+        "",
+    ]
+
+
+SSE_HEADING = "## runner serve: the event stream"
+
+
+def replace_section(text: str, heading: str, lines: list[str]) -> str:
+    """``text`` with the section under ``heading`` replaced by ``lines`` (appended if absent)."""
+    start = text.find(heading)
+    body = "\n".join(lines)
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + body
+    end = text.find("\n## ", start + len(heading))
+    return text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+
+
 # Report -----------------------------------------------------------------------------------------
 
 
@@ -929,6 +1147,7 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         "  with an instant remote analyzer; every analyzer call's start time is recorded and the",
         "  busiest window is counted.",
         "",
+        *(sse_section(results["sse"]) if "sse" in results else []),
     ]
     return "\n".join(lines)
 
@@ -936,7 +1155,12 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="scale the rate-limit check down")
+    parser.add_argument("--quick", action="store_true", help="scale the rate-limit and SSE checks down")
+    parser.add_argument(
+        "--sse-only",
+        action="store_true",
+        help="measure only runner serve's event stream and replace that section of the report",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "PERFORMANCE.md"))
     args = parser.parse_args()
     compile_bytecode()
@@ -949,7 +1173,10 @@ def main() -> None:
         "rate_limit": lambda: bench_rate_limit(server, args.quick),
         "pipeline_schedule": lambda: bench_pipeline_schedule(server, args.runs),
         "pipeline_rate_limit": lambda: bench_pipeline_rate_limit(server, args.quick),
+        "sse": lambda: bench_sse(server, args.quick),
     }
+    if args.sse_only:
+        steps = {"sse": steps["sse"]}
     results: dict[str, Any] = {
         "machine": machine(),
         "redis": server.version,
@@ -963,7 +1190,17 @@ def main() -> None:
             print(f"bench: {name}: {results[name]}", file=sys.stderr, flush=True)
     finally:
         server.stop()
-    Path(args.out).write_text(render(results, args.runs, args.quick))
+    out = Path(args.out)
+    if args.sse_only:
+        section = sse_section(results["sse"])
+        section[2:2] = [
+            f"Measured by `python -m bench --sse-only` on {results['date']} (redis-server {results['redis']}).",
+            "",
+        ]
+        text = out.read_text() if out.exists() else "# Performance\n"
+        out.write_text(replace_section(text, SSE_HEADING, section))
+    else:
+        out.write_text(render(results, args.runs, args.quick))
     print(f"bench: wrote {args.out}", file=sys.stderr)
 
 

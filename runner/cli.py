@@ -265,20 +265,28 @@ async def _progress_bar(machine: bool) -> AsyncIterator[Progress | None]:
 def serve(
     config: ConfigOpt = None,
     host: Annotated[
-        str, typer.Option("--host", help="Address for the health and metrics endpoints.")
-    ] = "0.0.0.0",  # noqa: S104 - a pod serves its probes on all interfaces
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port for the endpoints.")] = 8080,
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    no_schedule: Annotated[
+        bool,
+        typer.Option("--no-schedule", help="Serve the dashboard and API only; run no scheduled cycles."),
+    ] = False,
     shard: Annotated[
         str | None, typer.Option("--shard", help="This process's share of the symbols, I/N.")
     ] = None,
 ) -> None:
-    """Run cycles on the configured cron schedule, with /health, /health/ready and /metrics."""
-    from runner.serve import Service
-
+    """The dashboard, the HTTP API and cycles on the configured cron schedule (or none)."""
     settings = settings_or_exit(config)
     shard_value = shard_or_exit(shard, settings)
     _setup_logs(settings)
-    run_async(lambda: Service(settings, shard_value).run(host, port))
+
+    async def serving() -> None:
+        from runner.serve import Service
+
+        await Service(settings, shard_value, schedule=not no_schedule).run(host, port)
+
+    run_async(serving)
 
 
 @app.command()

@@ -65,7 +65,12 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "OPENCODE_SERVER_PASSWORD": ("analyzer", "opencode_password"),
     "PUSHGATEWAY_URL": ("metrics", "pushgateway_url"),
     "POSTGRES_URL": ("archive", "postgres_url"),
+    "RUNNER_API_TOKEN": ("api", "token"),
 }
+
+#: The settings that hold secrets, as (section, key): masked in ``runner config``, never logged.
+SECRETS = (("analyzer", "api_key"), ("analyzer", "opencode_password"), ("api", "token"))
+SECRET_FIELDS = frozenset(key for _, key in SECRETS)
 
 
 def validate_symbol(symbol: str) -> str:
@@ -412,6 +417,19 @@ class ArchiveSettings(Section):
         return value
 
 
+class Api(Section):
+    """``runner serve``'s HTTP API and its Server-Sent Events."""
+
+    #: Bearer token of the write routes (``POST /api/cycles``, ``POST /api/kill-switch``); or
+    #: ``RUNNER_API_TOKEN``. Without one, those routes answer 403.
+    token: SecretStr | None = None
+    #: Seconds between the comment pings every event stream gets (proxies close idle streams).
+    sse_ping_seconds: float = Field(default=10.0, gt=0, le=15)
+    #: Events an event-stream client may have waiting; one that falls further behind is
+    #: disconnected (it resumes from its last event id), never buffered without bound.
+    sse_client_queue: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
+
+
 def _check_window(value: str) -> str:
     if not isinstance(value, str) or not WINDOW_RE.fullmatch(value):
         raise ValueError(f"maintenance window must look like HH:MM-HH:MM (UTC), got {value!r}")
@@ -460,6 +478,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings = NotifySettings()
     archive: ArchiveSettings = ArchiveSettings()
+    api: Api = Api()
     maintenance_windows: list[Annotated[str, AfterValidator(_check_window)]] = Field(default_factory=list)
 
     @field_validator("schedule")
@@ -639,10 +658,10 @@ def load_settings(
 
 
 #: Settings whose values are never shown, not even in an error message.
-SECRET_FIELDS = frozenset({"api_key", "opencode_password", "postgres_url", "urls"})
+SECRET_FIELDS = frozenset({"api_key", "opencode_password", "postgres_url", "urls", "token"})
 
-#: ``RUNNER_*`` variables that are not settings.
-NOT_SETTINGS = frozenset({"RUNNER_CONFIG", "RUNNER_STATE_DIR"})
+#: ``RUNNER_*`` variables that are not settings (``RUNNER_API_TOKEN`` is an alias of one).
+NOT_SETTINGS = frozenset({"RUNNER_CONFIG", "RUNNER_STATE_DIR", "RUNNER_API_TOKEN"})
 
 
 def _check_prefixed(environ: Mapping[str, str]) -> None:
@@ -696,7 +715,7 @@ def redact_dsn(url: str) -> str:
 def public_view(settings: Settings) -> dict[str, Any]:
     """The effective settings with secrets masked, for ``runner config``."""
     data = settings.model_dump(mode="json")
-    for section, key in (("analyzer", "api_key"), ("analyzer", "opencode_password")):
+    for section, key in SECRETS:
         if data[section][key] is not None:
             data[section][key] = "***"
     data["notify"]["urls"] = [masked_url(u.get_secret_value()) for u in settings.notify.urls]
@@ -711,6 +730,20 @@ def public_view(settings: Settings) -> dict[str, Any]:
         if data[section][key]:
             data[section][key] = redact_url(data[section][key])
     return data
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The clear values of every secret the settings hold, for the log filter that masks them."""
+    values = []
+    for section, key in SECRETS:
+        secret = getattr(getattr(settings, section), key)
+        if secret is not None and secret.get_secret_value():
+            values.append(secret.get_secret_value())
+    if settings.redis.url:
+        password = urlsplit(settings.redis.url).password
+        if password:
+            values.append(password)
+    return values
 
 
 def in_kubernetes(environ: Mapping[str, str] | None = None) -> bool:

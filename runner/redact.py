@@ -95,11 +95,11 @@ def dsn_secrets(url: str | None) -> list[str]:
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """Every secret string the settings hold (API key, passwords, notification URLs' secret
-    parts, the archive's database password), longest first so that a secret containing another
+    """Every secret string the settings hold (API key and token, passwords, notification URLs'
+    secret parts, the archive's database password), longest first so that a secret containing another
     is masked whole."""
     found: list[str] = []
-    for secret in (settings.analyzer.api_key, settings.analyzer.opencode_password):
+    for secret in (settings.analyzer.api_key, settings.analyzer.opencode_password, settings.api.token):
         if secret is not None:
             found.append(secret.get_secret_value())
     for url in (settings.redis.url, settings.metrics.pushgateway_url, settings.analyzer.opencode_url):

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 SIGNAL_ID_TTL_SECONDS = 6 * 3600
 #: How many cycle summaries the history keeps.
 HISTORY_LENGTH = 200
+#: How many cycle summaries the cycle stream keeps at least (``MAXLEN ~``): ``/api/history``
+#: serves up to this many.
+CYCLES_LENGTH = 1000
 #: Slack added to the cycle lease beyond the cycle's own deadline and grace period.
 LEASE_SLACK_SECONDS = 15
 #: How long "this transition was claimed for sending" is remembered. A transition's id carries
@@ -212,6 +215,12 @@ class Keys:
     def history(self) -> str:
         """Cycle summaries, newest first."""
         return self._k("runner:history")
+
+    @property
+    def cycles(self) -> str:
+        """The same summaries as a capped stream (entry field ``doc``), so that they
+        can be followed from a cursor like every other stream the dashboard shows."""
+        return self._k("runner:cycles")
 
     @property
     def last_cycle(self) -> str:

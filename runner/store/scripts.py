@@ -297,13 +297,15 @@ local function score_outcomes(O, want_ratios)
 end
 """
 
-#: Writes a cycle's outcome and releases what the run holds.
-#: K: history, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat, breaker,
-#:    spend, last_cycle, kill_switch, failing, outcomes, outcome_totals, outcome_day. L: locks
-#:    (the locks the run still owns, aligned with A.lock_values), pending (see OUTCOMES).
-#: A: summary, last, history_len, symbols [{symbol, ok, status, code, reason, duration_ms, fault,
-#:    at, action, stages {stage: status}}], pause_after, cycle_id, latency, latency_keep,
-#:    backpressure, failing (the shard's failed-cycle streak, or null to leave it), counters,
+#: Writes a cycle's outcome and releases what the run holds. The summary goes to the history list
+#: and to the cycle stream (capped ``MAXLEN ~ cycles_len``), which event streams follow.
+#: K: history, cycles, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat,
+#:    breaker, spend, last_cycle, kill_switch, failing, outcomes, outcome_totals, outcome_day.
+#:    L: locks (the locks the run still owns, aligned with A.lock_values), pending (see OUTCOMES).
+#: A: summary, last, history_len, cycles_len, symbols [{symbol, ok, status, code, reason,
+#:    duration_ms, fault, at, action, stages {stage: status}}], pause_after, cycle_id, latency,
+#:    latency_keep, backpressure, failing (the shard's failed-cycle streak, or null to leave it),
+#:    counters,
 #:    last_success, lease_value, release_heartbeat, lock_values, breaker {expected, fields},
 #:    spend {usd, calls}, want_counters, outcomes (see OUTCOMES, or null).
 #: Returns JSON {paused_now, released, counters, last_success, breaker_saved, breaker, paused,
@@ -317,8 +319,10 @@ RECORD = (
 local paused_now = {}
 if present(A.summary) then
   ensure(K.history, 'list', false)
+  ensure(K.cycles, 'stream', false)
   redis.call('LPUSH', K.history, A.summary)
   redis.call('LTRIM', K.history, 0, A.history_len - 1)
+  redis.call('XADD', K.cycles, 'MAXLEN', '~', A.cycles_len, '*', 'doc', A.summary)
 end
 if present(A.last) then
   ensure(K.last_cycle, 'string', false)

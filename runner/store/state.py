@@ -28,7 +28,7 @@ from runner.breaker import BreakerState
 from runner.guards import Snapshot
 from runner.store import replies, scripts
 from runner.store.connection import redis_errors
-from runner.store.keys import HISTORY_LENGTH, LEASE_SLACK_SECONDS, Keys
+from runner.store.keys import CYCLES_LENGTH, HISTORY_LENGTH, LEASE_SLACK_SECONDS, Keys
 from runner.store.locks import Owner, parse_take
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ class StateStore:
         keys, args = scripts.pack(
             {
                 "history": self.keys.history,
+                "cycles": self.keys.cycles,
                 "stats": self.keys.stats,
                 "paused": self.keys.paused,
                 "latency": self.keys.latency,
@@ -174,7 +175,7 @@ class StateStore:
                 "failing": self.keys.failing(self.shard),
             },
             {"locks": lock_keys, "pending": [self.keys.outcome_pending(s) for s in outcome_symbols or []]},
-            {"history_len": HISTORY_LENGTH, **payload},
+            {"history_len": HISTORY_LENGTH, "cycles_len": CYCLES_LENGTH, **payload},
         )
         async with redis_errors("recording the cycle"):
             raw = await self._record(keys=keys, args=args)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from runner import adaptive, breaker
 from runner.config import Settings
@@ -223,3 +224,18 @@ def _or_reason(record: dict[str, Any] | None, raw: str) -> dict[str, Any]:
 def _documents(by_symbol: dict[str, str]) -> dict[str, dict[str, Any]]:
     """A latest-document hash read as symbol -> document (unreadable entries left out)."""
     return {s: v for s, v in ((s, json_object(raw)) for s, raw in by_symbol.items()) if v is not None}
+
+
+async def read_readiness(client: aioredis.Redis, keys: Keys, shard_key: str) -> tuple[str, int]:
+    """What the readiness probe needs, in one round trip and no scan: the analyzer breaker's
+    stored state and this shard's cooldown cycles left (a key of the wrong type reads as unset)."""
+    async with redis_errors("the readiness check"), client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.breaker("llm_service"))
+        pipe.hget(keys.backpressure(shard_key), "cooldown_remaining")
+        breaker_raw, cooldown_raw = await pipe.execute(raise_on_error=False)
+        for answer in (breaker_raw, cooldown_raw):
+            if isinstance(answer, Exception) and not isinstance(answer, ResponseError):
+                raise answer
+    state = replies.breaker_state(replies.pairs(breaker_raw), keys.breaker("llm_service"))
+    cooldown = as_float(cooldown_raw) if isinstance(cooldown_raw, str) else None
+    return state.state.value, int(cooldown or 0)

@@ -1,13 +1,20 @@
-"""Reading the streams: the latest entries, then every new one as it arrives (``runner watch``);
-the newest entries that match (``runner history`` without the archive)."""
+"""Reading streams: the latest entries, following several at once (``runner watch``), the newest
+entries that match (``runner history`` without the archive), and what the event feed of ``runner
+serve`` needs to follow several streams from a cursor.
+
+Stream entry ids are ``<milliseconds>-<sequence>``; the feed handles them as ``StreamId`` pairs of
+ints, so that they compare as Redis orders them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from runner.errors import DependencyError
 from runner.store.connection import redis_errors
@@ -18,6 +25,22 @@ BLOCK_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 
 Entry = tuple[str, dict[str, Any]]
+#: An entry id as (milliseconds, sequence).
+StreamId = tuple[int, int]
+#: Before every entry: "nothing of this stream seen yet".
+ZERO: StreamId = (0, 0)
+
+
+def parse_id(text: str) -> StreamId:
+    """``"1732370741203-4"`` -> ``(1732370741203, 4)``; raises ValueError for anything else."""
+    ms, sep, seq = str(text).partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f"not a stream entry id: {text!r}")
+    return int(ms), int(seq)
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
 
 
 async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]:
@@ -83,3 +106,146 @@ async def newest(
                 break
             upper = f"({entries[-1][0]}"
     return out
+
+
+# Several streams from a cursor (the event feed) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """Where a stream stands, and what it no longer holds."""
+
+    #: The last id it ever gave (its entries' ids never go below this again).
+    last: StreamId = ZERO
+    #: Its oldest entry still held (None when it holds none).
+    first: StreamId | None = None
+    #: The newest id removed by XDEL (Redis 7; trimming does not move it).
+    max_deleted: StreamId = ZERO
+    #: How many entries were ever removed, by trimming or XDEL (None before Redis 7).
+    removed: int | None = None
+
+    def lost_after(self, position: StreamId) -> bool:
+        """Whether entries after ``position`` may have been removed before a reader at
+        ``position`` read them. Trimming removes the oldest entries, so a position before the
+        oldest entry held has lost what lay between (when the reader's own last entry is the
+        only one trimmed, this says lost too: the cautious answer)."""
+        if self.max_deleted > position:
+            return True
+        if self.removed == 0:
+            return False
+        if self.first is None:
+            return position < self.last
+        return position < self.first
+
+
+def _id_or(raw: Any, default: StreamId | None) -> StreamId | None:
+    try:
+        return parse_id(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def stream_info(reply: Any) -> StreamInfo:
+    """An ``XINFO STREAM`` reply; a missing key (an error reply) or a wrong type is an empty stream."""
+    if not isinstance(reply, dict):
+        return StreamInfo()
+    first_entry = reply.get("first-entry")
+    first = _id_or(first_entry[0], None) if isinstance(first_entry, list | tuple) and first_entry else None
+    added, length = reply.get("entries-added"), reply.get("length")
+    removed = added - length if isinstance(added, int) and isinstance(length, int) else None
+    return StreamInfo(
+        last=_id_or(reply.get("last-generated-id"), ZERO) or ZERO,
+        first=first,
+        max_deleted=_id_or(reply.get("max-deleted-entry-id"), ZERO) or ZERO,
+        removed=removed,
+    )
+
+
+async def infos(client: aioredis.Redis, streams: Sequence[str]) -> list[StreamInfo]:
+    """Where each stream stands, in one round trip."""
+    async with redis_errors("reading the event streams"), client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        replies = await pipe.execute(raise_on_error=False)
+        _raise_connection_errors(replies)
+    return [stream_info(r) for r in replies]
+
+
+#: One entry read from one of several streams: (index of its stream, id, fields).
+Read = tuple[int, StreamId, dict[str, str]]
+
+
+async def read_after(
+    client: aioredis.Redis,
+    streams: Sequence[str],
+    positions: Sequence[StreamId],
+    *,
+    block_ms: int,
+    count: int,
+) -> list[Read]:
+    """One ``XREAD BLOCK`` over ``streams``: the entries after each stream's position (at most
+    ``count`` per stream), waiting up to ``block_ms`` for the first one. A stream of the wrong
+    type is skipped rather than failing the read of the others."""
+    index = {s: i for i, s in enumerate(streams)}
+    wanted: dict[Any, Any] = {s: format_id(p) for s, p in zip(streams, positions, strict=True)}
+    async with redis_errors("following the event streams"):
+        try:
+            replies: Any = await client.xread(wanted, block=block_ms, count=count)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            readable = await _streams_only(client, streams)
+            if not readable:
+                await asyncio.sleep(block_ms / 1000)
+                return []
+            replies = await client.xread({s: wanted[s] for s in readable}, block=block_ms, count=count)
+    out: list[Read] = []
+    for name, entries in replies or []:
+        i = index[str(name)]
+        for entry_id, fields in entries:
+            out.append((i, parse_id(entry_id), dict(fields)))
+    return out
+
+
+async def _streams_only(client: aioredis.Redis, streams: Sequence[str]) -> list[str]:
+    async with client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.type(stream)
+        kinds = await pipe.execute()
+    return [s for s, kind in zip(streams, kinds, strict=True) if kind in ("stream", "none")]
+
+
+async def ranges_with_infos(
+    client: aioredis.Redis,
+    streams: Sequence[str],
+    after: Sequence[StreamId],
+    until: Sequence[StreamId],
+    count: int,
+) -> tuple[list[StreamInfo], list[list[tuple[StreamId, dict[str, str]]]]]:
+    """Atomically (one MULTI): where each stream stands, and its entries after ``after[i]`` up to
+    and including ``until[i]`` (at most ``count``; none where ``until[i] <= after[i]``). Read
+    together, so that nothing can be trimmed between the check and the read."""
+    async with redis_errors("reading the event streams"), client.pipeline(transaction=True) as pipe:
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        for stream, start, end in zip(streams, after, until, strict=True):
+            if end > start:
+                pipe.xrange(stream, f"({format_id(start)}", format_id(end), count=count)
+            else:
+                pipe.echo("")
+        replies = await pipe.execute(raise_on_error=False)
+        _raise_connection_errors(replies)
+    n = len(streams)
+    found: list[list[tuple[StreamId, dict[str, str]]]] = []
+    for reply in replies[n:]:
+        rows = reply if isinstance(reply, list) else []
+        found.append([(parse_id(i), dict(f)) for i, f in rows])
+    return [stream_info(r) for r in replies[:n]], found
+
+
+def _raise_connection_errors(replies: list[Any]) -> None:
+    """Error replies of single commands (no such key, wrong type) read as empty streams; a lost
+    connection is an outage."""
+    for reply in replies:
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply

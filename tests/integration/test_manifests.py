@@ -37,7 +37,7 @@ from tests.conftest import drop_settings_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-KUSTOMIZATIONS = ("base", "sharded", "service", "dev")
+KUSTOMIZATIONS = ("base", "sharded", "service", "dashboard", "dev")
 #: The oldest Kubernetes release with every field used here generally available (Indexed Jobs'
 #: backoffLimitPerIndex: 1.33), and the newest release kubernetes-validate has schemas for.
 KUBE_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
@@ -50,6 +50,8 @@ CONFIG_MOUNT = "/etc/autonomous-runner"
 #: record, a 2 s push).
 STARTUP_BUDGET = 5
 WIND_DOWN_BUDGET = 5
+#: What a pod's server must listen on (the app binds 127.0.0.1 unless told).
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - a pod serves its probes and its Service on every interface
 SECRET_NAME_RE = re.compile(
     r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|REDIS_URL|NOTIFY__URLS|POSTGRES_URL|DATABASE_URL",
     re.IGNORECASE,
@@ -291,7 +293,7 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def runner_workloads(rendered: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (name, doc)
-        for name in ("base", "sharded", "service")
+        for name in ("base", "sharded", "service", "dashboard")
         for doc in rendered[name].values()
         if doc["kind"] in ("CronJob", "Deployment")
     ]
@@ -380,6 +382,7 @@ def pod_settings(
         "opencode-server-password": "test-password",
         "notify-urls": "json://127.0.0.1:9/hook",
         "postgres-url": "postgresql://runner_writer:test-password@postgres:5432/archive?sslmode=require",
+        "api-token": "test-api-token",
     }
     for name, entry in env_of(container).items():
         if "value" in entry:
@@ -483,7 +486,7 @@ def test_the_pods_run_restricted(rendered: dict[str, Any]) -> None:
     workloads = runner_workloads(rendered) + [
         ("dev", doc) for doc in rendered["dev"].values() if doc["kind"] == "Deployment"
     ]
-    assert len(workloads) == 5
+    assert len(workloads) == 7
     for name, workload in workloads:
         where = f"k8s/{name} {workload['kind']}/{workload['metadata']['name']}"
         spec = pod_spec(workload)
@@ -649,7 +652,7 @@ def test_the_service_overlay_serves_health_and_metrics(
     assert spec["strategy"] == {"type": "Recreate"}
     pod = pod_spec(deployment)
     container = runner_container(deployment)
-    assert container["args"] == ["serve", "--port", "8080"]
+    assert container["args"] == ["serve", "--host", EVERY_INTERFACE, "--port", "8080"]
     assert "command" not in container
     (port,) = container["ports"]
     assert port["containerPort"] == 8080
@@ -675,6 +678,50 @@ def test_the_service_overlay_serves_health_and_metrics(
     # the base's ConfigMap and ServiceAccount come along
     assert ("ServiceAccount", "autonomous-runner") in docs
     assert any(k[0] == "ConfigMap" for k in docs)
+
+
+def test_the_dashboard_overlay_serves_the_app_beside_the_cronjob(
+    rendered: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["dashboard"]
+    # The CronJob goes on running the cycles, exactly as in the base.
+    assert only(docs, "CronJob") == only(rendered["base"], "CronJob")
+    deployment = only(docs, "Deployment")
+    service = only(docs, "Service")
+    container = runner_container(deployment)
+    args = container["args"]
+    assert args[:2] == ["serve", "--no-schedule"]
+    # The app binds 127.0.0.1 by default: in a pod it must listen on every interface.
+    assert args[args.index("--host") + 1] == EVERY_INTERFACE
+    (port,) = container["ports"]
+    assert args[args.index("--port") + 1] == str(port["containerPort"])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in (port["containerPort"], port["name"])
+    token = env_of(container)["RUNNER_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert (token["name"], token["key"]) == (SECRET_NAME, "api-token")
+    settings = pod_settings(rendered, deployment, tmp_path, monkeypatch)
+    assert settings.api.token is not None
+    assert settings.api.token.get_secret_value() == "test-api-token"
+    assert settings.redis.url == "redis://redis:6379/0"
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace >= settings.graceful_shutdown.timeout_seconds + WIND_DOWN_BUDGET
+    # Nothing of its own to hand over: a rollout starts the new pod before stopping the old.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # The Service reaches the dashboard's pods, never the CronJob's.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    cron_labels = pod_spec_labels(only(docs, "CronJob"))
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert not service["spec"]["selector"].items() <= cron_labels.items()
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in (port["containerPort"], port["name"])
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def pod_spec_labels(cron: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    return labels
 
 
 def test_the_dev_dependencies_are_redis_and_a_pushgateway(rendered: dict[str, Any]) -> None:

@@ -430,6 +430,29 @@ def test_api_key_is_masked_in_the_public_view() -> None:
     assert s.analyzer.api_key.get_secret_value() == SECRET
 
 
+def test_the_api_token_comes_from_runner_api_token_and_is_masked_everywhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RUNNER_API_TOKEN", "tok-0123456789")  # a RUNNER_ name that is an alias
+
+    s = load_settings(None, None)
+
+    assert s.api.token is not None
+    assert s.api.token.get_secret_value() == "tok-0123456789"
+    assert public_view(s)["api"]["token"] == "***"
+    assert "tok-0123456789" not in json.dumps(public_view(s))
+    assert "tok-0123456789" not in repr(s)
+    assert "tok-0123456789" in secret_values(s)  # so the log filter masks it
+
+
+def test_the_event_stream_settings_are_checked() -> None:
+    assert "sse_ping_seconds" in config_error(overrides={"api": {"sse_ping_seconds": 20}})
+    assert "sse_client_queue" in config_error(overrides={"api": {"sse_client_queue": 3}})
+    defaults = load_settings(None, None, environ={}).api
+    assert defaults.token is None
+    assert 0 < defaults.sse_ping_seconds <= 15
+
+
 def test_public_view_without_secrets_shows_none() -> None:
     view = public_view(load_settings(None, None, environ={}))
 

@@ -567,6 +567,27 @@ async def test_record_appends_to_a_capped_history_newest_first(any_redis: Any) -
     assert history == [{"n": 4}, {"n": 3}, {"n": 2}]
 
 
+async def test_record_also_adds_each_summary_to_the_cycle_stream_in_order(any_redis: Any) -> None:
+    store = StateStore(any_redis, KEYS)
+    for i in range(3):
+        await record(store, payload(summary=json.dumps({"n": i}), history_len=2))
+
+    entries = await any_redis.xrange(KEYS.cycles)
+
+    # The stream keeps what the shorter list drops, oldest first, each entry one field: the summary.
+    assert [fields for _, fields in entries] == [{"doc": json.dumps({"n": i})} for i in range(3)]
+
+
+async def test_a_cycle_stream_of_the_wrong_type_is_reset_before_anything_is_recorded(any_redis: Any) -> None:
+    await any_redis.set(KEYS.cycles, "garbage")
+    store = StateStore(any_redis, KEYS)
+
+    result = await record(store, payload(summary=json.dumps({"n": 1})))
+
+    assert [fields for _, fields in await any_redis.xrange(KEYS.cycles)] == [{"doc": '{"n": 1}'}]
+    assert any("runner:cycles" in w for w in result.warnings)
+
+
 async def test_record_keeps_per_symbol_stats(any_redis: Any) -> None:
     store = StateStore(any_redis, KEYS)
 

@@ -50,7 +50,7 @@ async def test_redis_breaker_skips_cycles_after_repeated_outages_and_probes_late
     assert service.state.redis_breaker.state == "open"
     await service._one_cycle(None, fire)  # type: ignore[arg-type]
     assert len(calls) == 3  # the fourth was skipped: Redis is not hammered while it is down
-    assert (await service._ready_checks())["redis_connected"] is False
+    assert (await service.ready_checks())["redis_connected"] is False
 
     clock["now"] += 31
     outcome["raise"] = False
