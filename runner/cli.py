@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from runner.analysis import Progress
     from runner.models import Outcome, SymbolResult
     from runner.shards import Shard
+    from runner.store.connection import RedisHandle
     from runner.store.state import StateStore
 
 T = TypeVar("T")
@@ -108,12 +109,9 @@ def _setup_logs(settings: Settings) -> None:
     secrets = [
         s.get_secret_value() for s in (settings.analyzer.api_key, settings.analyzer.opencode_password) if s
     ]
-    if settings.redis.url:
-        from urllib.parse import urlsplit
-
-        pw = urlsplit(settings.redis.url).password
-        if pw:
-            secrets.append(pw)
+    target = settings.redis.target()
+    if target is not None:
+        secrets += target.secrets()
     logs.setup(settings.log_level, secrets)
 
 
@@ -214,6 +212,8 @@ async def _cycle(
         from runner import render
 
         render.print_cycle(Console(), outcome)
+    if outcome.error:  # Redis ended the cycle early: the one line that says why
+        print(f"runner: error: {outcome.error}", file=sys.stderr)
     return outcome
 
 
@@ -297,9 +297,24 @@ async def _status(settings: Settings) -> tuple[dict[str, Any], int, list[str]]:
 
     async with redis_session(settings) as handle:
         now = datetime.now(UTC)
-        doc = await read_status(handle.client, Keys.for_settings(settings), settings, now)
+        keys = Keys.for_settings(settings)
+        doc = await read_status(handle.client, keys, settings, now)
+        doc["redis"] = await _topology(handle, keys.fencing)
     code, problems = health(doc, settings, now.timestamp())
     return doc, code, problems
+
+
+async def _topology(handle: RedisHandle, slot_key: str) -> dict[str, Any]:
+    """Which topology is in use and which node is the master now (``master`` says why not when
+    it cannot be found: status still answers)."""
+    from runner.errors import RedisUnavailable
+
+    info: dict[str, Any] = {"topology": handle.topology, "url": handle.description}
+    try:
+        info.update(await handle.master(slot_key))
+    except RedisUnavailable as exc:
+        info["error"] = str(exc)
+    return info
 
 
 async def _with_store(settings: Settings, action: Callable[[StateStore], Awaitable[T]]) -> T:
@@ -461,13 +476,29 @@ async def _watch(settings: Settings, last: int, machine: bool, wanted: set[str])
 def show_config(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """Print the effective settings, secrets masked."""
     settings = settings_or_exit(config)
-    view = {"autonomous_runner": public_view(settings)}
+    view: dict[str, Any] = {"autonomous_runner": public_view(settings)}
+    if settings.redis.url:
+        # Which node is the master now, asked within the socket timeout; config still prints
+        # when Redis cannot be reached (it says why).
+        view["redis_master"] = run_async(lambda: _master_now(settings))
     if json_out or not sys.stdout.isatty():
         print(json.dumps(view, indent=2))
     else:
         import yaml
 
         print(yaml.safe_dump(view, sort_keys=False), end="")
+
+
+async def _master_now(settings: Settings) -> dict[str, Any]:
+    from runner.errors import RedisUnavailable
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
+
+    try:
+        async with redis_session(settings) as handle:
+            return await _topology(handle, Keys.for_settings(settings).fencing)
+    except RedisUnavailable as exc:
+        return {"topology": settings.redis.topology().value, "error": str(exc)}
 
 
 def main() -> None:

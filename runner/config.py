@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -32,7 +31,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from runner import redis_url
 from runner.errors import ConfigError
+from runner.redis_url import redact_url as redact_url
 
 ROOT_KEY = "autonomous_runner"
 
@@ -277,29 +278,37 @@ class Market(Section):
 
 
 class RedisSettings(Section):
+    #: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://`` (and the
+    #: TLS forms of the last two); see ``runner.redis_url``.
     url: str | None = None
+    #: Goes before every key; on a cluster it becomes a hash tag (``effective_key_prefix``).
     key_prefix: str = ""
     socket_timeout_seconds: PositiveFloat = 2.0
+    #: How long the end of a cycle waits for a replica to acknowledge what the run published
+    #: (where the master has replicas); a document no replica confirms is ``unconfirmed``.
+    replica_ack_timeout_seconds: PositiveFloat = 1.0
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(value)!r}")
-        if parts.scheme != "unix":
-            try:
-                port = parts.port
-            except ValueError as exc:
-                raise ValueError(f"has a bad port: {redact_url(value)!r}") from exc
-            if not parts.hostname:
-                raise ValueError(f"has no host: {redact_url(value)!r}")
-            del port
-        elif not parts.path:
-            raise ValueError(f"has no socket path: {redact_url(value)!r}")
+        redis_url.parse(value)  # raises ValueError with one line, the URL redacted
         return value
+
+    def target(self) -> redis_url.Target | None:
+        """What ``url`` names (None: no URL, the embedded Redis)."""
+        return redis_url.parse(self.url) if self.url else None
+
+    def topology(self) -> redis_url.Topology:
+        target = self.target()
+        return target.topology if target else redis_url.Topology.SINGLE
+
+    def effective_key_prefix(self) -> str:
+        """``key_prefix``, made a hash tag on a cluster (``{runner}:`` when none is set)."""
+        if self.topology() is redis_url.Topology.CLUSTER:
+            return redis_url.cluster_prefix(self.key_prefix)
+        return self.key_prefix
 
 
 class Publish(Section):
@@ -564,20 +573,6 @@ def parse_symbols(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def redact_url(url: str) -> str:
-    """The URL with any credentials masked: ``redis://user:***@host:6379/0``.
-
-    Works on the raw text (everything between ``://`` and the last ``@``), so a password that
-    is not URL-encoded, or a URL that does not parse, still never shows.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0] if ":" in credentials else ""
-    return f"{scheme}://{user}:***@{location}"
-
-
 def public_view(settings: Settings) -> dict[str, Any]:
     """The effective settings with secrets masked, for ``runner config``."""
     data = settings.model_dump(mode="json")
@@ -592,6 +587,13 @@ def public_view(settings: Settings) -> dict[str, Any]:
     ):
         if data[section][key]:
             data[section][key] = redact_url(data[section][key])
+    target = settings.redis.target()
+    data["redis"]["topology"] = target.topology.value if target else "embedded"
+    data["redis"]["effective_key_prefix"] = settings.redis.effective_key_prefix()
+    if target is not None and target.nodes:
+        data["redis"]["nodes"] = [f"{host}:{port}" for host, port in target.nodes]
+    if target is not None and target.master_name:
+        data["redis"]["master_name"] = target.master_name
     return data
 
 

@@ -6,6 +6,8 @@ The tree::
      ├── ConfigError            bad settings, flags or environment        -> exit 2
      ├── DependencyError        a dependency the whole cycle needs is down -> exit 3
      │    └── RedisUnavailable  Redis refused, timed out or answered nonsense
+     │         └── TopologyChanged   the master moved or is gone (READONLY, NOREPLICAS,
+     │                               MASTERDOWN, CLUSTERDOWN, no master, connection refused)
      └── AnalyzerError          one analysis went wrong (one symbol's result)
           ├── TransientError    worth retrying: timeouts, 5xx, resets
           │    └── RateLimited  429 / 503 with an optional Retry-After
@@ -65,6 +67,9 @@ class Code(StrEnum):
     FENCED = "fenced"
     #: Redis did not take the publish.
     PUBLISH_FAILED = "publish_failed"
+    #: Published on the master, but no replica confirmed it before the cycle's time ran out (or
+    #: it was gone from the master by then): a failover may lose it.
+    UNCONFIRMED = "unconfirmed"
 
 
 class ExitCode(IntEnum):
@@ -90,6 +95,11 @@ class DependencyError(RunnerError):
 
 class RedisUnavailable(DependencyError):
     """Redis could not be reached in time, or answered something unusable."""
+
+
+class TopologyChanged(RedisUnavailable):
+    """The node the run talks to is no longer a master that may write, or there is none (a
+    failover, a demotion, a lost quorum): the cycle ends, and the next run rediscovers."""
 
 
 class AnalyzerError(RunnerError):

@@ -26,6 +26,7 @@ STATUS_STYLE = {
     "closed": "green",
     "open": "red",
     "half_open": "yellow",
+    "unconfirmed": "yellow",
 }
 ACTION_STYLE = {"BUY": "green", "SELL": "red", "HOLD": "white"}
 SPARK = "▁▂▃▄▅▆▇█"
@@ -204,6 +205,11 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
         or "none"
     )
     parts.append(Text(f"live instances: {inst}   stream length: {doc.get('stream_length', 0)}"))
+    rd = doc.get("redis")
+    if isinstance(rd, dict):
+        where = f"master {rd['address']}" if rd.get("address") else f"master unknown ({rd.get('error')})"
+        replicas = f", {rd['replicas']} replica(s)" if "replicas" in rd else ""
+        parts.append(Text(f"redis: {rd.get('topology')}, {where}{replicas}"))
     if doc["locks"]:
         t = Table(title="locks", title_justify="left")
         for c in ("symbol", "owner", "cycle", "token", "age", "ttl", "owner alive"):

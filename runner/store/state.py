@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runner import adaptive
 from runner.breaker import BreakerState
 from runner.guards import Snapshot
 from runner.store import replies, scripts
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import HISTORY_LENGTH, LEASE_SLACK_SECONDS, Keys
 from runner.store.locks import Owner, parse_take
 
@@ -55,15 +53,16 @@ class StateStore:
     """The cycle's Redis steps and the operator commands. Each public method is one round trip,
     but for ``update_breaker`` when another process changes the breaker at the same moment."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, shard: str = "0-1") -> None:
+    def __init__(self, client: Client, keys: Keys, shard: str = "0-1") -> None:
         self.client = client
         self.keys = keys
         self.shard = shard
-        self._begin = client.register_script(scripts.BEGIN)
-        self._record = client.register_script(scripts.RECORD)
-        self._cas = client.register_script(scripts.BREAKER_CAS)
-        self._read_breaker = client.register_script(scripts.BREAKER_READ)
-        self._resume = client.register_script(scripts.RESUME)
+        self._begin = Script(client, scripts.BEGIN)
+        self._record = Script(client, scripts.RECORD)
+        self._cas = Script(client, scripts.BREAKER_CAS)
+        self._read_breaker = Script(client, scripts.BREAKER_READ)
+        self._resume = Script(client, scripts.RESUME)
+        self._kill_on = Script(client, scripts.KILL_SWITCH_ON)
 
     @property
     def breaker_key(self) -> str:
@@ -105,7 +104,7 @@ class StateStore:
             },
         )
         async with redis_errors("the cycle's first step"):
-            raw = await self._begin(keys=keys, args=args)
+            raw = await self._begin(keys, args)
         data = json.loads(raw)
         warnings = [str(w) for w in data.get("warnings") or []]
         breaker = replies.breaker_state(replies.pairs(data.get("breaker")), self.breaker_key, warnings)
@@ -152,7 +151,7 @@ class StateStore:
             {"history_len": HISTORY_LENGTH, **payload},
         )
         async with redis_errors("recording the cycle"):
-            raw = await self._record(keys=keys, args=args)
+            raw = await self._record(keys, args)
         data = json.loads(raw)
         counters: dict[str, float] = {}
         for k, v in replies.pairs(data.get("counters")).items():
@@ -183,7 +182,7 @@ class StateStore:
             {"breaker": self.breaker_key}, args={"expected": expected_version, "fields": fields}
         )
         async with redis_errors("saving the circuit breaker"):
-            raw = await self._cas(keys=keys, args=args)
+            raw = await self._cas(keys, args)
         saved, current = json.loads(raw)
         return bool(saved), replies.breaker_state(replies.pairs(current), self.breaker_key)
 
@@ -191,7 +190,7 @@ class StateStore:
         """The breaker as stored (closed when absent or unreadable)."""
         keys, args = scripts.pack({"breaker": self.breaker_key})
         async with redis_errors("reading the circuit breaker"):
-            raw = await self._read_breaker(keys=keys, args=args)
+            raw = await self._read_breaker(keys, args)
         return replies.breaker_state(replies.pairs(json.loads(raw)), self.breaker_key)
 
     async def update_breaker(
@@ -221,13 +220,12 @@ class StateStore:
     # Operator commands ---------------------------------------------------------------------
 
     async def set_kill_switch(self, reason: str, by: str, now: datetime) -> None:
-        async with redis_errors("setting the kill switch"), self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.kill_switch)
-            pipe.hset(
-                self.keys.kill_switch,
-                mapping={"on": "1", "reason": reason, "by": by, "at": f"{now.timestamp():.3f}"},
-            )
-            await pipe.execute()
+        keys, args = scripts.pack(
+            {"kill_switch": self.keys.kill_switch},
+            args={"fields": {"on": "1", "reason": reason, "by": by, "at": f"{now.timestamp():.3f}"}},
+        )
+        async with redis_errors("setting the kill switch"):
+            await self._kill_on(keys, args)
 
     async def clear_kill_switch(self) -> bool:
         async with redis_errors("clearing the kill switch"):
@@ -246,7 +244,7 @@ class StateStore:
             {"paused": self.keys.paused, "stats": self.keys.stats}, args={"symbol": symbol}
         )
         async with redis_errors("resuming a symbol"):
-            return bool(await self._resume(keys=keys, args=args))
+            return bool(await self._resume(keys, args))
 
 
 def lease_ttl(total_timeout: float, grace: float) -> int:

@@ -6,10 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runner.errors import DependencyError
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, redis_errors
 
 #: Seconds one blocking read waits for new entries before it asks again.
 BLOCK_SECONDS = 1.0
@@ -19,7 +17,7 @@ RETRY_SECONDS = 1.0
 Entry = tuple[str, dict[str, Any]]
 
 
-async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]:
+async def latest(client: Client, stream: str, count: int) -> list[Entry]:
     """The newest ``count`` entries of ``stream``, oldest first."""
     if count <= 0:
         return []
@@ -28,7 +26,7 @@ async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]
     return [(str(i), dict(f)) for i, f in reversed(entries)]
 
 
-async def end_of(client: aioredis.Redis, stream: str) -> str:
+async def end_of(client: Client, stream: str) -> str:
     """The id of the newest entry now (``0-0`` for an empty stream): following from there misses
     nothing, where a bare ``$`` on every read would miss what arrives between two reads."""
     newest = await latest(client, stream, 1)
@@ -36,7 +34,7 @@ async def end_of(client: aioredis.Redis, stream: str) -> str:
 
 
 async def follow(
-    client: aioredis.Redis, cursors: dict[str, str], stop: asyncio.Event | None = None
+    client: Client, cursors: dict[str, str], stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
     """Every entry added to each stream after its cursor (an entry id), as ``(stream, id, fields)``,
     as it arrives, until ``stop`` is set (checked within a read's block time); a Redis outage is

@@ -219,8 +219,8 @@ async def locked(redis: Any, symbol: str, owner: Owner = ME) -> LockResult:
     return (await manager(redis, owner).acquire([symbol]))[symbol]
 
 
-def publisher(redis: Any) -> Publisher:
-    return Publisher(redis, KEYS)
+def publisher(redis: Any, owner: Owner = ME) -> Publisher:
+    return Publisher(redis, KEYS, owner=owner.cycle_id)
 
 
 def pending(signal: Signal, lock: LockResult) -> Pending:
@@ -272,7 +272,7 @@ async def test_same_signal_id_again_is_a_duplicate_and_changes_nothing(any_redis
     latest_before = await any_redis.hget(KEYS.latest, "ETH/USD")
 
     rerun = await locked(any_redis, "ETH/USD", OTHER)  # a re-run in the same minute
-    outcome = await publisher(any_redis).publish_batch(
+    outcome = await publisher(any_redis, OTHER).publish_batch(
         [pending(make_signal("ETH/USD", rerun.token, action="SELL"), rerun)]
     )
 
@@ -333,7 +333,7 @@ async def test_publisher_flushes_submitted_signals_on_close(any_redis: Any) -> N
     ]
     await pub.close()
 
-    assert [f.result() for f in futures] == ["published", "published"]
+    assert [f.fate() for f in futures] == ["published", "published"]
     assert pub.errors == []
     assert await any_redis.xlen(KEYS.stream) == 2
 
