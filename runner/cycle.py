@@ -241,7 +241,7 @@ def ran(
 def ended_by_redis(outcome: Outcome, reason: RedisUnavailable) -> Outcome:
     """The outcome of a cycle Redis ended early: failed (exit 3), with the one line to print."""
     outcome.status, outcome.exit_code = CycleStatus.FAILED, int(ExitCode.FAILED)
-    outcome.error = f"{reason}; the cycle ended early and the next run looks for the master again"
+    outcome.error = f"the cycle ended early: {reason} (the next run looks for the master again)"
     return outcome
 
 

@@ -91,7 +91,7 @@ class RedisHandle:
                 return {
                     "address": nodes[0].name,
                     "slot": slot,
-                    "replicas": len(nodes) - 1,
+                    "replicas": await cluster_replicas(self.client, slot_key),
                     "masters": len(self.client.get_primaries()),
                 }
             if self.sentinel is not None and self.target is not None:
@@ -105,9 +105,9 @@ class RedisHandle:
 
     async def replicas(self, slot_key: str) -> int:
         """How many replicas the master has, as far as the topology knows: for Sentinel every
-        replica the sentinels know of (a lagging or unreachable one still counts: that is when
-        its acknowledgement matters), for a cluster the replicas of ``slot_key``'s shard, for one
-        server those connected to it."""
+        replica the sentinels know of, for a cluster every replica of ``slot_key``'s master (a
+        lagging, unreachable or failed one still counts: that is when its acknowledgement
+        matters), for one server those connected to it now."""
         if self.target is None:
             return 0
         if self.target.topology is Topology.SINGLE:
@@ -285,6 +285,17 @@ async def replica_count(client: Client, slot_key: str) -> int:
     if isinstance(role, list) and role and role[0] == "master" and len(role) > 2:
         return len(role[2])
     return 0
+
+
+async def cluster_replicas(client: RedisCluster, slot_key: str) -> int:
+    """How many replicas the master of ``slot_key``'s slot has in the cluster's configuration,
+    failed ones included (``CLUSTER SLOTS`` leaves those out)."""
+    (text,) = await exchange(client, [("CLUSTER", "NODES")], slot_key=slot_key, reply_timeout=2.0)
+    if isinstance(text, Exception):
+        raise text
+    rows = [line.split() for line in str(text).splitlines() if line.strip()]
+    me = next((r[0] for r in rows if len(r) > 3 and "myself" in r[2].split(",")), None)
+    return sum(1 for r in rows if len(r) > 3 and r[3] == me and r[0] != me)
 
 
 async def scan(client: Client, pattern: str, slot_key: str, limit: int = 5000) -> list[str]:

@@ -44,6 +44,9 @@ SCENARIOS: dict[str, str] = {
     "18": "Bad inputs: exit 2 with one line",
     "19": "Soak",
     "20": "Analyzer-output parser (property-based)",
+    "21": "Redis Sentinel failover under running cycles",
+    "22": "Redis Cluster failover under running cycles",
+    "23": "Redis topology change mid-cycle (READONLY, NOREPLICAS)",
 }
 
 

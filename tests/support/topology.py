@@ -191,7 +191,7 @@ class SentinelSet:
                         f"dir {directory}",
                         f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2",
                         f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
-                        f"sentinel failover-timeout {MASTER_NAME} 10000",
+                        f"sentinel failover-timeout {MASTER_NAME} 3000",
                         f"sentinel parallel-syncs {MASTER_NAME} 1",
                         "",
                     ]
