@@ -101,7 +101,9 @@ class RedisHandle:
                     "replicas": int(state.get("num-slaves") or 0),
                     "sentinels": int(state.get("num-other-sentinels") or 0) + 1,
                 }
-        return {"address": self.description, "replicas": await replica_count(self.client, slot_key)}
+        kw = self.client.connection_pool.connection_kwargs
+        address = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+        return {"address": str(address), "replicas": await replica_count(self.client, slot_key)}
 
     async def replicas(self, slot_key: str) -> int:
         """How many replicas the master has, as far as the topology knows: for Sentinel every

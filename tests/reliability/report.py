@@ -50,6 +50,10 @@ SCENARIOS: dict[str, str] = {
 }
 
 
+#: Scenario number -> a hand-kept text shown before that scenario's figures.
+PREFACES: dict[str, Path] = {"21": Path(__file__).with_name("failover.md")}
+
+
 @dataclass
 class Row:
     """One test's verdict and figures."""
@@ -160,6 +164,8 @@ class Report:
             group = by_scenario.get(num, [])
             if not group:
                 continue
+            if num in PREFACES:
+                out += ["", PREFACES[num].read_text(encoding="utf-8").strip()]
             out += ["", f"## {num}. {title}"]
             functions: dict[str, list[Row]] = {}
             for r in group:

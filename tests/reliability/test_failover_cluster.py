@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.failover import Cycles, check, surviving, when_locks_held
+from tests.reliability.support import run, runner_env
 from tests.support.topology import Cluster, Node, eventually
 
 pytestmark = pytest.mark.scenario("22")
@@ -57,6 +58,27 @@ def finish(cycles: Cycles, c: Cluster, measure, event_at: float, promoted_at: fl
         healthy_after_s=round(healed_at - event_at, 2),
         **verdict.figures,
     )
+
+
+def test_status_and_config_name_the_master(measure, healthy: Cluster, tmp_path: Path):
+    """`runner config` and `runner status` say the topology is Cluster, the key prefix in use
+    (`{runner}:` when none is set) and which node serves its slot now; `runner status` reads
+    everything from that node."""
+    c = healthy
+    env = runner_env(c.url(), tmp_path)
+    config = run(["config", "--json"], env, tmp_path / "runs")
+    status = run(["status", "--json"], env, tmp_path / "runs")
+    master = c.master_of("{runner}:runner:fencing")
+    shown = config.json()["redis_master"]
+    measure.figures(config_says=shown["address"], slot=shown["slot"])
+    assert config.code == 0, config.stderr
+    assert status.code == 0, status.stderr
+    assert config.json()["autonomous_runner"]["redis"]["effective_key_prefix"] == "{runner}:"
+    for doc in (shown, status.json()["redis"]):
+        assert doc["topology"] == "cluster"
+        assert doc["address"] == master.address
+        assert doc["replicas"] == 1
+        assert doc["masters"] == 3
 
 
 def test_master_killed_mid_cycle(measure, healthy: Cluster, tmp_path: Path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.failover import Cycles, check, surviving, when_locks_held
+from tests.reliability.support import run, runner_env
 from tests.support.topology import SentinelSet, eventually
 
 pytestmark = pytest.mark.scenario("21")
@@ -52,6 +53,26 @@ def finish(cycles: Cycles, s: SentinelSet, measure, event_at: float, promoted_at
         healthy_after_s=round(healed_at - event_at, 2),
         **verdict.figures,
     )
+
+
+def test_status_and_config_name_the_master(measure, healthy: SentinelSet, tmp_path: Path):
+    """`runner config` and `runner status` say the topology is Sentinel and which node the
+    sentinels name as the master now; a password in the URL never shows."""
+    s = healthy
+    env = runner_env(s.url().replace("redis+sentinel://", "redis+sentinel://:unused-pw@"), tmp_path)
+    config = run(["config", "--json"], env, tmp_path / "runs")
+    status = run(["status", "--json"], env, tmp_path / "runs")
+    master = s.master()
+    shown = config.json()["redis_master"]
+    measure.figures(config_says=shown["address"], status_says=status.json()["redis"]["address"])
+    assert config.code == 0, config.stderr
+    assert status.code == 0, status.stderr
+    assert "unused-pw" not in config.stdout + status.stdout
+    assert config.json()["autonomous_runner"]["redis"]["topology"] == "sentinel"
+    for doc in (shown, status.json()["redis"]):
+        assert doc["topology"] == "sentinel"
+        assert doc["address"] == master.address
+        assert doc["replicas"] == 1
 
 
 def test_master_killed_mid_cycle(measure, healthy: SentinelSet, tmp_path: Path):

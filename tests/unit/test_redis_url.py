@@ -236,3 +236,51 @@ def test_on_a_cluster_every_key_of_the_runner_shares_one_slot() -> None:
     ]
 
     assert {key_slot(n.encode()) for n in names} == {key_slot(b"runner")}
+
+
+# The clients the URLs build (nothing connects here) ----------------------------------------------------
+
+
+def test_a_sentinel_url_builds_a_managed_master_with_no_hidden_retry() -> None:
+    from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
+
+    from runner.store.connection import _client_options, open_sentinel
+
+    s = settings(
+        "rediss+sentinel://app:data-pw@s1:26379,s2:26380/mymaster/3"
+        "?sentinel_password=sent-pw&ssl_ca_certs=/etc/ca.pem",
+        socket_timeout_seconds=1.5,
+    )
+    client, sentinel = open_sentinel(s.redis.target(), _client_options(s))
+
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "mymaster"
+    assert pool.connection_class is SentinelManagedSSLConnection
+    kw = pool.connection_kwargs
+    assert (kw["password"], kw["username"], kw["db"]) == ("data-pw", "app", 3)
+    assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == (1.5, 1.5)
+    assert kw["retry"].get_retries() == 0
+    assert kw["ssl_ca_certs"] == "/etc/ca.pem"
+    watchers = [n.connection_pool.connection_kwargs for n in sentinel.sentinels]
+    assert [(w["host"], w["port"]) for w in watchers] == [("s1", 26379), ("s2", 26380)]
+    assert all(w["password"] == "sent-pw" and w["retry"].get_retries() == 0 for w in watchers)
+    assert all(w["socket_timeout"] == 1.5 for w in watchers)
+    assert all(n.connection_pool.connection_class.__name__ == "SSLConnection" for n in sentinel.sentinels)
+
+
+def test_a_cluster_url_builds_a_cluster_client_with_no_hidden_retry() -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    from runner.store.connection import _client_options, open_cluster
+
+    s = settings("rediss+cluster://:pw@n1:7000,n2:7001?ssl_cert_reqs=none")
+    client = open_cluster(s.redis.target(), _client_options(s))
+
+    assert client.retry.get_retries() == 0
+    assert [(n.host, n.port) for n in client.startup_nodes] == [("n1", 7000), ("n2", 7001)]
+    kw = client.connection_kwargs
+    assert kw["connection_class"] is SSLConnection
+    assert kw["ssl_cert_reqs"] == "none"
+    assert kw["password"] == "pw"
+    assert kw["socket_timeout"] == 2.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,12 +26,18 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runner.analyzers.fake import FakeAnalyzer
+from runner.clock import SystemClock
+from runner.cycle import Deps, run_cycle
 from runner.errors import RedisUnavailable, TopologyChanged
+from runner.market.synthetic import SyntheticSource
+from runner.models import CycleStatus, SymbolStatus
 from runner.store import scripts
 from runner.store.connection import Script, changes_topology, redis_errors, replica_count
 from runner.store.publish import Confirmation, Publication, Publisher, PublishResult
 from tests.conftest import RedisServer, start_redis
 from tests.integration.helpers import wait_until
+from tests.unit.test_cycle import SYMBOLS, answers, make_settings
 from tests.unit.test_scripts import KEYS, ME, OTHER, locked, make_signal, manager, pending
 
 
@@ -242,8 +249,6 @@ async def test_a_publish_no_replica_acknowledged_is_unconfirmed(
 ) -> None:
     """The replica is frozen (its link cut, as in a partition): the documents are on the master,
     but nothing says they would survive a failover."""
-    import signal
-
     replica = pair[1]
 
     async def cut() -> None:
@@ -312,3 +317,54 @@ async def test_a_refused_confirmation_says_the_master_moved(master: aioredis.Red
     assert "NOREPLICAS" in publication.note
     assert len(seen) == 1
     assert isinstance(seen[0], TopologyChanged)
+
+
+# A whole cycle on the real master and replica -----------------------------------------------------
+
+
+async def test_a_cycle_whose_replica_is_cut_off_reports_unconfirmed(
+    master: aioredis.Redis, pair: tuple[RedisServer, RedisServer]
+) -> None:
+    """The replica stops acknowledging while the cycle runs: every symbol is `unconfirmed` in the
+    results, counted so in the metrics (never as a published signal), said in the warnings; the
+    cycle fails (exit 3), though the documents are on the master."""
+    replica = pair[1]
+    stopped = False
+
+    def handler(request: Any) -> Any:
+        nonlocal stopped
+        if not stopped:  # the first answer cuts the replica off
+            replica.process.send_signal(signal.SIGSTOP)
+            stopped = True
+        return answers()(request)
+
+    async def count() -> int:
+        return 1
+
+    settings = make_settings(redis={"replica_ack_timeout_seconds": 0.3})
+    deps = Deps(
+        redis=master,
+        analyzer=FakeAnalyzer(handler),
+        market=SyntheticSource(),
+        clock=SystemClock(),
+        replicas=count,
+    )
+    try:
+        outcome = await run_cycle(settings, deps, symbols=list(SYMBOLS))
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+
+    assert outcome.status is CycleStatus.FAILED
+    assert outcome.exit_code == 3
+    assert outcome.signals == []
+    assert {r.status for r in outcome.results} == {SymbolStatus.UNCONFIRMED}
+    assert all(
+        r.stages == {"signal": "unconfirmed", "score": "unconfirmed", "advise": "unconfirmed"}
+        for r in outcome.results
+    )
+    assert any("not confirmed by a replica" in w for w in outcome.warnings)
+    assert await master.xlen(KEYS.stream) == len(SYMBOLS)
+    counters = await master.hgetall(KEYS.counters("0-1"))
+    assert not any(k.startswith("signal_generation_total") for k in counters)
+    assert float(counters['signal_generation_skipped_total{reason="unconfirmed",symbol="ETH/USD"}']) == 1
+    assert float(counters['pipeline_stage_total{stage="signal",status="unconfirmed"}']) == len(SYMBOLS)
