@@ -106,11 +106,11 @@ async def run_cycle(
     results = settle(run, selected, chains, holding)  # again: the publisher has flushed everything now
     errors = holding.publisher.errors
     warnings = [*snap.warnings, *([f"publishing failed: {errors[0]}"] if errors else [])]
-    if not report_record.ok and report_record.reason != "off":
-        warnings.append(f"no report this cycle: {report_record.status.value} ({report_record.reason})")
     report_record = report_record.settled()  # confirmed (or not) once the publisher closed
     if report is not None and not (report_record.ok and report_record.code is Code.OK):
         report = None
+    if not report_record.ok and report_record.reason != "off":
+        warnings.append(f"no report this cycle: {report_record.status.value} ({report_record.reason})")
     unconfirmed = [r for r in results if r.status is SymbolStatus.UNCONFIRMED]
     if unconfirmed:
         warnings.append(

@@ -167,13 +167,13 @@ return cjson.encode(out)
 """
 )
 
-#: Publishes a batch of documents: for each, only if its id was never published (idempotency)
-#: and only while this run still holds the symbol's lock with exactly the record it wrote
-#: (fencing): XADD to its target's capped stream, PUBLISH to its channel, HSET of the latest
+#: Publishes a batch of documents: for each, only while this run still holds the symbol's lock
+#: with exactly the record it wrote (fencing) and only if its id was never published
+#: (idempotency): XADD to its target's capped stream, PUBLISH to its channel, HSET of the latest
 #: hash, and a marker holding the publishing run's cycle id. A document whose marker holds our
-#: own cycle id was published by an earlier try of this run whose reply was lost: it is reported
-#: published again, and nothing is written twice. An item marked ``release`` frees its lock once
-#: it is published or found a duplicate.
+#: own cycle id was published by an earlier try of this run whose reply was lost (and which may
+#: have released the lock): it is reported published again, and nothing is written twice. An
+#: item marked ``release`` frees its lock once it is published or found a duplicate.
 #: L: streams, latests (one per target), locks, markers (one per item).
 #: A: owner (cycle id), targets [{channel, field, key_field, maxlen, string (the latest key is a
 #:    string, not a hash)}], marker_ttl, items [{t (target index), record, symbol, doc, release}].
@@ -192,11 +192,14 @@ for i, item in ipairs(A.items) do
   local lock_key, marker, target = L.locks[i], L.markers[i], A.targets[item.t]
   local mark = redis.pcall('GET', marker)
   local ours = redis.pcall('GET', lock_key) == item.record
-  if mark then
-    out[i] = (mark == A.owner) and 'published' or 'duplicate'
+  if mark == A.owner then
+    out[i] = 'published'
     if item.release and ours then redis.call('DEL', lock_key) end
   elseif not ours then
     out[i] = 'fenced'
+  elseif mark then
+    out[i] = 'duplicate'
+    if item.release then redis.call('DEL', lock_key) end
   else
     redis.call('SET', marker, A.owner, 'EX', A.marker_ttl)
     redis.call('XADD', L.streams[item.t], 'MAXLEN', '~', target.maxlen, '*',
