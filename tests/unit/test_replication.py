@@ -130,6 +130,24 @@ async def test_another_run_of_the_minute_finds_a_duplicate_even_after_a_takeover
     assert await any_redis.exists(theirs.key) == 0  # its own lock, released with its last document
 
 
+async def test_a_stale_run_is_fenced_even_when_the_id_was_published_by_the_new_owner(any_redis: Any) -> None:
+    """A run whose lock was taken over wakes up after the new owner published the same id: it is
+    told it was fenced (it was stale), not that all is well."""
+    mine = await locked(any_redis, "ETH/USD")
+    await any_redis.delete(mine.key)  # expired, then taken by another run
+    theirs = await locked(any_redis, "ETH/USD", OTHER)
+    await Publisher(any_redis, KEYS, owner=OTHER.cycle_id).publish_batch(
+        [pending(make_signal("ETH/USD", theirs.token), theirs)]
+    )
+
+    late = await Publisher(any_redis, KEYS, owner=ME.cycle_id).publish_batch(
+        [pending(make_signal("ETH/USD", mine.token), mine)]
+    )
+
+    assert late == ["fenced"]
+    assert await any_redis.xlen(KEYS.stream) == 1
+
+
 # The script cache --------------------------------------------------------------------------------
 
 
