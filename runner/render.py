@@ -161,6 +161,8 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
             parts.append(row)
         if len(trouble) > 8:
             parts.append(Text(f"  ... and {len(trouble) - 8} more (runner status --json)"))
+        if last.get("error"):
+            parts.append(Text(f"  error: {last['error']}"[:200], style="red"))
         for w in (last.get("warnings") or [])[:3]:
             parts.append(Text(f"  warning: {w}"[:160], style="yellow"))
         spark = Text("recent:     ")

@@ -36,6 +36,8 @@ STREAMS = {
 }
 #: Each analysis takes this long, so a run holds its locks long enough for the test to act.
 ANALYSIS_S = "0.4"
+#: Runs of one scenario each get their own scheduled minute, this many on either side of its start.
+MINUTES = 50
 
 
 @dataclass
@@ -80,10 +82,12 @@ class Cycles:
     _error: BaseException | None = None
 
     def env(self, index: int) -> dict[str, str]:
+        # Minutes before the module's start, then after it: all within the hour the runner accepts.
+        offset = -index if index <= MINUTES else index - MINUTES
         return runner_env(
             self.url,
             self.directory,
-            RUNNER_SCHEDULED_AT=scheduled_now(-index, at=self.at),
+            RUNNER_SCHEDULED_AT=scheduled_now(offset, at=self.at),
             RUNNER_REDIS__KEY_PREFIX=self.prefix,
             RUNNER_REDIS__SOCKET_TIMEOUT_SECONDS="1",
             INSTANCE_ID=f"pod-{index}",
@@ -95,7 +99,7 @@ class Cycles:
             index = 0
             while not self._stop.is_set():
                 index += 1
-                assert index < 55, "more runs than scheduled minutes within the hour the runner accepts"
+                assert index <= 2 * MINUTES, "more runs than minutes within the hour the runner accepts"
                 started = time.monotonic()
                 proc = run(
                     ["cycle", "--symbols", ",".join(SYMBOLS), "--json"], self.env(index), self.directory

@@ -77,7 +77,8 @@ def test_status_and_config_name_the_master(measure, healthy: SentinelSet, tmp_pa
 
 def test_master_killed_mid_cycle(measure, healthy: SentinelSet, tmp_path: Path):
     """`kill -9` of the master while a run holds its locks. That run ends with exit 3 and one
-    `runner: error:` line (publishing hit a refused connection, a topology change), the runs
+    `runner: error:` line (its heartbeat or its publish hit a closed or refused connection: a
+    topology change), the runs
     while no master is elected exit 3 with one line, and once the sentinels promote the replica
     the next runs find it by themselves and complete; the old master comes back as a replica.
     No document is in a stream twice, none reported published is missing from the surviving
