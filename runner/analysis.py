@@ -34,6 +34,7 @@ from runner.errors import (
     InvalidOutput,
     RateLimited,
     RedisUnavailable,
+    TopologyChanged,
     TransientError,
 )
 from runner.guards import Decision
@@ -55,7 +56,7 @@ from runner.run import Control, Run
 from runner.scheduler import SlidingWindow
 from runner.store.cycle_store import Holding
 from runner.store.locks import LockResult
-from runner.store.publish import Pending, PublishResult, Target, targets
+from runner.store.publish import Pending, Publication, PublishResult, Target, targets
 from runner.store.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Admission:
     def first(self, symbol: str, remote_calls: int, remote: bool) -> Code | None:
         """Why the chain of ``symbol`` may not start, or None (then its calls are owed)."""
         if self.control.stopping.is_set():
-            return Code.SHUTDOWN
+            return Code.REDIS if self.control.aborted else Code.SHUTDOWN
         refusal = self.calls_refused(remote=True)  # the signal stage answers to the breaker, remote or not
         if refusal is not None:
             return refusal
@@ -169,6 +170,8 @@ class Admission:
 
     def later(self, stage: str, remote: bool) -> Code | None:
         """Why a later stage of a chain in flight may not start, or None."""
+        if self.control.aborted:
+            return Code.REDIS
         if remote:
             refusal = self.calls_refused(remote=True)
             if refusal is None and not self.take_probe():
@@ -244,7 +247,8 @@ async def analyze_all(
     def refused(symbol: str, why: str) -> Chain:
         code = Code(why)
         if code is Code.DEADLINE and control.stopping.is_set():
-            code = Code.SHUTDOWN  # the grace period ran out, not the cycle's own deadline
+            # The grace period ran out, or Redis ended the cycle: not the cycle's own deadline.
+            code = Code.REDIS if control.aborted else Code.SHUTDOWN
         status = SymbolStatus.RATE_LIMITED if code is Code.RATE_LIMITED else SymbolStatus.NOT_STARTED
         chains[symbol].record("signal", not_started(code, status))
         return chains[symbol]
@@ -253,12 +257,13 @@ async def analyze_all(
         chain = chains[symbol]
         if chain.current is not None:  # cut off inside a stage (a publish in flight settles later)
             code = Code.SHUTDOWN if control.stopping.is_set() else Code.DEADLINE
+            status, reason = SymbolStatus.TIMEOUT, code.value
+            if control.aborted:
+                code, status, reason = Code.REDIS, SymbolStatus.FAILED, f"redis: {control.aborted}"
             began = chain.began if chain.began is not None else clock.monotonic()
             attempts = 1 if chain.current == "signal" else 0
             elapsed = int((clock.monotonic() - began) * 1000)
-            chain.record(
-                chain.current, StageRecord(SymbolStatus.TIMEOUT, code, code.value, attempts, elapsed)
-            )
+            chain.record(chain.current, StageRecord(status, code, reason, attempts, elapsed))
         chain.ended = clock.monotonic()
         return chain
 
@@ -291,7 +296,8 @@ async def analyze_all(
         async with control.bounded(run.deadline.remaining() + 1.0):
             await window.run(symbols, cancelled_reason=Code.DEADLINE.value)
     except TimeoutError:
-        log.warning("cycle deadline reached with %d symbol(s) unfinished", len(window.in_flight))
+        if not control.aborted:
+            log.warning("cycle deadline reached with %d symbol(s) unfinished", len(window.in_flight))
     await steps.publish_advice(list(chains.values()))
     await steps.publishes_done(list(chains.values()))
     return chains
@@ -477,7 +483,7 @@ class Steps:
         chain.record(stage, record)  # a cancellation while waiting leaves the publish to settle later
         if not following or not self.costs_a_call(following[0]):
             return True
-        fate = await asyncio.shield(record.publishing)
+        fate = await asyncio.shield(record.publishing.written)
         return fate is PublishResult.PUBLISHED
 
     def costs_a_call(self, stage: str) -> bool:
@@ -485,7 +491,7 @@ class Steps:
         return (stages.scorer if stage == "score" else stages.advisor).remote
 
     @staticmethod
-    def latest_publish(chain: Chain) -> asyncio.Future[PublishResult] | None:
+    def latest_publish(chain: Chain) -> Publication | None:
         """The publish of the chain's latest document so far (what its next one follows)."""
         found = [r.publishing for r in chain.records.values() if r.publishing is not None]
         return found[-1] if found else None
@@ -598,6 +604,8 @@ class Steps:
                 self.tally.auth_failure = f"analyzer refused our credentials: {exc}"
         elif isinstance(exc, RedisUnavailable):
             code, reason, outage = Code.REDIS, f"redis: {exc}", False
+            if isinstance(exc, TopologyChanged):
+                self.admission.control.abort(exc)
         else:  # a backend bug: log it whole, once
             log.error("unexpected error analyzing %s", symbol, exc_info=exc)
         return StageRecord(status, code, reason, attempts, duration_ms, outage=outage, symbol_fault=fault)
@@ -626,6 +634,14 @@ class Steps:
         """Size the cycle's advice within the risk limits (best score first) and publish it in one batch."""
         ready = [c for c in chains if c.pending_advice is not None and c.signal is not None]
         if not ready:
+            return
+        aborted = self.admission.control.aborted
+        if aborted is not None:  # Redis ended the cycle: nothing more is published
+            for chain in ready:
+                rec = chain.records["advise"]
+                chain.records["advise"] = StageRecord(
+                    SymbolStatus.FAILED, Code.REDIS, f"redis: {aborted}", rec.attempts, rec.duration_ms
+                )
             return
         sized = risk.allocate(
             ((c.symbol, _rank(c), c.pending_advice) for c in ready if c.pending_advice is not None),
@@ -660,7 +676,9 @@ class Steps:
 
     async def publishes_done(self, chains: list[Chain]) -> None:
         """Wait (within the wind-down) until every document handed over is published or refused."""
-        pending = [r.publishing for c in chains for r in c.records.values() if r.publishing is not None]
+        pending = [
+            r.publishing.written for c in chains for r in c.records.values() if r.publishing is not None
+        ]
         waiting = [f for f in pending if not f.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=self.run.budget())
@@ -769,7 +787,7 @@ async def report_step(
         )
     )
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(record.publishing), run.budget())
+        await asyncio.wait_for(asyncio.shield(record.publishing.written), run.budget())
     settled = record.settled()
     return (report if settled.ok and settled.code is Code.OK else None), settled
 

@@ -4,19 +4,20 @@ A ``Chain`` records what each stage did (``StageRecord``) and, for each document
 publisher, the future of what became of it. ``settle`` turns that into the symbol's result once
 publishing is over (pure): the first stage that did not succeed decides the status, and every
 later stage is ``skipped`` with reason ``upstream <stage> <status>``; a symbol is ok only when
-every stage of its chain succeeded. Nothing is defaulted in place of an answer.
+every stage of its chain succeeded. A document published but not confirmed by a replica makes
+its stage (and the symbol) ``unconfirmed``, without skipping the stages after it: they ran and
+were published too. Nothing is defaulted in place of an answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import Code
 from runner.market.base import Candle
 from runner.models import Advice, AdviceAnswer, Score, Signal, SymbolResult, SymbolStatus
-from runner.store.publish import PublishResult
+from runner.store.publish import Publication, PublishResult
 
 
 @dataclass
@@ -33,25 +34,29 @@ class StageRecord:
     #: The failure belongs to the symbol (it counts toward pausing it).
     symbol_fault: bool = False
     #: What became of the stage's document, once handed to the publisher.
-    publishing: asyncio.Future[PublishResult] | None = None
+    publishing: Publication | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is SymbolStatus.OK
 
     def settled(self) -> StageRecord:
-        """The record with its publish outcome folded in (a document not published is a failure)."""
+        """The record with its publish outcome folded in (a document not published is a failure,
+        one no replica confirmed is unconfirmed)."""
         if self.publishing is None or not self.ok:
             return self
-        fate = PublishResult.ERROR
-        if self.publishing.done() and not self.publishing.cancelled():
-            fate = self.publishing.result()
+        fate = self.publishing.fate()
         if fate is PublishResult.PUBLISHED:
             return self
         if fate is PublishResult.DUPLICATE:
             return _replace(self, code=Code.DUPLICATE, reason="already published this minute")
         if fate is PublishResult.SKIPPED:  # the chain's earlier document was not published: it decides
             return _replace(self, status=SymbolStatus.SKIPPED, reason="upstream not published")
+        if fate is PublishResult.UNCONFIRMED:
+            note = self.publishing.note or "no replica confirmed it"
+            return _replace(
+                self, status=SymbolStatus.UNCONFIRMED, code=Code.UNCONFIRMED, reason=f"unconfirmed: {note}"
+            )
         code = Code.FENCED if fate is PublishResult.FENCED else Code.PUBLISH_FAILED
         return _replace(self, status=SymbolStatus.FAILED, code=code, reason=f"not published ({fate})")
 
@@ -96,6 +101,7 @@ class Chain:
         """The symbol's result (pure, given the chain and its publish outcomes)."""
         settled = {stage: rec.settled() for stage, rec in self.records.items()}
         blocker: tuple[str, StageRecord] | None = None
+        unconfirmed: tuple[str, StageRecord] | None = None
         statuses: dict[str, SymbolStatus] = {}
         reasons: dict[str, str] = {}
         for stage in self.stages:
@@ -108,9 +114,13 @@ class Chain:
                     )
                 continue
             statuses[stage] = rec.status
-            if not rec.ok or rec.code is Code.DUPLICATE:
+            if rec.status is SymbolStatus.UNCONFIRMED:  # published: the next stages ran on it
+                unconfirmed = unconfirmed or (stage, rec)
+                reasons[stage] = rec.reason or rec.code.value
+            elif not rec.ok or rec.code is Code.DUPLICATE:
                 blocker = (stage, rec)
                 reasons[stage] = rec.reason or rec.code.value
+        blocker = blocker or unconfirmed
         began = self.began if self.began is not None else now
         end = self.ended if self.ended is not None else now
         common: dict[str, Any] = {

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from runner.models import Outcome, SymbolResult
     from runner.operator import Change
     from runner.shards import Shard
-    from runner.store.connection import Client
+    from runner.store.connection import Client, RedisHandle
 
 T = TypeVar("T")
 
@@ -227,6 +227,8 @@ async def _cycle(
         from runner import render
 
         render.print_cycle(Console(), outcome)
+    if outcome.error:  # Redis ended the cycle early: the one line that says why
+        print(f"runner: error: {outcome.error}", file=sys.stderr)
     return outcome
 
 
@@ -318,9 +320,24 @@ async def _status(settings: Settings) -> tuple[dict[str, Any], int, list[str]]:
 
     async with redis_session(settings) as handle:
         now = datetime.now(UTC)
-        doc = await read_status(handle.client, Keys.for_settings(settings), settings, now)
+        keys = Keys.for_settings(settings)
+        doc = await read_status(handle.client, keys, settings, now)
+        doc["redis"] = await _topology(handle, keys.fencing)
     code, problems = health(doc, settings, now.timestamp())
     return doc, code, problems
+
+
+async def _topology(handle: RedisHandle, slot_key: str) -> dict[str, Any]:
+    """Which topology is in use and which node is the master now (``master`` says why not when
+    it cannot be found: status still answers)."""
+    from runner.errors import RedisUnavailable
+
+    info: dict[str, Any] = {"topology": handle.topology, "url": handle.description}
+    try:
+        info.update(await handle.master(slot_key))
+    except RedisUnavailable as exc:
+        info["error"] = str(exc)
+    return info
 
 
 async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
@@ -776,13 +793,29 @@ async def _history(
 def show_config(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """Print the effective settings, secrets masked."""
     settings = settings_or_exit(config)
-    view = {"autonomous_runner": public_view(settings)}
+    view: dict[str, Any] = {"autonomous_runner": public_view(settings)}
+    if settings.redis.url:
+        # Which node is the master now, asked within the socket timeout; config still prints
+        # when Redis cannot be reached (it says why).
+        view["redis_master"] = run_async(lambda: _master_now(settings))
     if json_out or not sys.stdout.isatty():
         print(json.dumps(view, indent=2))
     else:
         import yaml
 
         print(yaml.safe_dump(view, sort_keys=False), end="")
+
+
+async def _master_now(settings: Settings) -> dict[str, Any]:
+    from runner.errors import RedisUnavailable
+    from runner.store.connection import redis_session
+    from runner.store.keys import Keys
+
+    try:
+        async with redis_session(settings) as handle:
+            return await _topology(handle, Keys.for_settings(settings).fencing)
+    except RedisUnavailable as exc:
+        return {"topology": settings.redis.topology().value, "error": str(exc)}
 
 
 def main() -> None:

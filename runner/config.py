@@ -38,8 +38,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from runner import redis_url
 from runner.errors import ConfigError
 from runner.redact import masked_url
+from runner.redis_url import redact_url as redact_url
 
 ROOT_KEY = "autonomous_runner"
 
@@ -308,29 +310,37 @@ class Outcomes(Section):
 
 
 class RedisSettings(Section):
+    #: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://`` (and the
+    #: TLS forms of the last two); see ``runner.redis_url``.
     url: str | None = None
+    #: Goes before every key; on a cluster it becomes a hash tag (``effective_key_prefix``).
     key_prefix: str = ""
     socket_timeout_seconds: PositiveFloat = 2.0
+    #: How long the end of a cycle waits for a replica to acknowledge what the run published
+    #: (where the master has replicas); a document no replica confirms is ``unconfirmed``.
+    replica_ack_timeout_seconds: PositiveFloat = 1.0
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(value)!r}")
-        if parts.scheme != "unix":
-            try:
-                port = parts.port
-            except ValueError as exc:
-                raise ValueError(f"has a bad port: {redact_url(value)!r}") from exc
-            if not parts.hostname:
-                raise ValueError(f"has no host: {redact_url(value)!r}")
-            del port
-        elif not parts.path:
-            raise ValueError(f"has no socket path: {redact_url(value)!r}")
+        redis_url.parse(value)  # raises ValueError with one line, the URL redacted
         return value
+
+    def target(self) -> redis_url.Target | None:
+        """What ``url`` names (None: no URL, the embedded Redis)."""
+        return redis_url.parse(self.url) if self.url else None
+
+    def topology(self) -> redis_url.Topology:
+        target = self.target()
+        return target.topology if target else redis_url.Topology.SINGLE
+
+    def effective_key_prefix(self) -> str:
+        """``key_prefix``, made a hash tag on a cluster (``{runner}:`` when none is set)."""
+        if self.topology() is redis_url.Topology.CLUSTER:
+            return redis_url.cluster_prefix(self.key_prefix)
+        return self.key_prefix
 
 
 class Publish(Section):
@@ -687,20 +697,6 @@ def parse_symbols(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def redact_url(url: str) -> str:
-    """The URL with any credentials masked: ``redis://user:***@host:6379/0``.
-
-    Works on the raw text (everything between ``://`` and the last ``@``), so a password that
-    is not URL-encoded, or a URL that does not parse, still never shows.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0] if ":" in credentials else ""
-    return f"{scheme}://{user}:***@{location}"
-
-
 _DSN_PASSWORD = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
 
 
@@ -729,21 +725,14 @@ def public_view(settings: Settings) -> dict[str, Any]:
     ):
         if data[section][key]:
             data[section][key] = redact_url(data[section][key])
+    target = settings.redis.target()
+    data["redis"]["topology"] = target.topology.value if target else "embedded"
+    data["redis"]["effective_key_prefix"] = settings.redis.effective_key_prefix()
+    if target is not None and target.nodes:
+        data["redis"]["nodes"] = [f"{host}:{port}" for host, port in target.nodes]
+    if target is not None and target.master_name:
+        data["redis"]["master_name"] = target.master_name
     return data
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """The clear values of every secret the settings hold, for the log filter that masks them."""
-    values = []
-    for section, key in SECRETS:
-        secret = getattr(getattr(settings, section), key)
-        if secret is not None and secret.get_secret_value():
-            values.append(secret.get_secret_value())
-    if settings.redis.url:
-        password = urlsplit(settings.redis.url).password
-        if password:
-            values.append(password)
-    return values
 
 
 def in_kubernetes(environ: Mapping[str, str] | None = None) -> bool:

@@ -8,7 +8,10 @@ run_cycle(settings, deps) -> Outcome
      publishing as it goes, then the cycle's advice and its report (``analysis.py``)
   5. conclude: record the outcome and release (one script), export the metrics (``record.py``)
 
-The core returns an ``Outcome``; only the CLI turns it into an exit code.
+Redis failing the cycle once it holds locks (the master moved or is gone) ends it at once
+(``Control.abort``): what is done stays done, what can be released is released, and the outcome
+is ``failed`` with the one line the CLI prints (exit 3). The core returns an ``Outcome``; only the
+CLI turns it into an exit code.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from runner.analysis import Progress, Tally, analyze_all, report_step, symbol_re
 from runner.chains import Chain
 from runner.clock import Deadline
 from runner.config import Settings
-from runner.errors import Code, ExitCode
+from runner.errors import Code, ExitCode, RedisUnavailable
 from runner.guards import Decision, decide
 from runner.identity import new_cycle_id, resolve_instance_id, scheduled_minute
 from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus, decide_status
@@ -76,8 +79,8 @@ async def run_cycle(
             log.info("circuit breaker half-open: probing with %d call(s)", probes)
 
     tally = Tally(breaker_base=state, breaker=state)
-    async with run.store.hold(selected, run.budget) as holding:
-        runnable = [s for s in selected if holding.locks[s].owned]
+    async with run.store.hold(selected, run.budget, control.abort) as holding:
+        runnable = [s for s in selected if s in holding.locks and holding.locks[s].owned]
         if progress:
             progress("plan", str(len(runnable)), None)
         chains = await analyze_all(
@@ -103,11 +106,22 @@ async def run_cycle(
     results = settle(run, selected, chains, holding)  # again: the publisher has flushed everything now
     errors = holding.publisher.errors
     warnings = [*snap.warnings, *([f"publishing failed: {errors[0]}"] if errors else [])]
+    report_record = report_record.settled()  # confirmed (or not) once the publisher closed
+    if report is not None and not (report_record.ok and report_record.code is Code.OK):
+        report = None
     if not report_record.ok and report_record.reason != "off":
         warnings.append(f"no report this cycle: {report_record.status.value} ({report_record.reason})")
+    unconfirmed = [r for r in results if r.status is SymbolStatus.UNCONFIRMED]
+    if unconfirmed:
+        warnings.append(
+            f"{len(unconfirmed)} symbol(s) published but not confirmed by a replica: "
+            + "; ".join(f"{r.symbol} ({r.reason})" for r in unconfirmed[:5])
+        )
     outcome = ran(run, results + paused_results, decision, tally, probes, warnings)
     outcome.report, outcome.report_status = report, report_record.status
     outcome.report_reason, outcome.report_ms = report_record.reason, report_record.duration_ms
+    if control.aborted is not None:
+        outcome = ended_by_redis(outcome, control.aborted)
     _log_outcome(outcome)
     return await conclude(run, outcome, snap, decision, tally=tally, locks=holding.locks)
 
@@ -119,6 +133,9 @@ def settle(run: Run, selected: list[str], chains: dict[str, Chain], holding: Hol
     for s in selected:
         if s in chains:
             results.append(chains[s].settle(now))
+            continue
+        if s not in holding.locks:  # the locks could not be taken
+            results.append(symbol_result(s, SymbolStatus.FAILED, Code.REDIS, "redis: locks not taken"))
             continue
         holder = holding.locks[s].owner()
         held_by = f"held by {holder.get('instance_id', '?')} (cycle {holder.get('cycle_id', '?')})"
@@ -144,7 +161,7 @@ def start(settings: Settings, deps: Deps, shard: Shard, dry_run: bool, exports: 
         t0=clock.monotonic(),
         deadline=Deadline(clock, settings.timeouts.total_timeout_seconds),
         keys=keys,
-        store=store_type(deps.redis, keys, settings, shard.key, owner, clock),
+        store=store_type(deps.redis, keys, settings, shard.key, owner, clock, deps.replicas),
         exports=exports,
     )
 
@@ -219,6 +236,13 @@ def ran(
             "probes": probes,
         },
     )
+
+
+def ended_by_redis(outcome: Outcome, reason: RedisUnavailable) -> Outcome:
+    """The outcome of a cycle Redis ended early: failed (exit 3), with the one line to print."""
+    outcome.status, outcome.exit_code = CycleStatus.FAILED, int(ExitCode.FAILED)
+    outcome.error = f"the cycle ended early: {reason} (the next run looks for the master again)"
+    return outcome
 
 
 def _log_outcome(outcome: Outcome) -> None:

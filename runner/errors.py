@@ -6,6 +6,8 @@ The tree::
      ├── ConfigError            bad settings, flags or environment        -> exit 2
      ├── DependencyError        a dependency the whole cycle needs is down -> exit 3
      │    ├── RedisUnavailable  Redis refused, timed out or answered nonsense
+     │    │    └── TopologyChanged   the master moved or is gone (READONLY, NOREPLICAS,
+     │    │                          MASTERDOWN, CLUSTERDOWN, no master, connection refused)
      │    └── ArchiveError      the PostgreSQL archive could not be used (never a cycle's failure)
      │         ├── ArchiveUnavailable  down, slow, or refused the connection or the statement
      │         └── ArchiveRefused      its schema or grants do not let this runner write
@@ -68,6 +70,9 @@ class Code(StrEnum):
     FENCED = "fenced"
     #: Redis did not take the publish.
     PUBLISH_FAILED = "publish_failed"
+    #: Published on the master, but no replica confirmed it before the cycle's time ran out (or
+    #: it was gone from the master by then): a failover may lose it.
+    UNCONFIRMED = "unconfirmed"
 
 
 class ExitCode(IntEnum):
@@ -112,6 +117,11 @@ class ArchiveUnavailable(ArchiveError):
 class ArchiveRefused(ArchiveError):
     """The archive's schema is missing, older or newer than this runner's, or the role lacks a
     grant: writing waits until an operator acts (the documents stay in Redis meanwhile)."""
+
+
+class TopologyChanged(RedisUnavailable):
+    """The node the run talks to is no longer a master that may write, or there is none (a
+    failover, a demotion, a lost quorum): the cycle ends, and the next run rediscovers."""
 
 
 class AnalyzerError(RunnerError):

@@ -18,6 +18,7 @@ from runner.market.base import CandleSource
 from runner.pipeline.base import Stages
 from runner.run import Deps
 from runner.store.connection import redis_session
+from runner.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,14 @@ async def open_deps(settings: Settings, clock: Clock | None = None) -> AsyncIter
         stack.push_async_callback(_close_quietly, market)
         stages = build_stages(settings)
         stack.push_async_callback(_close_quietly, stages)
+        slot_key = Keys.for_settings(settings).fencing
         yield Deps(
-            redis=handle.client, analyzer=analyzer, market=market, clock=clock or SystemClock(), stages=stages
+            redis=handle.client,
+            analyzer=analyzer,
+            market=market,
+            clock=clock or SystemClock(),
+            stages=stages,
+            replicas=None if handle.embedded is not None else (lambda: handle.replicas(slot_key)),
         )
 
 

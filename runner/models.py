@@ -236,6 +236,8 @@ class SymbolStatus(StrEnum):
     NOT_STARTED = "not_started"
     #: A later stage of a chain whose earlier stage did not succeed (stages only).
     SKIPPED = "skipped"
+    #: Published on the master, but no replica confirmed it: a failover may lose it.
+    UNCONFIRMED = "unconfirmed"
 
 
 class CycleStatus(StrEnum):
@@ -294,6 +296,8 @@ class Outcome(BaseModel):
     report_ms: int = Field(default=0, exclude=True)
     results: list[SymbolResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    #: Why the cycle ended early (the Redis master moved or is gone), as the one line the CLI prints.
+    error: str | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
 
     @field_serializer("started_at")
@@ -320,6 +324,7 @@ class Outcome(BaseModel):
             "scores": len(self.scores),
             "advice": len(self.advice),
             "report": self.report.id if self.report else None,
+            "error": self.error,
             "counts": counts,
             "results": [r.model_dump(mode="json", exclude={"symbol_fault", "outage"}) for r in self.results],
         }

@@ -154,7 +154,8 @@ def plan_record(
             inc.inc("pipeline_stage_total", {"stage": stage, "status": stage_status.value})
         for stage, took in r.timings.items():
             inc.observe("pipeline_stage_duration_seconds", took / 1000, {"stage": stage})
-        if r.status in (SymbolStatus.OK, SymbolStatus.FAILED, SymbolStatus.TIMEOUT) and r.attempts:
+        analyzed = (SymbolStatus.OK, SymbolStatus.FAILED, SymbolStatus.TIMEOUT, SymbolStatus.UNCONFIRMED)
+        if r.status in analyzed and r.attempts:
             inc.observe("symbol_processing_duration_seconds", r.duration_ms / 1000, {"symbol": r.symbol})
             updates.append(
                 {

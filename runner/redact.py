@@ -102,7 +102,10 @@ def secret_values(settings: Settings) -> list[str]:
     for secret in (settings.analyzer.api_key, settings.analyzer.opencode_password, settings.api.token):
         if secret is not None:
             found.append(secret.get_secret_value())
-    for url in (settings.redis.url, settings.metrics.pushgateway_url, settings.analyzer.opencode_url):
+    target = settings.redis.target()
+    if target is not None:
+        found += target.secrets()
+    for url in (settings.metrics.pushgateway_url, settings.analyzer.opencode_url):
         if url:
             try:
                 password = urlsplit(url).password

@@ -27,6 +27,7 @@ STATUS_STYLE = {
     "closed": "green",
     "open": "red",
     "half_open": "yellow",
+    "unconfirmed": "yellow",
 }
 ACTION_STYLE = {"BUY": "green", "SELL": "red", "HOLD": "white"}
 SPARK = "▁▂▃▄▅▆▇█"
@@ -199,6 +200,8 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
             parts.append(row)
         if len(trouble) > 8:
             parts.append(Text(f"  ... and {len(trouble) - 8} more (runner status --json)"))
+        if last.get("error"):
+            parts.append(Text(f"  error: {last['error']}"[:200], style="red"))
         for w in (last.get("warnings") or [])[:3]:
             parts.append(Text(f"  warning: {w}"[:160], style="yellow"))
         spark = Text("recent:     ")
@@ -243,6 +246,11 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
         or "none"
     )
     parts.append(Text(f"live instances: {inst}   stream length: {doc.get('stream_length', 0)}"))
+    rd = doc.get("redis")
+    if isinstance(rd, dict):
+        where = f"master {rd['address']}" if rd.get("address") else f"master unknown ({rd.get('error')})"
+        replicas = f", {rd['replicas']} replica(s)" if "replicas" in rd else ""
+        parts.append(Text(f"redis: {rd.get('topology')}, {where}{replicas}"))
     parts += archive_lines(doc.get("archive") or {}, now)
     if doc["locks"]:
         t = Table(title="locks", title_justify="left")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from runner.analyzers.base import Analyzer
 from runner.clock import Clock, Deadline
 from runner.config import Settings
+from runner.errors import RedisUnavailable
 from runner.market.base import CandleSource
 from runner.pipeline.base import Stages
 from runner.shards import Shard
@@ -25,6 +27,8 @@ from runner.store.locks import Owner
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+log = logging.getLogger(__name__)
 
 #: Publishing, recording and releasing may run past the deadline by at most this much.
 WIND_DOWN_MAX_SECONDS = 5.0
@@ -40,6 +44,9 @@ class Deps:
     clock: Clock
     #: Who answers the stages after the signal (built in unless the settings say otherwise).
     stages: Stages = field(default_factory=Stages)
+    #: How many replicas the Redis master has, for confirming what a run publishes; None: never
+    #: ask (a test's fake, the embedded Redis).
+    replicas: Callable[[], Awaitable[int]] | None = None
 
 
 @dataclass
@@ -56,10 +63,12 @@ class Exports:
 
 @dataclass
 class Control:
-    """Lets a signal handler stop a running cycle gracefully."""
+    """Lets a signal handler stop a running cycle gracefully, and Redis end it at once."""
 
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     grace_seconds: float = 30.0
+    #: Why the cycle was ended early: the master moved or is gone (see ``abort``).
+    aborted: RedisUnavailable | None = None
     _timeouts: list[asyncio.Timeout] = field(default_factory=list)
     _deadline: Deadline | None = None
 
@@ -73,7 +82,7 @@ class Control:
         async with asyncio.timeout(seconds) as timeout:
             self._timeouts.append(timeout)
             if self.stopping.is_set():
-                self._shorten(timeout)
+                self._shorten(timeout, 0.0 if self.aborted else None)
             try:
                 yield timeout
             finally:
@@ -89,8 +98,21 @@ class Control:
         for timeout in self._timeouts:
             self._shorten(timeout)
 
-    def _shorten(self, timeout: asyncio.Timeout) -> None:
-        target = asyncio.get_running_loop().time() + self.grace_seconds
+    def abort(self, reason: RedisUnavailable) -> None:
+        """End the cycle now (the Redis master moved or is gone): start nothing more, cut off what
+        is in flight without a grace period, keep the first reason. What can still be released
+        is released on the way out; the next run finds the master anew."""
+        if self.aborted is None:
+            self.aborted = reason
+            log.warning("ending the cycle: %s", reason)
+        self.stopping.set()
+        if self._deadline is not None:
+            self._deadline.shorten(0)
+        for timeout in self._timeouts:
+            self._shorten(timeout, 0.0)
+
+    def _shorten(self, timeout: asyncio.Timeout, grace: float | None = None) -> None:
+        target = asyncio.get_running_loop().time() + (self.grace_seconds if grace is None else grace)
         when = timeout.when()
         if when is None or when > target:
             timeout.reschedule(target)

@@ -10,10 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runner.store import replies, scripts
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import HISTORY_LENGTH, Keys
 
 Entry = tuple[str, dict[str, str]]
@@ -79,11 +77,11 @@ def _gap(stage: str, raw: Any) -> Gap | None:
 class ArchiveStore:
     """The archive cursor and progress of one deployment (shared by every shard)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, shard: str = "0-1") -> None:
+    def __init__(self, client: Client, keys: Keys, shard: str = "0-1") -> None:
         self.keys = keys
         self.shard = shard
-        self._read = client.register_script(scripts.ARCHIVE_READ)
-        self._finish = client.register_script(scripts.ARCHIVE_FINISH)
+        self._read = Script(client, scripts.ARCHIVE_READ)
+        self._finish = Script(client, scripts.ARCHIVE_FINISH)
 
     async def read(self, count: int) -> ArchiveRead:
         """At most ``count`` entries of each stream after its cursor, and the new summaries."""

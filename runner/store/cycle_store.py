@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-import redis.asyncio as aioredis
 
 from runner import breaker
 from runner.breaker import BreakerState
 from runner.clock import Clock
 from runner.config import Settings
+from runner.errors import RedisUnavailable
 from runner.guards import Snapshot
 from runner.store.archive import ArchiveStore
+from runner.store.connection import Client
 from runner.store.keys import Keys
 from runner.store.locks import Heartbeat, LockManager, LockResult, LockStatus, Owner
-from runner.store.publish import DryPublisher, Publisher
+from runner.store.publish import Confirmation, DryPublisher, Publisher
 from runner.store.ratelimit import RateLimiter
 from runner.store.state import RecordResult, StateStore, lease_ttl
 
@@ -50,18 +50,21 @@ class CycleStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         settings: Settings,
         shard_key: str,
         owner: Owner,
         clock: Clock,
+        replicas: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.settings = settings
         self.owner = owner
         self.clock = clock
+        #: How many replicas the master has (to confirm what is published); None: never ask.
+        self.replicas = replicas
         self.state = StateStore(client, keys, shard_key)
         self.shard_key = shard_key
 
@@ -100,9 +103,16 @@ class CycleStore:
         return RateLimiter(self.client, self.keys, self.settings.rate_limit.requests_per_minute)
 
     @contextlib.asynccontextmanager
-    async def hold(self, symbols: list[str], budget: Callable[[], float]) -> AsyncIterator[Holding]:
+    async def hold(
+        self,
+        symbols: list[str],
+        budget: Callable[[], float],
+        on_redis: Callable[[RedisUnavailable], None] | None = None,
+    ) -> AsyncIterator[Holding]:
         """Keep the heartbeat alive, lock ``symbols`` and publish while inside the block; on the way
-        out, stop the heartbeat and flush what is left to publish (within ``budget()`` seconds)."""
+        out, stop the heartbeat, flush what is left to publish and confirm it (within ``budget()``
+        seconds). ``on_redis`` is told when Redis fails the cycle: the master moved or is gone
+        (from any step), or the locks could not be taken (then none is held)."""
         s = self.settings
         heartbeat = Heartbeat(
             self.client,
@@ -111,6 +121,7 @@ class CycleStore:
             self.clock,
             s.heartbeat.ttl_seconds,
             s.heartbeat.interval_seconds,
+            on_topology=on_redis,
         )
         locks = LockManager(
             self.client,
@@ -120,10 +131,29 @@ class CycleStore:
             s.locks.ttl_seconds,
             s.locks.stale_threshold_seconds,
         )
-        publisher = Publisher(self.client, self.keys, budget)
+        confirmation = None
+        if self.replicas is not None:
+            confirmation = Confirmation(
+                self.replicas, s.redis.replica_ack_timeout_seconds, s.redis.socket_timeout_seconds
+            )
+        publisher = Publisher(
+            self.client,
+            self.keys,
+            budget,
+            owner=self.owner.cycle_id,
+            confirmation=confirmation,
+            on_topology=on_redis,
+        )
         heartbeat.start()
         try:
-            holding = Holding(await locks.acquire(symbols), publisher)
+            try:
+                taken = await locks.acquire(symbols)
+            except RedisUnavailable as exc:
+                if on_redis is None:
+                    raise
+                on_redis(exc)  # the reply may be lost with the locks taken: they expire on their own
+                taken = {}
+            holding = Holding(taken, publisher)
             for symbol, lr in holding.locks.items():
                 if lr.status is LockStatus.TAKEN_OVER:
                     was = lr.previous_owner()
@@ -178,7 +208,12 @@ class DryRunStore(CycleStore):
         return None
 
     @contextlib.asynccontextmanager
-    async def hold(self, symbols: list[str], budget: Callable[[], float]) -> AsyncIterator[Holding]:
+    async def hold(
+        self,
+        symbols: list[str],
+        budget: Callable[[], float],
+        on_redis: Callable[[RedisUnavailable], None] | None = None,
+    ) -> AsyncIterator[Holding]:
         locks = {s: LockResult(self.keys.lock(s), LockStatus.ACQUIRED, 0, "") for s in symbols}
         yield Holding(locks, DryPublisher())
 

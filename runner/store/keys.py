@@ -1,8 +1,8 @@
 """Every Redis name the runner uses, in one place.
 
-A configurable prefix goes before every name. On Redis Cluster set it to a hash tag such as
-``{runner}:`` so that every key a script touches (including the heartbeat keys the lock scripts
-derive from a lock's owner) lives in one slot.
+A configurable prefix goes before every name. On Redis Cluster it is a hash tag (``{runner}:``
+when none is set; see ``runner.redis_url.cluster_prefix``), so that every key a script touches,
+including the heartbeat keys the lock script derives from a lock's owner, lives in one slot.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Keys:
     def for_settings(cls, settings: Settings) -> Keys:
         """The names a deployment's settings give (prefix, publish names, lock prefix)."""
         return cls(
-            prefix=settings.redis.key_prefix,
+            prefix=settings.redis.effective_key_prefix(),
             stream_name=settings.publish.stream,
             channel_name=settings.publish.channel,
             latest_name=settings.publish.latest_hash,

@@ -4,7 +4,8 @@ A lock is a key holding its owner record (JSON: instance_id, cycle_id, pid, acqu
 token). Acquire, takeover and release are each done inside one Lua script
 (``scripts.TAKE``), never GET then SET from Python:
 
-* a free key is taken with a new fencing token from ``INCR``;
+* a free key is taken with a new fencing token: max(counter + 1, the master's clock in ms), so
+  tokens keep growing even when a failover loses the counter's last increments;
 * a held key is taken over, in the same script, when its owner's heartbeat for that cycle is gone
   or the lock is older than the stale threshold (or the record is unreadable);
 * release (by the publish and record scripts) deletes only when the key still holds exactly our
@@ -22,15 +23,15 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runner.clock import Clock
+from runner.errors import TopologyChanged
 from runner.store import scripts
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class LockManager:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         owner: Owner,
         clock: Clock,
@@ -120,7 +121,7 @@ class LockManager:
         self.clock = clock
         self.ttl = ttl_seconds
         self.stale = stale_seconds
-        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._acquire = Script(client, scripts.ACQUIRE)
 
     async def acquire(self, symbols: list[str]) -> dict[str, LockResult]:
         """Try to take every symbol's lock in one script; returns a result per symbol."""
@@ -139,22 +140,26 @@ class LockManager:
             },
         )
         async with redis_errors("lock acquisition"):
-            raw = await self._acquire(keys=keys, args=args)
+            raw = await self._acquire(keys, args)
         rows = json.loads(raw)
         return {s: parse_take(k, row) for s, k, row in zip(symbols, lock_keys, rows, strict=True)}
 
 
 class Heartbeat:
-    """Keeps ``runner:heartbeat:<instance_id>`` alive for this cycle, in the background."""
+    """Keeps ``runner:heartbeat:<instance_id>`` alive for this cycle, in the background.
+
+    ``on_topology`` is told when a refresh finds the master moved or gone (the cycle then ends).
+    """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         owner: Owner,
         clock: Clock,
         ttl_seconds: int,
         interval_seconds: float,
+        on_topology: Callable[[TopologyChanged], None] | None = None,
     ) -> None:
         self.client = client
         self.key = keys.heartbeat(owner.instance_id)
@@ -162,6 +167,8 @@ class Heartbeat:
         self.clock = clock
         self.ttl = ttl_seconds
         self.interval = interval_seconds
+        self.on_topology = on_topology
+        self._script = Script(client, scripts.HEARTBEAT)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.failures = 0
@@ -170,11 +177,15 @@ class Heartbeat:
         return self.clock.now().timestamp() + self.ttl
 
     async def beat(self) -> None:
-        """Refresh once (HSET + EXPIRE in one round trip)."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, self.field, f"{self.expiry():.3f}")
-            pipe.expire(self.key, self.ttl)
-            await pipe.execute()
+        """Refresh once (one script: the entry and the key's TTL)."""
+        keys, args = scripts.pack(
+            {"heartbeat": self.key},
+            args={"field": self.field, "expiry": f"{self.expiry():.3f}", "ttl": self.ttl},
+        )
+        async with redis_errors("refreshing the heartbeat"):
+            raw = await self._script(keys, args)
+        for warning in json.loads(raw) or []:
+            log.warning("%s", warning)
 
     async def _loop(self) -> None:
         # Stopped by an event, not by cancellation: a cancel that lands while redis-py finishes
@@ -191,6 +202,8 @@ class Heartbeat:
             except Exception as exc:  # a missed beat is a warning; the TTL covers the gap
                 self.failures += 1
                 log.warning("heartbeat refresh failed: %s", exc)
+                if isinstance(exc, TopologyChanged) and self.on_topology is not None:
+                    self.on_topology(exc)
 
     def start(self) -> None:
         """Start refreshing in the background (the first beat is written by the begin step)."""

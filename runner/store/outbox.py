@@ -15,10 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runner.store import scripts
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import NOTIFY_MARKER_TTL_SECONDS, NOTIFY_MAX_AGE_SECONDS, Keys
 
 
@@ -97,11 +95,11 @@ class Settled:
 class Outbox:
     """The outbox's two scripts; each call is one round trip."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._claim = client.register_script(scripts.NOTIFY_CLAIM)
-        self._settle = client.register_script(scripts.NOTIFY_SETTLE)
+        self._claim = Script(client, scripts.NOTIFY_CLAIM)
+        self._settle = Script(client, scripts.NOTIFY_SETTLE)
 
     async def claim(
         self,

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 
-import redis.asyncio as aioredis
-
 from runner.store import scripts
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import Keys
 
 #: Seconds a call may start after its slot without breaking the per-minute bound.
@@ -25,7 +23,7 @@ JITTER_TOLERANCE = 0.25
 class RateLimiter:
     """Shared slots for remote analyzer calls."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, requests_per_minute: int, burst: int = 1) -> None:
+    def __init__(self, client: Client, keys: Keys, requests_per_minute: int, burst: int = 1) -> None:
         # Slots are spaced so that rpm + 1 of them span a minute plus JITTER_TOLERANCE: a call
         # that starts a little after its slot (event-loop delay) cannot squeeze one call too
         # many into a 60-second window.
@@ -34,8 +32,8 @@ class RateLimiter:
         self.keys = keys
         #: When the next slot is expected to be free (epoch seconds), from this process's replies.
         self.next_free_at = 0.0
-        self._reserve = client.register_script(scripts.RESERVE)
-        self._pause = client.register_script(scripts.PAUSE)
+        self._reserve = Script(client, scripts.RESERVE)
+        self._pause = Script(client, scripts.PAUSE)
 
     async def reserve(self, now: float, max_wait: float) -> tuple[bool, float]:
         """(granted, seconds to wait before calling); not granted: no slot was taken."""
@@ -49,7 +47,7 @@ class RateLimiter:
             },
         )
         async with redis_errors("reserving a rate-limit slot"):
-            raw = await self._reserve(keys=keys, args=args)
+            raw = await self._reserve(keys, args)
         granted, wait = json.loads(raw)
         wait = max(float(wait), 0.0)
         self.next_free_at = max(self.next_free_at, now + wait + (self.interval if granted else 0.0))
@@ -66,4 +64,4 @@ class RateLimiter:
             {"pause": self.keys.ratelimit_pause}, args={"until": now + seconds, "now": now}
         )
         async with redis_errors("pausing the rate limit"):
-            await self._pause(keys=keys, args=args)
+            await self._pause(keys, args)

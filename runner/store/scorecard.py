@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import redis.asyncio as aioredis
-
 from runner.store import replies
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, redis_errors
 from runner.store.keys import Keys
 
 
-async def read_days(client: aioredis.Redis, keys: Keys, today: datetime, days: int) -> list[dict[str, str]]:
+async def read_days(client: Client, keys: Keys, today: datetime, days: int) -> list[dict[str, str]]:
     """The daily outcome totals of ``today`` and the ``days - 1`` days before it (a key of the
     wrong type reads as empty)."""
     names = [keys.outcome_day(today - timedelta(days=n)) for n in range(days)]

@@ -61,15 +61,31 @@ end
 #:   -> {status, token, value, reason, previous record}, status acquired | taken_over | held.
 #: ``owner`` is {instance_id, cycle_id, pid}. A free key is taken with a new fencing token; a
 #: held key is taken over when its owner's heartbeat for that cycle is gone, the lock is older
-#: than ``stale`` seconds, or its record is unreadable. Tokens only grow: a fencing key that is
-#: not a counter restarts above any token INCR could have given.
+#: than ``stale`` seconds, or its record is unreadable. The holder's heartbeat key is derived
+#: from its record (``hb_prefix .. instance_id``), so it is not in KEYS: on a cluster the
+#: prefix's hash tag puts it in the slot of every other key the script touches.
+#:
+#: A fencing token is max(counter + 1, the master's clock in microseconds since the epoch). The
+#: counter makes tokens strictly increasing on one master; the clock makes them keep increasing
+#: when a failover loses the counter's latest increments (asynchronous replication), as long as
+#: the new master's clock is not behind the old one's by more than the failover took. A counter
+#: that is garbage restarts from the clock, with a warning. Tokens have 16 digits, more than
+#: cjson's and Lua's number formatting keep (14), so the script handles them as strings of
+#: digits (a JSON number in the lock record); they stay exact doubles, below 2^53, until 2255.
 TAKE = """
-local function safe_incr(key, now)
-  local ok, value = pcall(redis.call, 'INCR', key)
-  if ok then return value end
-  redis.call('DEL', key)
-  warnings[#warnings + 1] = key .. ' was not a counter; restarted from the clock'
-  return redis.call('INCRBY', key, math.floor(now * 1000))
+local function next_token(key)
+  local time = redis.call('TIME')
+  local clock_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  local raw = redis.pcall('GET', key)
+  local last = 0
+  if type(raw) == 'string' and #raw <= 16 and string.match(raw, '^%d+$') then
+    last = tonumber(raw)
+  elseif raw then
+    warnings[#warnings + 1] = key .. ' was not a counter; restarted from the clock'
+  end
+  local token = string.format('%d', math.max(last + 1, clock_us))
+  redis.call('SET', key, token)
+  return token
 end
 local function take(key, fencing_key, owner, now, ttl, stale, hb_prefix)
   local current = redis.pcall('GET', key)
@@ -95,9 +111,12 @@ local function take(key, fencing_key, owner, now, ttl, stale, hb_prefix)
       end
     end
   end
-  local token = safe_incr(fencing_key, now)
-  local value = cjson.encode({instance_id = owner.instance_id, cycle_id = owner.cycle_id,
-                              pid = owner.pid, acquired_at = now, token = token})
+  local token = next_token(fencing_key)
+  -- The token goes in as its digits: cjson would round it to 14 significant ones.
+  local record = cjson.encode({instance_id = owner.instance_id, cycle_id = owner.cycle_id,
+                               pid = owner.pid, acquired_at = now})
+  local value = string.sub(record, 1, -2) .. ',"token":' .. token .. '}'
+
   redis.call('SET', key, value, 'EX', ttl)
   if reason then return {'taken_over', token, value, reason, previous} end
   return {'acquired', token, value, '', ''}
@@ -153,11 +172,14 @@ return cjson.encode(out)
 #: Publishes a batch of documents: for each, only while this run still holds the symbol's lock
 #: with exactly the record it wrote (fencing) and only if its id was never published
 #: (idempotency): XADD to its target's capped stream, PUBLISH to its channel, HSET of the latest
-#: hash. An item marked ``release`` frees its lock once it is published or found a duplicate.
+#: hash, and a marker holding the publishing run's cycle id. A document whose marker holds our
+#: own cycle id was published by an earlier try of this run whose reply was lost (and which may
+#: have released the lock): it is reported published again, and nothing is written twice. An
+#: item marked ``release`` frees its lock once it is published or found a duplicate.
 #: L: streams, latests (one per target), locks, markers (one per item).
-#: A: targets [{channel, field, key_field, maxlen, string (the latest key is a string, not a
-#:    hash)}], marker_ttl, items [{t (target index), record, symbol, doc, release, after (the
-#:    position of the item it follows, published only if that one is; 0: none)}].
+#: A: owner (cycle id), targets [{channel, field, key_field, maxlen, string (the latest key is a
+#:    string, not a hash)}], marker_ttl, items [{t (target index), record, symbol, doc, release,
+#:    after (the position of the item it follows, published only if that one is; 0: none)}].
 #: Returns JSON [[published | duplicate | fenced | skipped per item], warnings].
 #: Every stream and hash is checked before anything is written, so a wrong-type key found
 #: half-way cannot leave a marker without an entry (a lost document).
@@ -171,14 +193,20 @@ end
 local out = {}
 for i, item in ipairs(A.items) do
   local lock_key, marker, target = L.locks[i], L.markers[i], A.targets[item.t]
+  local mark = redis.pcall('GET', marker)
+  local ours = redis.pcall('GET', lock_key) == item.record
   if item.after > 0 and out[item.after] ~= 'published' then
     out[i] = 'skipped'
-  elseif redis.pcall('GET', lock_key) ~= item.record then
+  elseif mark == A.owner then
+    out[i] = 'published'
+    if item.release and ours then redis.call('DEL', lock_key) end
+  elseif not ours then
     out[i] = 'fenced'
-  elseif not redis.call('SET', marker, '1', 'NX', 'EX', A.marker_ttl) then
+  elseif mark then
     out[i] = 'duplicate'
     if item.release then redis.call('DEL', lock_key) end
   else
+    redis.call('SET', marker, A.owner, 'EX', A.marker_ttl)
     redis.call('XADD', L.streams[item.t], 'MAXLEN', '~', target.maxlen, '*',
                target.key_field, item.symbol, target.field, item.doc)
     redis.call('PUBLISH', target.channel, item.doc)
@@ -296,6 +324,39 @@ local function score_outcomes(O, want_ratios)
   return ratios
 end
 """
+
+#: Sent right before ``WAIT`` on the same connection, at the end of a cycle: which of this run's
+#: documents are still on the master (their markers hold our cycle id), each marker touched
+#: (``EXPIRE``, a write) so that the replica's acknowledgement of this script covers them: a
+#: replica that acknowledges it holds the master's data up to it, the documents included.
+#: L: markers. A: owner (cycle id), ttl. Returns JSON [1 (still there) | 0 (gone) per marker].
+CONFIRM = (
+    PRELUDE
+    + """
+local out = {}
+for i, marker in ipairs(L.markers) do
+  if redis.pcall('GET', marker) == A.owner then
+    redis.call('EXPIRE', marker, A.ttl)
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return cjson.encode(out)
+"""
+)
+
+#: Refreshes this run's heartbeat entry. K: heartbeat. A: field (cycle id), expiry, ttl.
+#: Returns JSON [warnings].
+HEARTBEAT = (
+    PRELUDE
+    + """
+ensure(K.heartbeat, 'hash', false)
+redis.call('HSET', K.heartbeat, A.field, A.expiry)
+redis.call('EXPIRE', K.heartbeat, A.ttl)
+return cjson.encode(warnings)
+"""
+)
 
 #: Writes a cycle's outcome and releases what the run holds. The summary goes to the history list
 #: and to the cycle stream (capped ``MAXLEN ~ cycles_len``), which event streams follow.

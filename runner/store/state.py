@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from runner import adaptive
 from runner.breaker import BreakerState
 from runner.guards import Snapshot
 from runner.store import replies, scripts
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import CYCLES_LENGTH, HISTORY_LENGTH, LEASE_SLACK_SECONDS, Keys
 from runner.store.locks import Owner, parse_take
 
@@ -63,16 +61,16 @@ class StateStore:
     """The cycle's Redis steps and the operator commands. Each public method is one round trip,
     but for ``update_breaker`` when another process changes the breaker at the same moment."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, shard: str = "0-1") -> None:
+    def __init__(self, client: Client, keys: Keys, shard: str = "0-1") -> None:
         self.client = client
         self.keys = keys
         self.shard = shard
-        self._begin = client.register_script(scripts.BEGIN)
-        self._record = client.register_script(scripts.RECORD)
-        self._cas = client.register_script(scripts.BREAKER_CAS)
-        self._read_breaker = client.register_script(scripts.BREAKER_READ)
-        self._resume = client.register_script(scripts.RESUME)
-        self._kill = client.register_script(scripts.KILL_SWITCH)
+        self._begin = Script(client, scripts.BEGIN)
+        self._record = Script(client, scripts.RECORD)
+        self._cas = Script(client, scripts.BREAKER_CAS)
+        self._read_breaker = Script(client, scripts.BREAKER_READ)
+        self._resume = Script(client, scripts.RESUME)
+        self._kill = Script(client, scripts.KILL_SWITCH)
 
     @property
     def breaker_key(self) -> str:
@@ -115,7 +113,7 @@ class StateStore:
             },
         )
         async with redis_errors("the cycle's first step"):
-            raw = await self._begin(keys=keys, args=args)
+            raw = await self._begin(keys, args)
         data = json.loads(raw)
         warnings = [str(w) for w in data.get("warnings") or []]
         breaker = replies.breaker_state(replies.pairs(data.get("breaker")), self.breaker_key, warnings)
@@ -178,7 +176,7 @@ class StateStore:
             {"history_len": HISTORY_LENGTH, "cycles_len": CYCLES_LENGTH, **payload},
         )
         async with redis_errors("recording the cycle"):
-            raw = await self._record(keys=keys, args=args)
+            raw = await self._record(keys, args)
         data = json.loads(raw)
         counters = replies.numbers(data.get("counters"))
         current = replies.pairs(data.get("breaker"))
@@ -213,7 +211,7 @@ class StateStore:
             {"breaker": self.breaker_key}, args={"expected": expected_version, "fields": fields}
         )
         async with redis_errors("saving the circuit breaker"):
-            raw = await self._cas(keys=keys, args=args)
+            raw = await self._cas(keys, args)
         saved, current = json.loads(raw)
         return bool(saved), replies.breaker_state(replies.pairs(current), self.breaker_key)
 
@@ -221,7 +219,7 @@ class StateStore:
         """The breaker as stored (closed when absent or unreadable)."""
         keys, args = scripts.pack({"breaker": self.breaker_key})
         async with redis_errors("reading the circuit breaker"):
-            raw = await self._read_breaker(keys=keys, args=args)
+            raw = await self._read_breaker(keys, args)
         return replies.breaker_state(replies.pairs(json.loads(raw)), self.breaker_key)
 
     async def update_breaker(

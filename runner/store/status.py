@@ -6,38 +6,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from runner import adaptive, breaker
 from runner.config import Settings
 from runner.store import replies
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, redis_errors, scan
 from runner.store.keys import Keys
 from runner.store.replies import as_float, json_object
 
 
-async def _scan(client: aioredis.Redis, pattern: str, limit: int = 5000) -> list[str]:
-    found: list[str] = []
-    async for key in client.scan_iter(match=pattern, count=500):
-        found.append(str(key))
-        if len(found) >= limit:
-            break
-    return sorted(found)
-
-
-async def _typed(client: aioredis.Redis, key: str, kind: str) -> bool:
-    return bool(await client.type(key) == kind)
-
-
-async def read_status(
-    client: aioredis.Redis, keys: Keys, settings: Settings, now: datetime
-) -> dict[str, Any]:
+async def read_status(client: Client, keys: Keys, settings: Settings, now: datetime) -> dict[str, Any]:
     """Collect the status document (the ``--json`` shape)."""
     async with redis_errors("reading status"):
-        lock_keys = await _scan(client, keys.lock_pattern)
-        hb_keys = await _scan(client, keys.heartbeat_pattern)
-        bp_keys = await _scan(client, keys.backpressure_pattern)
+        # On a cluster every key of the runner lives on one node (the prefix's hash tag).
+        lock_keys = await scan(client, keys.lock_pattern, keys.fencing)
+        hb_keys = await scan(client, keys.heartbeat_pattern, keys.fencing)
+        bp_keys = await scan(client, keys.backpressure_pattern, keys.fencing)
         spend_key = keys.spend(now)
         hashes = [
             keys.breaker("llm_service"),
@@ -64,13 +49,13 @@ async def read_status(
             for key, size in zip(lists, (59, 199), strict=True):
                 if key in readable:
                     pipe.lrange(key, 0, size)
-                else:
-                    pipe.echo("")
+                else:  # a keyed placeholder (a cluster pipeline routes by key), read as empty
+                    pipe.exists(key)
             for key in hashes:
                 if key in readable:
                     pipe.hgetall(key)
                 else:
-                    pipe.echo("")
+                    pipe.exists(key)
             for key in lock_keys:
                 pipe.get(key)
                 pipe.ttl(key)
@@ -98,7 +83,8 @@ async def read_status(
     ) = (next(it) for _ in range(9))
 
     as_dict = replies.pairs
-    history = [h for h in (json_object(x) for x in (history_raw or [])) if h is not None]
+    history_items = history_raw if isinstance(history_raw, list) else []
+    history = [h for h in (json_object(x) for x in history_items) if h is not None]
     ts = now.timestamp()
     breaker_state = replies.breaker_state(as_dict(breaker_raw), keys.breaker("llm_service"))
     cfg = settings.circuit_breaker.llm_service
@@ -116,7 +102,7 @@ async def read_status(
                 "owner": owner.get("instance_id"),
                 "cycle_id": owner.get("cycle_id"),
                 "pid": owner.get("pid"),
-                "token": owner.get("token"),
+                "token": _token(owner.get("token")),
                 "age_seconds": round(ts - float(owner.get("acquired_at") or ts), 1),
                 "ttl_seconds": ttl if isinstance(ttl, int) else None,
             }
@@ -216,6 +202,14 @@ def archive_status(fields: dict[str, str], *, configured: bool) -> dict[str, Any
     }
 
 
+def _token(value: Any) -> int | None:
+    """A lock record's fencing token (written as a string: it has more digits than Lua keeps)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _or_reason(record: dict[str, Any] | None, raw: str) -> dict[str, Any]:
     """A paused symbol's record; a bare string (written by hand) is its reason."""
     return record if record is not None else {"reason": raw}
@@ -226,7 +220,7 @@ def _documents(by_symbol: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {s: v for s, v in ((s, json_object(raw)) for s, raw in by_symbol.items()) if v is not None}
 
 
-async def read_readiness(client: aioredis.Redis, keys: Keys, shard_key: str) -> tuple[str, int]:
+async def read_readiness(client: Client, keys: Keys, shard_key: str) -> tuple[str, int]:
     """What the readiness probe needs, in one round trip and no scan: the analyzer breaker's
     stored state and this shard's cooldown cycles left (a key of the wrong type reads as unset)."""
     async with redis_errors("the readiness check"), client.pipeline(transaction=False) as pipe:

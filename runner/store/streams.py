@@ -13,11 +13,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from runner.errors import DependencyError
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, redis_errors
 
 #: Seconds one blocking read waits for new entries before it asks again.
 BLOCK_SECONDS = 1.0
@@ -43,7 +42,7 @@ def format_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
 
 
-async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]:
+async def latest(client: Client, stream: str, count: int) -> list[Entry]:
     """The newest ``count`` entries of ``stream``, oldest first."""
     if count <= 0:
         return []
@@ -52,7 +51,7 @@ async def latest(client: aioredis.Redis, stream: str, count: int) -> list[Entry]
     return [(str(i), dict(f)) for i, f in reversed(entries)]
 
 
-async def end_of(client: aioredis.Redis, stream: str) -> str:
+async def end_of(client: Client, stream: str) -> str:
     """The id of the newest entry now (``0-0`` for an empty stream): following from there misses
     nothing, where a bare ``$`` on every read would miss what arrives between two reads."""
     newest = await latest(client, stream, 1)
@@ -60,7 +59,7 @@ async def end_of(client: aioredis.Redis, stream: str) -> str:
 
 
 async def follow(
-    client: aioredis.Redis, cursors: dict[str, str], stop: asyncio.Event | None = None
+    client: Client, cursors: dict[str, str], stop: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
     """Every entry added to each stream after its cursor (an entry id), as ``(stream, id, fields)``,
     as it arrives, until ``stop`` is set (checked within a read's block time); a Redis outage is
@@ -81,7 +80,7 @@ async def follow(
 
 
 async def newest(
-    client: aioredis.Redis,
+    client: Client,
     stream: str,
     *,
     since_ms: int | None,
@@ -161,7 +160,7 @@ def stream_info(reply: Any) -> StreamInfo:
     )
 
 
-async def infos(client: aioredis.Redis, streams: Sequence[str]) -> list[StreamInfo]:
+async def infos(client: Client, streams: Sequence[str]) -> list[StreamInfo]:
     """Where each stream stands, in one round trip."""
     async with redis_errors("reading the event streams"), client.pipeline(transaction=False) as pipe:
         for stream in streams:
@@ -176,7 +175,7 @@ Read = tuple[int, StreamId, dict[str, str]]
 
 
 async def read_after(
-    client: aioredis.Redis,
+    client: Client,
     streams: Sequence[str],
     positions: Sequence[StreamId],
     *,
@@ -207,7 +206,7 @@ async def read_after(
     return out
 
 
-async def _streams_only(client: aioredis.Redis, streams: Sequence[str]) -> list[str]:
+async def _streams_only(client: Client, streams: Sequence[str]) -> list[str]:
     async with client.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.type(stream)
@@ -216,7 +215,7 @@ async def _streams_only(client: aioredis.Redis, streams: Sequence[str]) -> list[
 
 
 async def ranges_with_infos(
-    client: aioredis.Redis,
+    client: Client,
     streams: Sequence[str],
     after: Sequence[StreamId],
     until: Sequence[StreamId],

@@ -11,11 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from runner.store import replies
-from runner.store.connection import redis_errors
+from runner.store.connection import Client, redis_errors
 from runner.store.keys import Keys
 from runner.store.streams import StreamId, stream_info
 
@@ -84,7 +83,7 @@ def _listed(raw: Any) -> list[dict[str, Any]]:
     return [d for d in (replies.json_object(x) for x in items) if d is not None]
 
 
-async def read_snapshot(client: aioredis.Redis, keys: Keys, streams: Sequence[str], cycles: int) -> Snapshot:
+async def read_snapshot(client: Client, keys: Keys, streams: Sequence[str], cycles: int) -> Snapshot:
     """Everything the dashboard shows, and each stream's position, in one MULTI: the documents
     are exactly those up to the positions, so following the streams from there misses nothing."""
     async with redis_errors("reading the dashboard's snapshot"), client.pipeline(transaction=True) as pipe:
@@ -109,7 +108,7 @@ async def read_snapshot(client: aioredis.Redis, keys: Keys, streams: Sequence[st
     )
 
 
-async def read_latest(client: aioredis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
+async def read_latest(client: Client, keys: Keys) -> dict[str, dict[str, Any]]:
     """symbol -> {"signal", "score", "advice"}: the latest document of each (None where none)."""
     async with redis_errors("reading the latest documents"), client.pipeline(transaction=False) as pipe:
         for name in _latest_hashes(keys):
@@ -119,7 +118,7 @@ async def read_latest(client: aioredis.Redis, keys: Keys) -> dict[str, dict[str,
     return by_symbol(answers)
 
 
-async def read_history(client: aioredis.Redis, keys: Keys, limit: int) -> list[dict[str, Any]]:
+async def read_history(client: Client, keys: Keys, limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` cycle summaries, newest first."""
     async with redis_errors("reading the cycle history"), client.pipeline(transaction=False) as pipe:
         pipe.xrevrange(keys.cycles, count=limit)

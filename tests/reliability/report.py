@@ -44,7 +44,14 @@ SCENARIOS: dict[str, str] = {
     "18": "Bad inputs: exit 2 with one line",
     "19": "Soak",
     "20": "Analyzer-output parser (property-based)",
+    "21": "Redis Sentinel failover under running cycles",
+    "22": "Redis Cluster failover under running cycles",
+    "23": "Redis topology change mid-cycle (READONLY, NOREPLICAS)",
 }
+
+
+#: Scenario number -> a hand-kept text shown before that scenario's figures.
+PREFACES: dict[str, Path] = {"21": Path(__file__).with_name("failover.md")}
 
 
 @dataclass
@@ -157,6 +164,8 @@ class Report:
             group = by_scenario.get(num, [])
             if not group:
                 continue
+            if num in PREFACES:
+                out += ["", PREFACES[num].read_text(encoding="utf-8").strip()]
             out += ["", f"## {num}. {title}"]
             functions: dict[str, list[Row]] = {}
             for r in group:

@@ -166,6 +166,7 @@ def test_the_history_summary_counts_each_status_and_keeps_each_symbols_result() 
         "scores": 0,
         "advice": 0,
         "report": None,
+        "error": None,
         "counts": {"ok": 2, "failed": 1},
         "results": [
             {

@@ -220,8 +220,8 @@ async def locked(redis: Any, symbol: str, owner: Owner = ME) -> LockResult:
     return (await manager(redis, owner).acquire([symbol]))[symbol]
 
 
-def publisher(redis: Any) -> Publisher:
-    return Publisher(redis, KEYS)
+def publisher(redis: Any, owner: Owner = ME) -> Publisher:
+    return Publisher(redis, KEYS, owner=owner.cycle_id)
 
 
 def pending(signal: Signal, lock: LockResult) -> Pending:
@@ -273,7 +273,7 @@ async def test_same_signal_id_again_is_a_duplicate_and_changes_nothing(any_redis
     latest_before = await any_redis.hget(KEYS.latest, "ETH/USD")
 
     rerun = await locked(any_redis, "ETH/USD", OTHER)  # a re-run in the same minute
-    outcome = await publisher(any_redis).publish_batch(
+    outcome = await publisher(any_redis, OTHER).publish_batch(
         [pending(make_signal("ETH/USD", rerun.token, action="SELL"), rerun)]
     )
 
@@ -334,7 +334,7 @@ async def test_publisher_flushes_submitted_signals_on_close(any_redis: Any) -> N
     ]
     await pub.close()
 
-    assert [f.result() for f in futures] == ["published", "published"]
+    assert [f.fate() for f in futures] == ["published", "published"]
     assert pub.errors == []
     assert await any_redis.xlen(KEYS.stream) == 2
 
@@ -948,5 +948,5 @@ async def test_the_publisher_keeps_a_chains_documents_in_order_across_batches(an
     then = pub.submit(Pending("score:ETH", "ETH/USD", "{}", lock.key, lock.value, score, after=first))
     await pub.close()
 
-    assert (first.result(), then.result()) == ("fenced", "skipped")
+    assert (first.fate(), then.fate()) == ("fenced", "skipped")
     assert await any_redis.exists(KEYS.scored_stream) == 0
