@@ -29,7 +29,7 @@ COPY runner ./runner
 
 # A non-editable install of the project and its pinned dependencies (constraints.txt); pip
 # compiles the bytecode now, as the final image's filesystem is read-only at run time.
-RUN python -m venv /opt/venv \
+RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install -c constraints.txt . \
     && /opt/venv/bin/pip uninstall -y pip \
     && /opt/venv/bin/runner --version
