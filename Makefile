@@ -2,7 +2,7 @@
 # what is missing first.
 PY ?= .venv/bin/python
 
-.PHONY: all install lint types test cycle clean bench
+.PHONY: all install lint types test cycle clean bench images k8s-agents
 
 all: lint types test
 
@@ -28,6 +28,16 @@ clean:
 
 bench:
 	$(PY) -m bench
+
+# Both images (the runner's and the OpenCode server's) with buildah on debootstrap stand-ins for
+# the registry's bases, as CI builds them (root; docs/IMAGES.md). The tests in tests/images run them.
+images:
+	bash .ci/images build
+
+# After adding, renaming or removing an agent in examples/opencode/agent/: list them all in the
+# ConfigMap generator of k8s/opencode (examples/opencode/kustomization.yaml).
+k8s-agents:
+	bash k8s/opencode/sync-agents
 
 # Reliability suite with the full 200-cycle soak; writes docs/RELIABILITY.md from the measured figures.
 .PHONY: reliability

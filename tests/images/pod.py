@@ -40,7 +40,9 @@ def require(tool: str) -> str:
     """The path of a host tool the images need; a missing one fails the test, never skips it."""
     path = shutil.which(tool)
     if not path:
-        pytest.fail(f"{tool} is not installed: bash .ci/run installs it (apt-get install {tool})", pytrace=False)
+        pytest.fail(
+            f"{tool} is not installed: bash .ci/run installs it (apt-get install {tool})", pytrace=False
+        )
     return path
 
 
@@ -110,7 +112,9 @@ class Pod:
             return self.user
         user, _, group = str(self.config.get("User") or "0").partition(":")
         if not user.isdigit() or (group and not group.isdigit()):
-            raise AssertionError(f"USER {self.config.get('User')!r} is not numeric: runAsNonRoot cannot check it")
+            raise AssertionError(
+                f"USER {self.config.get('User')!r} is not numeric: runAsNonRoot cannot check it"
+            )
         return int(user), int(group or 0)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -122,7 +126,9 @@ class Pod:
         spec = {
             "root": str(self.root),
             "read_only": self.read_only_root,
-            "volumes": [{"path": v.path, "source": str(v.source), "read_only": v.read_only} for v in self.volumes],
+            "volumes": [
+                {"path": v.path, "source": str(v.source), "read_only": v.read_only} for v in self.volumes
+            ],
             "files": ["/etc/resolv.conf", "/etc/hosts"],
             "workdir": self.config.get("WorkingDir") or "/",
             "uid": uid,
@@ -208,7 +214,9 @@ class Pod:
             code = self.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise AssertionError(f"{self.argv} did not exit within {timeout} s:\n{self.logs()[-3000:]}") from None
+            raise AssertionError(
+                f"{self.argv} did not exit within {timeout} s:\n{self.logs()[-3000:]}"
+            ) from None
         self.stop()
         return code
 
