@@ -29,9 +29,11 @@ def main(spec: dict) -> None:  # type: ignore[type-arg]
     root = spec["root"]
     # Mount points live in the container's writable layer, made before the root goes read-only
     # (as runc makes them), so nothing the image ships is changed.
+    files = [v["path"] for v in spec["volumes"] if os.path.isfile(v["source"])] + spec["files"]
     for volume in spec["volumes"]:
-        os.makedirs(root + volume["path"], exist_ok=True)
-    for name in spec["files"]:
+        if volume["path"] not in files:
+            os.makedirs(root + volume["path"], exist_ok=True)
+    for name in files:  # a subPath of a ConfigMap, resolv.conf, hosts: a file on a file
         os.makedirs(os.path.dirname(root + name), exist_ok=True)
         if not os.path.lexists(root + name):
             open(root + name, "a").close()
