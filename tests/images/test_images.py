@@ -236,7 +236,7 @@ def test_the_runner_image_without_a_writable_tmp_says_what_it_needs(images: Imag
 def test_the_cronjob_pod_publishes_through_redis_with_the_embedded_one_off(
     images: Images, tmp_path: Path, redis_server: RedisServer, real_redis: redis.Redis
 ) -> None:
-    docs = {k: v for k, v in _rendered("base").items()}
+    docs = _rendered("base")
     cron = only(docs, "CronJob")
     container = runner_container(cron)
     offline = {
@@ -322,6 +322,7 @@ class OpenCodePod:
     port: int
     stub: StubLLM
     deployment: dict[str, Any]
+    volumes: dict[str, Path]
 
     @property
     def url(self) -> str:
@@ -370,7 +371,7 @@ def start_opencode_pod(images: Images, tmp_path: Path, stub: StubLLM) -> OpenCod
     except BaseException:
         pod.stop()
         raise
-    return OpenCodePod(pod, port, stub, deployment)
+    return OpenCodePod(pod, port, stub, deployment, shared)
 
 
 @pytest.fixture(scope="module")
@@ -439,6 +440,11 @@ def test_the_opencode_server_installs_nothing_and_writes_only_to_its_volumes(
     assert "dependency install" not in logs, "it tried to npm-install its plugin package"
     assert "EROFS" not in logs, "it tried to write to the read-only root"
     assert "level=ERROR" not in logs, logs[-3000:]
+    # Its sessions database is where the image's XDG_DATA_HOME points: on the data emptyDir.
+    assert (opencode_pod.volumes["data"] / "data" / "opencode" / "opencode.db").stat().st_uid == 10002
+    assert sorted(p.name for p in opencode_pod.volumes["agents"].iterdir()) == sorted(
+        p.name for p in (EXAMPLES_OPENCODE / "agent").glob("*.md")
+    ), "the init container copied every agent, and nothing else"
 
 
 def test_a_cycle_in_the_runner_pod_goes_through_the_opencode_pod(
