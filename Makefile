@@ -2,7 +2,7 @@
 # what is missing first.
 PY ?= .venv/bin/python
 
-.PHONY: all install lint types test cycle clean bench screenshot
+.PHONY: all install lint types test cycle clean bench screenshot images k8s-agents
 
 all: lint types test
 
@@ -32,6 +32,16 @@ bench:
 # The browser test, writing its final screenshot to docs/dashboard.png (the README's).
 screenshot:
 	DASHBOARD_SCREENSHOT=1 $(PY) -m pytest tests/integration/test_dashboard.py
+
+# Both images (the runner's and the OpenCode server's) with buildah on debootstrap stand-ins for
+# the registry's bases, as CI builds them (root; docs/IMAGES.md). The tests in tests/images run them.
+images:
+	bash .ci/images build
+
+# After adding, renaming or removing an agent in examples/opencode/agent/: list them all in the
+# ConfigMap generator of k8s/opencode (examples/opencode/kustomization.yaml).
+k8s-agents:
+	bash k8s/opencode/sync-agents
 
 # Reliability suite with the full 200-cycle soak; writes docs/RELIABILITY.md from the measured figures.
 .PHONY: reliability

@@ -22,7 +22,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, RedisError
 
-from runner.errors import RedisUnavailable
+from runner.errors import ConfigError, RedisUnavailable
 
 SOCKET_NAME = "redis.sock"
 DB_NAME = "runner.rdb"
@@ -57,8 +57,15 @@ def server_binary() -> str:
 @contextlib.contextmanager
 def file_lock(directory: Path) -> Iterator[None]:
     """Exclusive lock on ``embedded.lock`` in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "embedded.lock", "a+") as handle:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / "embedded.lock", "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:  # a read-only root filesystem, say
+        raise ConfigError(
+            f"RUNNER_STATE_DIR: the embedded Redis cannot use {str(directory)!r} ({exc.strerror}); "
+            "point it at a writable directory, or set REDIS_URL"
+        ) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

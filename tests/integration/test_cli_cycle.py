@@ -613,3 +613,18 @@ def test_on_a_terminal_the_cycle_ends_with_a_table(real_redis, redis_server, tmp
     status_code, status_out = _run_on_a_terminal(["status"], env)
     assert status_code == 0, status_out
     assert "Traceback" not in status_out
+
+
+def test_an_unusable_state_directory_is_one_line_and_exit_2(tmp_path):
+    """A read-only root filesystem without a writable /tmp, say (tests/images runs that too)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = env_for(None, blocker / "state")
+
+    result = run_cli(["cycle", "--json", "--symbols", "ETH/USD"], env)
+
+    assert result.code == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "RUNNER_STATE_DIR" in line]
+    assert str(blocker / "state") in line
+    assert "REDIS_URL" in line

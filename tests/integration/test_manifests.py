@@ -37,12 +37,15 @@ from tests.conftest import drop_settings_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-KUSTOMIZATIONS = ("base", "sharded", "service", "dashboard", "dev")
+KUSTOMIZATIONS = ("base", "sharded", "service", "dashboard", "dev", "opencode/server", "opencode")
 #: The oldest Kubernetes release with every field used here generally available (Indexed Jobs'
 #: backoffLimitPerIndex: 1.33), and the newest release kubernetes-validate has schemas for.
 KUBE_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
 
 RUNNER_IMAGE = "tradestream/autonomous-runner"
+OPENCODE_IMAGE = "tradestream/autonomous-runner-opencode"
+OPENCODE_DOCKERFILE = ROOT / "opencode" / "Dockerfile"
+EXAMPLES_OPENCODE = ROOT / "examples" / "opencode"
 SECRET_NAME = "autonomous-runner"
 CONFIG_MOUNT = "/etc/autonomous-runner"
 #: Seconds from the Job's start to the runner's deadline clock starting (scheduling, container
@@ -291,12 +294,23 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def runner_workloads(rendered: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every CronJob and Deployment that runs the runner (the OpenCode server's is not one)."""
     return [
         (name, doc)
-        for name in ("base", "sharded", "service", "dashboard")
+        for name in ("base", "sharded", "service", "dashboard", "opencode")
         for doc in rendered[name].values()
         if doc["kind"] in ("CronJob", "Deployment")
+        and any(c["name"] == "runner" for c in pod_spec(doc)["containers"])
     ]
+
+
+def opencode_server(rendered: dict[str, Any], name: str = "opencode/server") -> dict[str, Any]:
+    return rendered[name][("Deployment", "opencode")]
+
+
+def opencode_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == "opencode"]
+    return container
 
 
 # --- schema validation -------------------------------------------------------------------------
@@ -483,10 +497,14 @@ def test_the_cronjob_pod_knows_its_identity_and_minute(rendered: dict[str, Any])
 
 def test_the_pods_run_restricted(rendered: dict[str, Any]) -> None:
     dockerfile_user = final_stage_user()
-    workloads = runner_workloads(rendered) + [
-        ("dev", doc) for doc in rendered["dev"].values() if doc["kind"] == "Deployment"
-    ]
-    assert len(workloads) == 7
+    opencode_user = final_stage_user(OPENCODE_DOCKERFILE)
+    servers = [(name, opencode_server(rendered, name)) for name in ("opencode/server", "opencode")]
+    workloads = (
+        runner_workloads(rendered)
+        + [("dev", doc) for doc in rendered["dev"].values() if doc["kind"] == "Deployment"]
+        + servers
+    )
+    assert len(workloads) == 10
     for name, workload in workloads:
         where = f"k8s/{name} {workload['kind']}/{workload['metadata']['name']}"
         spec = pod_spec(workload)
@@ -496,7 +514,7 @@ def test_the_pods_run_restricted(rendered: dict[str, Any]) -> None:
         assert pod["runAsGroup"] > 0, where
         assert pod["seccompProfile"]["type"] == "RuntimeDefault", where
         assert spec["automountServiceAccountToken"] is False, where
-        for container in spec["containers"]:
+        for container in spec["containers"] + spec.get("initContainers", []):
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["readOnlyRootFilesystem"] is True, where
@@ -508,15 +526,20 @@ def test_the_pods_run_restricted(rendered: dict[str, Any]) -> None:
             assert container["imagePullPolicy"] == "IfNotPresent", where
             assert ":" in container["image"], f"{where}: untagged image"
             assert not container["image"].endswith(":latest"), where
-        if name != "dev":
-            assert (pod["runAsUser"], pod["runAsGroup"]) == dockerfile_user, f"{where}: not the image's USER"
-            assert pod["fsGroup"] == pod["runAsGroup"], where
-            assert spec["serviceAccountName"] == "autonomous-runner", where
-            container = runner_container(workload)
-            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-            volumes = {v["name"]: v for v in spec["volumes"]}
-            assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be an emptyDir"
-            assert "configMap" in volumes[mounts[CONFIG_MOUNT]], where
+        if name == "dev":
+            continue
+        assert pod["fsGroup"] == pod["runAsGroup"], where
+        if (name, workload) in servers:
+            assert (pod["runAsUser"], pod["runAsGroup"]) == opencode_user, f"{where}: not the image's USER"
+            assert spec["serviceAccountName"] == "opencode", where
+            continue
+        assert (pod["runAsUser"], pod["runAsGroup"]) == dockerfile_user, f"{where}: not the image's USER"
+        assert spec["serviceAccountName"] == "autonomous-runner", where
+        container = runner_container(workload)
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be an emptyDir"
+        assert "configMap" in volumes[mounts[CONFIG_MOUNT]], where
 
 
 def test_every_runner_pod_runs_the_same_pinned_image(rendered: dict[str, Any]) -> None:
@@ -752,11 +775,11 @@ def test_the_dev_dependencies_are_redis_and_a_pushgateway(rendered: dict[str, An
 # --- the Dockerfile ----------------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = ROOT / "Dockerfile") -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
     out: list[tuple[str, str]] = []
     pending = ""
-    for raw in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+    for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -770,9 +793,9 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def dockerfile_stages() -> list[list[tuple[str, str]]]:
+def dockerfile_stages(path: Path = ROOT / "Dockerfile") -> list[list[tuple[str, str]]]:
     stages: list[list[tuple[str, str]]] = []
-    for instruction, args in dockerfile_instructions():
+    for instruction, args in dockerfile_instructions(path):
         if instruction == "FROM":
             stages.append([])
         if stages:
@@ -780,10 +803,10 @@ def dockerfile_stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
-def dockerfile_args() -> dict[str, str]:
+def dockerfile_args(path: Path = ROOT / "Dockerfile") -> dict[str, str]:
     """Global ARG defaults (before the first FROM)."""
     out = {}
-    for instruction, args in dockerfile_instructions():
+    for instruction, args in dockerfile_instructions(path):
         if instruction == "FROM":
             break
         if instruction == "ARG":
@@ -792,15 +815,15 @@ def dockerfile_args() -> dict[str, str]:
     return out
 
 
-def base_image(from_args: str) -> str:
+def base_image(from_args: str, path: Path = ROOT / "Dockerfile") -> str:
     image = from_args.split()[0]
-    for name, value in dockerfile_args().items():
+    for name, value in dockerfile_args(path).items():
         image = image.replace("${" + name + "}", value).replace("$" + name, value)
     return image
 
 
-def final_stage_user() -> tuple[int, int]:
-    users = [args for instruction, args in dockerfile_stages()[-1] if instruction == "USER"]
+def final_stage_user(path: Path = ROOT / "Dockerfile") -> tuple[int, int]:
+    users = [args for instruction, args in dockerfile_stages(path)[-1] if instruction == "USER"]
     assert users, "the final stage sets no USER: it would run as root"
     user, _, group = users[-1].partition(":")
     numeric = f"USER {users[-1]}: use a numeric uid:gid (runAsNonRoot can check only that)"
@@ -844,11 +867,11 @@ def test_the_dockerfile_is_multi_stage_and_runs_runner_as_a_non_root_user() -> N
     assert "org.opencontainers.image.title" in labels
 
 
-def dockerignore_excludes(path: str) -> bool:
+def dockerignore_excludes(path: str, ignore_file: Path = ROOT / ".dockerignore") -> bool:
     """Docker's rule: the last pattern matching the path or one of its parents decides."""
     patterns = [
         line.strip()
-        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        for line in ignore_file.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
     parts = path.split("/")
@@ -899,3 +922,220 @@ def test_the_manifests_pass_arguments_to_the_images_entrypoint(rendered: dict[st
         container = runner_container(workload)
         assert "command" not in container
         assert container["args"][0] in ("cycle", "serve")
+
+
+# --- the OpenCode server and the overlay that uses it ------------------------------------------
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    if workload["kind"] == "CronJob":
+        labels: dict[str, str] = workload["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        return labels
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def image_env(path: Path) -> dict[str, str]:
+    """The ENV of a Dockerfile's final stage."""
+    return dict(
+        item.split("=", 1)
+        for instruction, args in dockerfile_stages(path)[-1]
+        if instruction == "ENV"
+        for item in shlex.split(args)
+    )
+
+
+def opencode_version() -> str:
+    """The OPENCODE_VERSION build argument of opencode/Dockerfile (its builder stage's)."""
+    (version,) = {
+        args.partition("=")[2]
+        for instruction, args in dockerfile_stages(OPENCODE_DOCKERFILE)[0]
+        if instruction == "ARG" and args.startswith("OPENCODE_VERSION=")
+    }
+    return version
+
+
+def test_the_agents_configmap_holds_every_agent_file(rendered: dict[str, Any]) -> None:
+    agents = {p.name: p.read_text(encoding="utf-8") for p in (EXAMPLES_OPENCODE / "agent").glob("*.md")}
+    assert "signal-generator.md" in agents
+    for name in ("opencode/server", "opencode"):
+        (cm,) = [doc for (kind, n), doc in rendered[name].items() if n.startswith("opencode-agents-")]
+        assert cm["data"] == agents, (
+            f"k8s/{name}: the agents' ConfigMap is not examples/opencode/agent/*.md: "
+            "run k8s/opencode/sync-agents (make k8s-agents)"
+        )
+        (config,) = [doc for (kind, n), doc in rendered[name].items() if n.startswith("opencode-config-")]
+        assert config["data"] == {"opencode.json": (EXAMPLES_OPENCODE / "opencode.json").read_text()}
+
+
+def test_the_opencode_server_mounts_what_it_reads_and_writes(rendered: dict[str, Any]) -> None:
+    deployment = opencode_server(rendered)
+    spec = pod_spec(deployment)
+    container = opencode_container(deployment)
+    env = image_env(OPENCODE_DOCKERFILE)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    config_dir = env["OPENCODE_CONFIG_DIR"]
+    # Read-only: opencode.json and the agents, from the ConfigMaps.
+    config = mounts[f"{config_dir}/opencode.json"]
+    assert config["readOnly"] is True
+    assert config["subPath"] == "opencode.json"
+    assert volumes[config["name"]]["configMap"]["name"].startswith("opencode-config-")
+    agents = mounts[f"{config_dir}/agent"]
+    assert agents["readOnly"] is True
+    assert "emptyDir" in volumes[agents["name"]]
+    # ... filled by the init container from the agents' ConfigMap, without kubelet's ..data.
+    (init,) = spec["initContainers"]
+    assert init["image"] == container["image"]
+    init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    (source,) = [n for n in init_mounts if "configMap" in volumes[n]]
+    assert volumes[source]["configMap"]["name"].startswith("opencode-agents-")
+    assert init["command"] == ["sh", "-c", f"cp -L {init_mounts[source]}/*.md {init_mounts[agents['name']]}/"]
+    # Writable: every place the image points OpenCode's state at, and /tmp, are emptyDirs; so
+    # is every VOLUME of the image.
+    writable = {
+        path: m for path, m in mounts.items() if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")
+    }
+    declared = json.loads(dict(dockerfile_stages(OPENCODE_DOCKERFILE)[-1])["VOLUME"])
+    for path in [env[k] for k in ("HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")] + declared:
+        assert any(path == w or path.startswith(w + "/") for w in writable), f"{path} is not on an emptyDir"
+    assert "/tmp" in writable
+
+
+def test_the_opencode_server_is_closed_probed_and_pinned(rendered: dict[str, Any]) -> None:
+    deployment = opencode_server(rendered)
+    container = opencode_container(deployment)
+    assert "command" not in container, "the image's tini -- opencode stays PID 1"
+    args = container["args"]
+    assert args[0] == "serve"
+    assert args[args.index("--hostname") + 1] == "0.0.0.0"  # noqa: S104 - the Service must reach it
+    (port,) = container["ports"]
+    assert int(args[args.index("--port") + 1]) == port["containerPort"] == 4096
+    env = env_of(container)
+    password = env["OPENCODE_SERVER_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password["key"] == "opencode-server-password"
+    assert not password.get("optional", False), "a server without its password must not start"
+    assert env["OPENROUTER_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "openrouter-api-key"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == ["opencode-healthcheck", str(port["containerPort"])]
+    assert image_name(container["image"]) == OPENCODE_IMAGE
+    assert container["image"].split(":")[-1] == opencode_version(), "tagged with the OpenCode it runs"
+    service = rendered["opencode/server"][("Service", "opencode")]
+    assert labels_match(service["spec"]["selector"], pod_labels(deployment))
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in (port["name"], port["containerPort"])
+    assert service["spec"]["sessionAffinity"] == "ClientIP", "a session lives in the server that made it"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_only_the_runners_pods_may_reach_the_opencode_server(rendered: dict[str, Any]) -> None:
+    policy = rendered["opencode/server"][("NetworkPolicy", "opencode")]
+    server = pod_labels(opencode_server(rendered))
+    assert labels_match(policy["spec"]["podSelector"]["matchLabels"], server)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "pods of this namespace only, no ipBlock, no other namespace"
+    selector = peer["podSelector"]["matchLabels"]
+    for name, workload in runner_workloads(rendered):
+        assert labels_match(selector, pod_labels(workload)), f"k8s/{name}: the runner could not connect"
+    assert not labels_match(selector, server)
+    for doc in rendered["dev"].values():
+        if doc["kind"] == "Deployment":
+            assert not labels_match(selector, pod_labels(doc)), "dev's Redis must not reach the server"
+    (port,) = rule["ports"]
+    assert port["port"] in ("http", 4096)
+    # Out: DNS and HTTPS to public addresses only.
+    https = [r for r in policy["spec"]["egress"] if any(p["port"] == 443 for p in r["ports"])]
+    (public,) = [peer["ipBlock"] for r in https for peer in r["to"]]
+    assert public["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(public["except"])
+
+
+def test_the_opencode_overlay_points_the_runner_at_the_server(
+    rendered: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.analyzers.opencode import OpenCodeAnalyzer
+    from runner.factory import build_analyzer
+
+    docs = rendered["opencode"]
+    cron = only(docs, "CronJob")
+    # The server's objects come along, as server/ renders them.
+    for k, doc in rendered["opencode/server"].items():
+        assert docs[k] == doc
+    settings = pod_settings(rendered, cron, tmp_path, monkeypatch)
+    assert settings.analyzer.backend == "opencode"
+    url = urlsplit(settings.analyzer.opencode_url or "")
+    service = docs[("Service", url.hostname)]
+    assert [p["port"] for p in service["spec"]["ports"]] == [url.port]
+    assert settings.analyzer.opencode_password is not None, "the server's password, from the same Secret key"
+    provider, _, model = (settings.analyzer.model or "").partition("/")
+    server_config = json.loads((EXAMPLES_OPENCODE / "opencode.json").read_text())
+    assert provider in server_config["enabled_providers"]
+    assert model
+    assert isinstance(build_analyzer(settings), OpenCodeAnalyzer)
+    # Apart from those settings, the CronJob is the base's.
+    same = copy.deepcopy(cron)
+    added = {"RUNNER_ANALYZER__BACKEND", "OPENCODE_URL", "RUNNER_ANALYZER__MODEL"}
+    runner_container(same)["env"] = [e for e in runner_container(same)["env"] if e["name"] not in added]
+    assert same == only(rendered["base"], "CronJob")
+
+
+def test_the_opencode_dockerfile_builds_a_closed_non_root_server() -> None:
+    stages = dockerfile_stages(OPENCODE_DOCKERFILE)
+    assert len(stages) == 2
+    builder, final = stages
+    assert base_image(builder[0][1], OPENCODE_DOCKERFILE).startswith("node:")
+    assert base_image(final[0][1], OPENCODE_DOCKERFILE).startswith("debian:")
+    from tests.integration.test_opencode import OPENCODE_VERSION
+
+    assert opencode_version() == OPENCODE_VERSION, "the image and the tests run the same OpenCode"
+    assert f"opencode_version={OPENCODE_VERSION}" in (ROOT / ".ci" / "run").read_text()
+    assert final_stage_user(OPENCODE_DOCKERFILE)[0] != final_stage_user()[0], "its own user, not the runner's"
+    final_map = dict(final)
+    assert json.loads(final_map["ENTRYPOINT"]) == ["tini", "--", "opencode"]
+    assert json.loads(final_map["CMD"])[0] == "serve"
+    final_text = " ".join(args for _, args in final)
+    assert "npm" not in final_text, "no npm at run time"
+    assert "node" not in final_text.replace("node_modules", ""), "no node at run time"
+    env = image_env(OPENCODE_DOCKERFILE)
+    for flag in (
+        "OPENCODE_DISABLE_MODELS_FETCH",
+        "OPENCODE_DISABLE_AUTOUPDATE",
+        "OPENCODE_DISABLE_LSP_DOWNLOAD",
+    ):
+        assert env[flag] == "1", flag
+    assert "OPENCODE_SERVER_PASSWORD" not in env, "the password comes from the Secret, never the image"
+    # The whole agent directory goes in, whatever it holds.
+    copies = [shlex.split(args) for instruction, args in final if instruction == "COPY"]
+    assert ["examples/opencode/agent/", f"{env['OPENCODE_CONFIG_DIR']}/agent/"] in copies
+
+
+def test_the_opencode_build_context_holds_what_it_copies_and_nothing_else() -> None:
+    ignore = OPENCODE_DOCKERFILE.with_name("Dockerfile.dockerignore")
+    sources = [
+        src
+        for stage in dockerfile_stages(OPENCODE_DOCKERFILE)
+        for instruction, args in stage
+        if instruction == "COPY"
+        if "--from=" not in args  # from the build context, not from another stage
+        for src in shlex.split(args)[:-1]
+    ]
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+        assert not dockerignore_excludes(src, ignore), f"COPY {src}: excluded by {ignore.name}"
+    for agent in (EXAMPLES_OPENCODE / "agent").iterdir():
+        assert not dockerignore_excludes(str(agent.relative_to(ROOT)), ignore)
+    for path in (
+        "README.md",
+        "runner/cli.py",
+        ".git/HEAD",
+        "examples/opencode/README.md",
+        ".cache/opencode/x",
+    ):
+        assert dockerignore_excludes(path, ignore), f"{path} would be sent to the OpenCode build"
