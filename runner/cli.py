@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from runner.models import Outcome, SymbolResult
     from runner.operator import Change
     from runner.shards import Shard
-    from runner.store.connection import Client, RedisHandle
+    from runner.store.connection import Client
 
 T = TypeVar("T")
 
@@ -322,22 +322,9 @@ async def _status(settings: Settings) -> tuple[dict[str, Any], int, list[str]]:
         now = datetime.now(UTC)
         keys = Keys.for_settings(settings)
         doc = await read_status(handle.client, keys, settings, now)
-        doc["redis"] = await _topology(handle, keys.fencing)
+        doc["redis"] = await handle.describe(keys.fencing)
     code, problems = health(doc, settings, now.timestamp())
     return doc, code, problems
-
-
-async def _topology(handle: RedisHandle, slot_key: str) -> dict[str, Any]:
-    """Which topology is in use and which node is the master now (``master`` says why not when
-    it cannot be found: status still answers)."""
-    from runner.errors import RedisUnavailable
-
-    info: dict[str, Any] = {"topology": handle.topology, "url": handle.description}
-    try:
-        info.update(await handle.master(slot_key))
-    except RedisUnavailable as exc:
-        info["error"] = str(exc)
-    return info
 
 
 async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[T]]) -> T:
@@ -572,7 +559,10 @@ def scorecard(
         fail(str(exc), ExitCode.USAGE)
     settings = settings_or_exit(config)
     _setup_logs(settings)
-    doc = run_async(lambda: _scorecard(settings, Filters(symbol, model, horizon), days))
+    from runner.scorecard import build
+
+    filters = Filters(symbol, model, horizon)
+    doc = run_async(lambda: build(settings, filters, days, datetime.now(UTC)))
     doc["since"] = since
     if json_out or not sys.stdout.isatty():
         print(json.dumps(doc))
@@ -582,50 +572,6 @@ def scorecard(
         from runner import render
 
         Console().print(render.scorecard_screen(doc))
-
-
-async def _scorecard(settings: Settings, filters: Any, days: int | None) -> dict[str, Any]:
-    """From the archive when there is one (every outcome it holds), else from the daily totals
-    Redis keeps (``OUTCOME_DAYS_KEPT`` days); ``days`` None: everything."""
-    from runner import outcomes
-
-    now = datetime.now(UTC)
-    if settings.archive.postgres_url is not None:
-        from datetime import timedelta
-
-        from runner.archive import postgres, rows
-
-        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        found = await postgres.scorecard(
-            settings.archive.postgres_url.get_secret_value(),
-            since=today - timedelta(days=days - 1) if days else None,
-            # An exit minute before the window of candles a cycle fetches can no longer be scored.
-            scorable_from=now.replace(second=0, microsecond=0)
-            - timedelta(minutes=settings.market.candles - 1),
-            horizons=settings.outcomes.horizons_minutes,
-            seconds=READ_SECONDS,
-        )
-        totals, days_with_data = rows.scorecard_totals(found)
-        source = "postgres"
-    else:
-        from runner.record import OUTCOME_DAYS_KEPT
-        from runner.store.connection import redis_session
-        from runner.store.keys import Keys
-        from runner.store.scorecard import read_days
-
-        days = min(days or OUTCOME_DAYS_KEPT, OUTCOME_DAYS_KEPT)
-        async with redis_session(settings) as handle:
-            daily = await read_days(handle.client, Keys.for_settings(settings), now, days)
-        totals, days_with_data, source = outcomes.merge(daily), outcomes.days_with_data(daily), "redis"
-    return {
-        "source": source,
-        "days": days,
-        "horizons_minutes": settings.outcomes.horizons_minutes,
-        "fee_bps": settings.outcomes.fee_bps,
-        "rows": [r.as_dict() for r in outcomes.rows(totals, filters)],
-        "summary": [s.as_dict() for s in outcomes.summaries(totals, days_with_data, filters)],
-        "calibration": [c.as_dict() for c in outcomes.calibration(totals, filters)],
-    }
 
 
 #: Seconds a command's reads of the archive may take.
@@ -813,7 +759,7 @@ async def _master_now(settings: Settings) -> dict[str, Any]:
 
     try:
         async with redis_session(settings) as handle:
-            return await _topology(handle, Keys.for_settings(settings).fencing)
+            return await handle.describe(Keys.for_settings(settings).fencing)
     except RedisUnavailable as exc:
         return {"topology": settings.redis.topology().value, "error": str(exc)}
 

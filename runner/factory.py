@@ -48,6 +48,7 @@ async def open_deps(settings: Settings, clock: Clock | None = None) -> AsyncIter
             clock=clock or SystemClock(),
             stages=stages,
             replicas=None if handle.embedded is not None else (lambda: handle.replicas(slot_key)),
+            topology=lambda: handle.describe(slot_key),
         )
 
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner.analyzers.base import Analyzer
 from runner.clock import Clock, Deadline
@@ -47,6 +47,8 @@ class Deps:
     #: How many replicas the Redis master has, for confirming what a run publishes; None: never
     #: ask (a test's fake, the embedded Redis).
     replicas: Callable[[], Awaitable[int]] | None = None
+    #: The topology and its master now (``RedisHandle.describe``); None: a test's fake.
+    topology: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
 
 @dataclass

@@ -287,6 +287,11 @@ class Service:
             "next_run": iso_ms(self.state.next_run) if self.state.next_run else None,
         }
 
+    async def topology(self) -> dict[str, Any]:
+        if self.deps is None or self.deps.topology is None:
+            return {"topology": "unknown", "error": "not connected"}
+        return await self.deps.topology()
+
     def metrics(self) -> bytes:
         return generate_latest(self.state.registry or CollectorRegistry())
 

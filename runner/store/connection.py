@@ -77,6 +77,16 @@ class RedisHandle:
             with contextlib.suppress(Exception):
                 await self.sentinel.aclose()
 
+    async def describe(self, slot_key: str) -> dict[str, Any]:
+        """Which topology is in use and which node is the master now (``runner status``'s
+        ``redis``); ``error`` says why the master cannot be found, and status still answers."""
+        info: dict[str, Any] = {"topology": self.topology, "url": self.description}
+        try:
+            info.update(await self.master(slot_key))
+        except RedisUnavailable as exc:
+            info["error"] = str(exc)
+        return info
+
     async def master(self, slot_key: str) -> dict[str, Any]:
         """Where writes go now: ``{"address": "host:port", "replicas": n}`` (the node serving
         ``slot_key``'s slot on a cluster), asked of the sentinels or the cluster; raises

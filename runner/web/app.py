@@ -8,6 +8,7 @@ the health routes. Every error answers ``{"error": "<one line>"}`` with its stat
 | ``GET /api/latest`` | symbol -> {signal, score, advice} |
 | ``GET /api/status`` | what ``runner status --json`` prints |
 | ``GET /api/history?limit=N`` | the last N cycle summaries (1 to 1,000) |
+| ``GET /api/scorecard`` | ``runner scorecard --json`` (``symbol``, ``model``, ``horizon``, ``since``) |
 | ``POST /api/cycles`` | run a cycle now (bearer token; 409 while one runs) |
 | ``POST /api/kill-switch`` | ``{"on": true, "reason": "..."}`` or ``{"on": false}`` (bearer token) |
 | ``GET /health``, ``/health/live``, ``/health/ready``, ``/health/detailed`` | the probes |
@@ -55,6 +56,7 @@ def create_app(ctx: WebContext) -> ASGIApp:
             Route("/api/latest", routes.latest),
             Route("/api/status", routes.status),
             Route("/api/history", routes.history),
+            Route("/api/scorecard", routes.scorecard),
             Route("/api/cycles", routes.run_cycle, methods=["POST"]),
             Route("/api/kill-switch", routes.kill_switch, methods=["POST"]),
             Route("/health", routes.health_basic),

@@ -16,9 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from runner import operator
-from runner.config import Settings
+from runner.config import Settings, parse_symbols
+from runner.errors import ConfigError
 from runner.health import health
 from runner.models import Outcome
+from runner.outcomes import Filters, parse_since
+from runner.scorecard import build as build_scorecard
 from runner.store import views
 from runner.store.connection import Client
 from runner.store.keys import Keys
@@ -38,6 +41,8 @@ from runner.web.requests import (
 
 #: ``/api/history`` without ``limit``, and its bounds.
 HISTORY_DEFAULT, HISTORY_MAX = 50, 1000
+#: The longest ``horizon`` ``/api/scorecard`` takes, in minutes (the longest one configurable).
+HORIZON_MAX = 1440
 
 
 class CycleBusy(Exception):
@@ -52,6 +57,10 @@ class Runtime(Protocol):
     async def ready_checks(self) -> dict[str, bool]: ...
 
     async def detailed(self) -> dict[str, Any]: ...
+
+    async def topology(self) -> dict[str, Any]:
+        """What ``runner status`` shows as ``redis``: the topology and its master now."""
+        ...
 
     def metrics(self) -> bytes: ...
 
@@ -104,6 +113,7 @@ async def status(request: Request) -> Response:
     now = datetime.now(UTC)
     async with ctx.reads:
         doc = await read_status(ctx.redis, ctx.keys, ctx.settings, now)
+        doc["redis"] = await ctx.runtime.topology()
     code, problems = health(doc, ctx.settings, now.timestamp())
     return JsonResponse({**doc, "health": {"code": code, "problems": problems}})
 
@@ -114,6 +124,32 @@ async def history(request: Request) -> Response:
     ctx = context(request)
     async with ctx.reads:
         return JsonResponse(await views.read_history(ctx.redis, ctx.keys, limit))
+
+
+async def scorecard(request: Request) -> Response:
+    """``GET /api/scorecard?symbol=&model=&horizon=&since=``: what ``runner scorecard --json`` prints."""
+    params = only_params(request, {"symbol", "model", "horizon", "since"})
+    symbol = params.get("symbol")
+    if symbol is not None:
+        try:
+            (symbol,) = parse_symbols(symbol)
+        except (ConfigError, ValueError):
+            raise BadRequest(f"symbol: must look like BASE/QUOTE (got {symbol[:40]!r})") from None
+    model = params.get("model")
+    if model is not None and not model.strip():
+        raise BadRequest("model: must not be empty")
+    horizon = int_param(params, "horizon", 0, 1, HORIZON_MAX) or None
+    since = params.get("since", "all")
+    try:
+        days = None if since.strip().lower() == "all" else parse_since(since, 1_000_000)
+    except ConfigError as exc:
+        raise BadRequest(str(exc).replace("--since", "since", 1)) from None
+    ctx = context(request)
+    async with ctx.reads:
+        doc = await build_scorecard(
+            ctx.settings, Filters(symbol, model, horizon), days, datetime.now(UTC), redis=ctx.redis
+        )
+    return JsonResponse({**doc, "since": since})
 
 
 # Writes ----------------------------------------------------------------------------------------

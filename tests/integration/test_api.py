@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from tests.integration.web import TOKEN, Response, gated, start_serve
 pytestmark = pytest.mark.integration
 
 
-def cycle(redis_server: RedisServer, tmp_path: Path, minute: int, **env: str) -> dict[str, Any]:
-    """One `runner cycle` as the CronJob runs it beside the server."""
+def cycle(
+    redis_server: RedisServer, tmp_path: Path, minute: int, at: datetime | None = None, **env: str
+) -> dict[str, Any]:
+    """One `runner cycle` as the CronJob runs it beside the server, ``minute`` minutes from ``at``."""
     environ = env_for(
-        redis_server.url, tmp_path, scripted=False, RUNNER_SCHEDULED_AT=scheduled_now(minute), **env
+        redis_server.url, tmp_path, scripted=False, RUNNER_SCHEDULED_AT=scheduled_now(minute, at), **env
     )
     result = run_cli(["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], environ)
     assert result.code == 0, result.stderr
@@ -34,8 +37,6 @@ def test_latest_status_and_history_read_what_the_cycles_wrote(
 ) -> None:
     server = served()
     runs = [cycle(redis_server, tmp_path, m) for m in (-3, -2, -1)]
-    score = {"id": "ETH/USD:x", "symbol": "ETH/USD", "score": 64, "grade": "B"}
-    real_redis.hset("signals:latest:scored", "ETH/USD", json.dumps(score))
 
     latest = server.get("/api/latest")
     status = server.get("/api/status")
@@ -45,9 +46,13 @@ def test_latest_status_and_history_read_what_the_cycles_wrote(
 
     assert latest.status == 200
     assert set(latest.body) == {"ETH/USD", "BTC/USD"}
-    last_signals = {s["symbol"]: s for s in runs[-1]["signals"]}
-    assert latest.body["BTC/USD"] == {"signal": last_signals["BTC/USD"], "score": None, "advice": None}
-    assert latest.body["ETH/USD"]["score"] == score
+    last = runs[-1]
+    for symbol in ("ETH/USD", "BTC/USD"):
+        assert latest.body[symbol] == {
+            "signal": next(s for s in last["signals"] if s["symbol"] == symbol),
+            "score": next(s for s in last["scores"] if s["symbol"] == symbol),
+            "advice": next(a for a in last["advice"] if a["symbol"] == symbol),
+        }
     assert status.status == 200
     assert set(status.body) == set(cli_status)  # what `runner status --json` prints
     assert status.body["last_cycle"]["cycle_id"] == runs[-1]["cycle_id"]
@@ -55,6 +60,34 @@ def test_latest_status_and_history_read_what_the_cycles_wrote(
     assert history.status == 200
     assert [c["cycle_id"] for c in history.body] == [r["cycle_id"] for r in reversed(runs)][:2]
     assert [c["cycle_id"] for c in everything.body] == [r["cycle_id"] for r in reversed(runs)]
+
+
+def test_the_scorecard_route_answers_what_runner_scorecard_prints(
+    served: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    horizon = {"RUNNER_OUTCOMES__HORIZONS_MINUTES": "[1, 2]"}
+    server = served(**horizon)
+    at = datetime.now(UTC)  # one clock reading: the four cycles get four consecutive minutes
+    for minute in (-4, -3, -2, -1):
+        cycle(redis_server, tmp_path, minute, at, **horizon)
+
+    answer = server.get("/api/scorecard")
+    only_eth = server.get("/api/scorecard?symbol=ETH/USD&horizon=1&since=7d")
+    cli = run_cli(["scorecard", "--json"], env_for(redis_server.url, tmp_path, **horizon)).json()
+    cli_eth = run_cli(
+        ["scorecard", "--json", "--symbol", "ETH/USD", "--horizon", "1", "--since", "7d"],
+        env_for(redis_server.url, tmp_path, **horizon),
+    ).json()
+
+    assert answer.status == 200
+    assert answer.body == cli
+    # Signals of minutes -4 to -2 matured at 1 minute, of -4 and -3 at 2 minutes: two symbols each.
+    counts = {(s["symbol"], s["horizon_minutes"]): s["count"] for s in answer.body["summary"]}
+    assert counts == {("BTC/USD", 1): 3, ("ETH/USD", 1): 3, ("BTC/USD", 2): 2, ("ETH/USD", 2): 2}
+    assert sum(c["count"] for c in answer.body["calibration"]) == sum(counts.values())
+    assert only_eth.status == 200
+    assert only_eth.body == cli_eth
+    assert [(s["symbol"], s["horizon_minutes"]) for s in only_eth.body["summary"]] == [("ETH/USD", 1)]
 
 
 def test_the_write_routes_refuse_every_request_while_no_token_is_configured(served: Any) -> None:
@@ -186,6 +219,13 @@ BAD_REQUESTS = [
     ("POST", "/api/cycles", b'{"symbols": ["eth"]}', 422, "body.symbols.0: symbol must look like BASE/QUOTE"),
     ("POST", "/api/cycles", b'{"symbols": []}', 422, "body.symbols: List should have at least 1 item"),
     ("POST", "/api/cycles", b'{"dry_run": true}', 422, "body.dry_run: unknown field"),
+    ("GET", "/api/scorecard?symbol=eth", b"", 422, "symbol: must look like BASE/QUOTE"),
+    ("GET", "/api/scorecard?symbol=ETH/USD,BTC/USD", b"", 422, "symbol: must look like BASE/QUOTE"),
+    ("GET", "/api/scorecard?horizon=0", b"", 422, "horizon: must be an integer from 1 to 1440"),
+    ("GET", "/api/scorecard?horizon=5m", b"", 422, "horizon: must be an integer from 1 to 1440"),
+    ("GET", "/api/scorecard?since=yesterday", b"", 422, "since: must look like 7d, 2w or all"),
+    ("GET", "/api/scorecard?model=", b"", 422, "model: must not be empty"),
+    ("GET", "/api/scorecard?days=7", b"", 422, "unknown query parameter 'days'"),
 ]
 
 

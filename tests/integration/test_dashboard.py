@@ -26,6 +26,8 @@ pytestmark = pytest.mark.integration
 SYMBOLS = ["AAVE/USD", "AVAX/USD", "BTC/USD", "DOGE/USD", "ETH/USD", "LINK/USD", "SOL/USD", "UNI/USD"]
 #: Generous: a loaded machine is slow, never wrong.
 WAIT_MS = 30_000
+#: Outcomes scored one and two minutes on: the cycles of one test fill the scorecard.
+HORIZONS = {"RUNNER_OUTCOMES__HORIZONS_MINUTES": "[1, 2]"}
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -65,6 +67,7 @@ def run_cycle(redis_server: RedisServer, tmp_path: Path, minute: int) -> dict[st
         scripted=False,
         RUNNER_SCHEDULED_AT=scheduled_now(minute),
         RUNNER_SYMBOLS=json.dumps(SYMBOLS),
+        **HORIZONS,
     )
     result = run_cli(["cycle", "--json"], environ)
     assert result.code == 0, result.stderr
@@ -72,40 +75,34 @@ def run_cycle(redis_server: RedisServer, tmp_path: Path, minute: int) -> dict[st
     return doc
 
 
-def write_later_stages(client: redis.Redis, signals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Scores and advice for each signal, written as the pipeline's later stages publish them."""
-    advice_by_symbol = {}
-    for i, s in enumerate(signals):
-        score = 40 + 7 * i
-        grade = "A" if score >= 75 else "B" if score >= 60 else "C" if score >= 45 else "D"
-        doc = {"id": s["id"], "stage": "score", "symbol": s["symbol"], "score": score, "grade": grade,
-               "generated_at": s["generated_at"]}  # fmt: skip
-        client.xadd("signals:scored", {"symbol": s["symbol"], "doc": json.dumps(doc)})
-        client.hset("signals:latest:scored", s["symbol"], json.dumps(doc))
-        action = s["action"] if grade != "D" else "HOLD"
-        price = float(s["price"])
-        side = {"BUY": 1, "SELL": -1}.get(action, 0)
-        advice = {
-            "id": s["id"], "stage": "advise", "symbol": s["symbol"], "action": action,
-            "entry": price if side else None, "stop_loss": price * (1 - 0.02 * side) if side else None,
-            "take_profit": price * (1 + 0.04 * side) if side else None,
-            "position_size_pct": round(score / 10, 1) if side else 0, "horizon_minutes": 60,
-            "generated_at": s["generated_at"],
-        }  # fmt: skip
-        client.xadd("signals:advised", {"symbol": s["symbol"], "doc": json.dumps(advice)})
-        client.hset("signals:latest:advised", s["symbol"], json.dumps(advice))
-        advice_by_symbol[s["symbol"]] = advice
-    report = {
-        "id": f"report:{signals[0]['id'].split(':', 1)[1]}:0/1",
-        "stage": "report",
-        "generated_at": signals[0]["generated_at"],
-        "summary": f"## Cycle {signals[0]['id'].split(':', 1)[1]}\n\n{len(signals)} symbols, "
-        f"{len(signals)} signals, {sum(a['action'] != 'HOLD' for a in advice_by_symbol.values())} "
-        "advised.\n\n- nothing failed",
+def stages_of(cycle: dict[str, Any]) -> dict[str, list[str]]:
+    """symbol -> what its row should show of the cycle's stages: signal, score, grade, advice."""
+    scores = {s["symbol"]: s for s in cycle["scores"]}
+    advice = {a["symbol"]: a for a in cycle["advice"]}
+    return {
+        s["symbol"]: [
+            s["action"],
+            str(scores[s["symbol"]]["score"]),
+            scores[s["symbol"]]["grade"],
+            advice[s["symbol"]]["action"],
+        ]
+        for s in cycle["signals"]
     }
-    client.xadd("reports:cycle", {"symbol": "", "doc": json.dumps(report)})
-    client.set("reports:latest", json.dumps(report))
-    return advice_by_symbol
+
+
+def shown_stages(page: Any) -> dict[str, list[str]]:
+    rows: list[list[Any]] = page.eval_on_selector_all(
+        "#rows tr",
+        "rows => rows.map(r => [r.dataset.symbol, ['action', 'score', 'grade', 'advice']"
+        '.map(f => r.querySelector(`[data-field="${f}"]`).textContent.trim())])',
+    )
+    return {symbol: cells for symbol, cells in rows}
+
+
+#: Every row's last change is its advice: the pipeline's last stage for a symbol.
+ALL_ROWS_ADVISED = (
+    "() => [...document.querySelectorAll('#rows tr')].every(r => r.dataset.changed === 'advice')"
+)
 
 
 #: Every row shows a signal of the minute ``m``.
@@ -129,12 +126,31 @@ def row_attr(page: Any, symbol: str, name: str) -> str:
     return value
 
 
+def scorecard_cells(card: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """symbol -> horizon -> the text its cell should show (hit rate in whole percent, count)."""
+    out: dict[str, dict[str, str]] = {}
+    for s in card["summary"]:
+        out.setdefault(s["symbol"], {})[str(s["horizon_minutes"])] = (
+            f"{round(s['hit_rate'] * 100)}%{s['count']}"
+        )
+    return out
+
+
+def shown_scorecard(page: Any) -> dict[str, dict[str, str]]:
+    rows: list[list[Any]] = page.eval_on_selector_all(
+        "#scorecard-rows tr",
+        "rows => rows.map(r => [r.dataset.symbol, [...r.querySelectorAll('td[data-count]')]"
+        ".map(td => [td.dataset.horizon, td.textContent.trim()])])",
+    )
+    return {symbol: dict(cells) for symbol, cells in rows}
+
+
 def test_the_dashboard_fills_changes_live_reconnects_and_shows_the_same_after_a_reload(
     browser: Any, real_redis: redis.Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Published while no browser was open: there when one opens the page.
     first = run_cycle(redis_server, tmp_path, -3)
-    server: Served = start_serve(redis_server.url, tmp_path, RUNNER_API_TOKEN=TOKEN)
+    server: Served = start_serve(redis_server.url, tmp_path, RUNNER_API_TOKEN=TOKEN, **HORIZONS)
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -146,21 +162,21 @@ def test_the_dashboard_fills_changes_live_reconnects_and_shows_the_same_after_a_
         assert shown == {s["symbol"]: s["action"] for s in first["signals"]}
         assert page.is_hidden("#empty")
 
-        # A cycle while the page is open: every row changes without a reload.
+        assert shown_stages(page) == stages_of(first)
+
+        # A cycle while the page is open: every row changes without a reload, stage by stage,
+        # and the cycle's report replaces the last one.
         second = run_cycle(redis_server, tmp_path, -2)
         minute = second["signals"][0]["id"].split(":", 1)[1]
         page.wait_for_function(ALL_ROWS_OF_MINUTE, arg=minute)
-        assert {row_attr(page, s, "data-changed") for s in SYMBOLS} == {"signal"}
+        page.wait_for_function(ALL_ROWS_ADVISED)
+        assert shown_stages(page) == stages_of(second)
         page.wait_for_function("() => document.querySelectorAll('#strip .c').length === 2")
-
-        # The later stages arrive: their cells fill in and are marked as just changed.
-        advice = write_later_stages(real_redis, second["signals"])
         page.wait_for_function(
-            "() => [...document.querySelectorAll('#rows tr')].every(r => r.dataset.changed === 'advice')"
+            "id => document.querySelector('#report-meta').textContent.startsWith(id)",
+            arg=second["report"]["id"],
         )
-        eth = advice["ETH/USD"]
-        assert page.text_content('#rows tr[data-symbol="ETH/USD"] [data-field="advice"]') == eth["action"]
-        page.wait_for_function("() => document.querySelector('#report').textContent.includes('nothing')")
+        assert "through every stage" in (page.text_content("#report") or "")
 
         # The kill switch, from the page's controls, shows on its tile.
         page.click("#controls summary")
@@ -186,17 +202,32 @@ def test_the_dashboard_fills_changes_live_reconnects_and_shows_the_same_after_a_
         assert result.code == 0, result.stderr
         page.wait_for_selector('#conn:not([data-state="live"])')
         third = run_cycle(redis_server, tmp_path, -1)
-        server = start_serve(redis_server.url, tmp_path, port=server.port, RUNNER_API_TOKEN=TOKEN)
+        server = start_serve(redis_server.url, tmp_path, port=server.port, RUNNER_API_TOKEN=TOKEN, **HORIZONS)
         page.wait_for_selector('#conn[data-state="live"]')
         minute = third["signals"][0]["id"].split(":", 1)[1]
         page.wait_for_function(ALL_ROWS_OF_MINUTE, arg=minute)
         page.wait_for_function("() => document.querySelectorAll('#strip .c').length === 3")
 
-        write_later_stages(real_redis, third["signals"])
+        page.wait_for_function(ALL_ROWS_ADVISED)
+        assert shown_stages(page) == stages_of(third)
+
+        # The scorecard: three cycles scored the signals of the earlier ones; the panel shows what
+        # the API answers, refreshed after the last cycle without a reload.
+        card = server.get("/api/scorecard?since=7d").body
+        expected = scorecard_cells(card)
+        assert len(expected) == len(SYMBOLS)
         page.wait_for_function(
-            "() => [...document.querySelectorAll('#rows tr')].every(r => r.dataset.changed === 'advice')"
+            "n => [...document.querySelectorAll('#scorecard-rows td[data-count]')]"
+            ".reduce((sum, td) => sum + Number(td.dataset.count), 0) === n",
+            arg=sum(s["count"] for s in card["summary"]),
         )
-        page.set_viewport_size({"width": 1400, "height": 520})
+        assert shown_scorecard(page) == expected
+        assert page.is_hidden("#scorecard-empty")
+        bars = page.eval_on_selector_all(
+            "#calibration rect.bar[data-count]", "bars => bars.map(b => [b.dataset.decile, b.dataset.count])"
+        )
+        assert bars == [[str(c["decile"]), str(c["count"])] for c in card["calibration"]]
+        page.set_viewport_size({"width": 1400, "height": 820})
         page.wait_for_function("() => document.getAnimations().length === 0")  # the highlights faded
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot))

@@ -7,12 +7,14 @@ const STAGES = ["signal", "score", "advice"];
 const MAX_CYCLES = 48;
 const MAX_LOG = 40;
 const STATUS_EVERY_MS = 15000;
+const SCORECARD_EVERY_MS = 60000;
 
 const state = {
   symbols: new Map(), // symbol -> {signal, score, advice}
   cycles: [], // newest first
   report: null,
   status: null,
+  scorecard: null,
   cursor: null,
   lastEventAt: null,
 };
@@ -22,6 +24,7 @@ let source = null;
 let retryMs = 1000;
 let retryTimer = null;
 let statusTimer = null;
+let scorecardTimer = null;
 
 const $ = (id) => document.getElementById(id);
 
@@ -255,6 +258,7 @@ function applyCycle(doc) {
   state.cycles = [doc, ...state.cycles.filter((c) => c.cycle_id !== doc.cycle_id)].slice(0, MAX_CYCLES);
   drawCycles(doc.cycle_id);
   refreshStatusSoon();
+  refreshScorecardSoon(); // a cycle is when outcomes mature
 }
 
 function log(kind, doc) {
@@ -398,9 +402,20 @@ function drawReport() {
   if (!r || !r.summary) {
     node.textContent = "No report yet.";
   } else {
-    // A little of markdown, as text: headings, list items, paragraphs.
+    // A little of markdown, as text: headings, list items, tables, paragraphs.
+    let table = null;
     for (const line of String(r.summary).split("\n")) {
       const t = line.trim();
+      if (t.startsWith("|")) {
+        if (/^\|[\s:|-]+\|$/.test(t)) continue; // the header's underline
+        const cells = t.replace(/^\||\|$/g, "").split("|").map((c) => c.trim().replace(/\*\*/g, ""));
+        const head = !table;
+        if (head) table = node.appendChild(el("table", "md"));
+        const tr = table.appendChild(el("tr"));
+        for (const c of cells) tr.appendChild(el(head ? "th" : "td", /^[-+]?[\d.,]+%?$/.test(c) ? "num" : null, c));
+        continue;
+      }
+      table = null;
       if (!t) node.appendChild(el("div", "gap"));
       else if (t.startsWith("#")) node.appendChild(el("div", "h", t.replace(/^#+\s*/, "")));
       else if (/^[-*] /.test(t)) node.appendChild(el("div", "li", t.slice(2).replace(/\*\*/g, "")));
@@ -463,6 +478,119 @@ function refreshStatusSoon() {
   statusTimer = setTimeout(refreshStatus, 300);
 }
 
+// The scorecard ---------------------------------------------------------------------------------
+
+function percent(x) {
+  return x === null || x === undefined ? "—" : `${Math.round(Number(x) * 100)}%`;
+}
+
+function signedPercent(x) {
+  if (x === null || x === undefined) return "—";
+  const v = Number(x) * 100;
+  return `${v >= 0 ? "+" : ""}${v.toFixed(2)}%`;
+}
+
+function drawScorecard() {
+  const doc = state.scorecard;
+  if (!doc) return;
+  const horizons = [...new Set([...(doc.horizons_minutes || []), ...doc.summary.map((s) => s.horizon_minutes)])].sort((a, b) => a - b);
+  const head = $("scorecard-head");
+  head.textContent = "";
+  head.appendChild(el("th", "sym", "symbol"));
+  for (const h of horizons) head.appendChild(el("th", "num", `${h} min`));
+
+  // One row per symbol and model; one cell per horizon: the hit rate, and whether following the
+  // signals beat holding the symbol over the same minutes (its colour).
+  const byRow = new Map();
+  for (const s of doc.summary) {
+    const key = `${s.symbol}\u0000${s.model}`;
+    if (!byRow.has(key)) byRow.set(key, { symbol: s.symbol, model: s.model, cells: new Map() });
+    byRow.get(key).cells.set(s.horizon_minutes, s);
+  }
+  const models = new Set(doc.summary.map((s) => s.model));
+  const body = $("scorecard-rows");
+  body.textContent = "";
+  for (const r of [...byRow.values()].sort((a, b) => (a.symbol + a.model).localeCompare(b.symbol + b.model))) {
+    const tr = el("tr");
+    tr.dataset.symbol = r.symbol;
+    tr.dataset.model = r.model;
+    const sym = el("td", "sym", r.symbol);
+    if (models.size > 1) sym.appendChild(el("small", null, r.model));
+    tr.appendChild(sym);
+    for (const h of horizons) {
+      const s = r.cells.get(h);
+      const td = el("td", "hit");
+      td.dataset.horizon = String(h);
+      if (!s || !s.count) {
+        setText(td, "—");
+      } else {
+        td.textContent = percent(s.hit_rate);
+        td.appendChild(el("small", null, String(s.count)));
+        td.dataset.count = String(s.count);
+        td.dataset.beats = String(s.beats_buy_and_hold);
+        td.title = `${s.count} scored · mean ${signedPercent(s.mean_return)} vs buy-and-hold ${signedPercent(s.buy_and_hold_return)} · Brier ${s.brier === null ? "—" : Number(s.brier).toFixed(3)}`;
+      }
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+  $("scorecard-empty").hidden = byRow.size > 0;
+  const days = doc.days ? `${doc.days} day${doc.days === 1 ? "" : "s"}` : "all";
+  $("scorecard-meta").textContent = `${days} · fee ${doc.fee_bps} bps · ${doc.source}`;
+  drawCalibration(doc.calibration || []);
+}
+
+function drawCalibration(deciles) {
+  const svg = $("calibration");
+  svg.textContent = "";
+  $("calibration-box").hidden = deciles.length === 0;
+  if (!deciles.length) return;
+  const node = (tag, attrs) => {
+    const n = document.createElementNS(svg.namespaceURI, tag); // the SVG namespace
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+    svg.appendChild(n);
+    return n;
+  };
+  // x: confidence 0..1 across 200 units; y: hit rate 0..1 over 90 units, 0 at the bottom (y=95).
+  node("line", { class: "axis", x1: 0, y1: 95, x2: 200, y2: 95 });
+  const byDecile = new Map(deciles.map((d) => [d.decile, d]));
+  for (let d = 0; d < 10; d += 1) {
+    const c = byDecile.get(d);
+    const rate = c && c.hit_rate !== null ? Number(c.hit_rate) : 0;
+    const height = c ? Math.max(1.5, rate * 90) : 1.5;
+    const bar = node("rect", { class: c ? "bar" : "bar empty-bar", x: d * 20 + 2, y: 95 - height, width: 16, height });
+    bar.dataset.decile = String(d);
+    if (c) {
+      bar.dataset.count = String(c.count);
+      const title = document.createElementNS(svg.namespaceURI, "title");
+      title.textContent = `confidence ${c.confidence_from.toFixed(1)}–${c.confidence_to.toFixed(1)}: ${c.hits} of ${c.count} hit (${percent(c.hit_rate)})`;
+      bar.appendChild(title);
+    }
+  }
+  // Where a calibrated model's bars would end: hit rate equal to confidence.
+  node("polyline", { class: "ideal", points: Array.from({ length: 10 }, (_, d) => `${d * 20 + 10},${95 - (d + 0.5) * 9}`).join(" ") });
+  const n = deciles.reduce((sum, d) => sum + d.count, 0);
+  $("calibration-note").textContent = `(${n} scored; dashes: hit rate = confidence)`;
+}
+
+async function refreshScorecard() {
+  clearTimeout(scorecardTimer);
+  scorecardTimer = setTimeout(refreshScorecard, SCORECARD_EVERY_MS);
+  try {
+    const response = await fetch("/api/scorecard?since=7d", { cache: "no-store" });
+    if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+    state.scorecard = await response.json();
+    drawScorecard();
+  } catch (err) {
+    $("scorecard-meta").textContent = `unavailable: ${String(err.message || err)}`;
+  }
+}
+
+function refreshScorecardSoon() {
+  clearTimeout(scorecardTimer);
+  scorecardTimer = setTimeout(refreshScorecard, 500);
+}
+
 // Controls --------------------------------------------------------------------------------------
 
 async function write(path, body) {
@@ -510,4 +638,5 @@ function tick() {
 setupControls();
 connect();
 refreshStatus();
+refreshScorecard();
 setInterval(tick, 1000);
