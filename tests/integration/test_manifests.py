@@ -572,6 +572,10 @@ def test_secrets_come_only_from_the_secret(rendered: dict[str, Any]) -> None:
         if ref:
             assert ref["name"] == SECRET_NAME, where
             assert ref["key"] in secret_keys, f"{where}: key {ref['key']} is not in secret.example.yaml"
+            if " runner" in where:
+                # A missing key must not hold the pod in CreateContainerConfigError: the runner
+                # starts and says in one line what it lacks.
+                assert ref.get("optional") is True, f"{where}: {entry['name']} must be optional"
             seen.add(entry["name"])
     assert {
         "REDIS_URL",

@@ -879,7 +879,7 @@ async def test_the_prompt_carries_a_tools_override_unless_the_stage_says_tools_a
         field="pipeline.score",
         transport=httpx.MockTransport(handle),
     )
-    scorer = llm_stages.scorer(client, "signal-scorer", tools == "agent")
+    scorer = llm_stages.stage(client, "score", "signal-scorer", tools == "agent")
     try:
         await scorer.answer(await stage_request())
     finally:
