@@ -414,6 +414,12 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
         line.append(f" {float(s.get('confidence', 0)):.2f}  {s.get('reasoning', '')[:90]}")
         console.print(line)
 
+    # Ctrl-C sets a flag the loop checks, within a read's block time: a cancellation that lands
+    # as a read completes can be swallowed (redis-py's timeouts on Python 3.11), and the loop
+    # would then follow the stream for ever.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         async with redis_errors("reading the signal stream"):
             recent: list[Any] = (
@@ -422,7 +428,7 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
             for _, fields in reversed(recent):
                 show(fields)
             cursor: Any = recent[0][0] if recent else "$"
-        while True:
+        while not stop.is_set():
             try:
                 async with redis_errors("following the signal stream"):
                     replies: Any = await handle.client.xread({keys.stream: cursor}, block=1000, count=100)
@@ -434,6 +440,7 @@ async def _watch(settings: Settings, last: int, machine: bool) -> None:
                     cursor = entry_id
                     show(fields)
     finally:
+        loop.remove_signal_handler(signal.SIGINT)
         await handle.aclose()
 
 
