@@ -231,7 +231,7 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
     unreported = sorted(set(in_stream) - set(reported))
 
     # --- locks: none outlives its owner ---------------------------------------------------------
-    time.sleep(HEARTBEAT_TTL + 0.5)
+    time.sleep(HEARTBEAT_TTL + 0.5)  # every run has ended: its heartbeat (TTL 2 s) is gone after this
     held = {k: v for k in lock_keys(client) if (v := client.get(k)) is not None}
     ttls = [t for k in held if (t := client.ttl(k)) != -2]  # -2: expired since listed
     live_owners = []
@@ -258,7 +258,9 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
         **base,
         "INSTANCE_ID": "soak-fresh",
         "RUNNER_SYMBOLS": json.dumps(every),
-        "RUNNER_SCHEDULED_AT": minute_at(-55, start),
+        # Ahead of every run's minute: a long soak moves the clock towards it, never more than an
+        # hour away from it (a minute behind them would drift out of the hour the runner honours).
+        "RUNNER_SCHEDULED_AT": minute_at(55, start),
         "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "20",
     }
     assert run(["breaker", "reset"], fresh_env, tmp_path / "runs").code == 0
