@@ -3,7 +3,11 @@
 Its behaviour comes from environment variables, so a test can make a real ``runner cycle``
 subprocess slow, failing or wrong:
 
-* ``SCRIPTED_DELAY``: seconds each analysis takes (default 0)
+* ``SCRIPTED_GATE``: a file each analysis waits for before it answers: the run stays busy
+  until the test creates the file (``tests.integration.helpers.Gate``), however slow the machine
+* ``SCRIPTED_GATE_<BASE>``: the same for one symbol (``SCRIPTED_GATE_ETH``); empty: no gate
+* ``SCRIPTED_DELAY``: seconds each analysis takes (default 0); only for latency that must be at
+  least this long, or to shape load where the verdict holds whichever way a race goes
 * ``SCRIPTED_DELAY_<BASE>``: the same for one symbol (``SCRIPTED_DELAY_ETH``)
 * ``SCRIPTED_FAIL``: comma-separated symbols that fail; ``SCRIPTED_FAIL_KIND``: transient
   (default), invalid, auth or permanent
@@ -31,6 +35,11 @@ class ScriptedAnalyzer:
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
             _append(log_path, request.symbol + "\n")
+        gate = os.environ.get(f"SCRIPTED_GATE_{base}", os.environ.get("SCRIPTED_GATE", ""))
+        # The gate is a file another process creates: polling for it (a stat every 10 ms) is the
+        # simplest wait there is, and a cancelled analysis (deadline, SIGTERM) stops at once.
+        while gate and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.01)
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
         if delay:
             await asyncio.sleep(delay)
