@@ -232,7 +232,7 @@ def test_an_answer_that_never_completes(
         stub.mode = Mode("keepalive", keepalive_every=0.2)
         env = stub_env(redis_server.url, tmp_path, stub.url, **extra)
         proc = run(["cycle", "--symbols", "ETH/USD", "--json"], env, tmp_path / "runs")
-        wait_until(lambda: stub.active == 0, timeout=5)
+        wait_until(lambda: stub.active == 0, timeout=15)
         seen = len(stub.chat_requests())
     else:
         with serving(WhitespaceServer(every=0.2)) as raw:
