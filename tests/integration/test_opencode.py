@@ -291,7 +291,12 @@ async def analyzer(opencode: OpenCodeServer) -> AsyncIterator[OpenCodeAnalyzer]:
     await a.aclose()
 
 
-async def request_for(symbol: str = "ETH/USD", budget: float = 10.0) -> AnalysisRequest:
+#: The budget of a call that should get its answer: the stub answers at once, so this only bounds
+#: how long OpenCode may take on a loaded machine (a first message has taken over 10 s there).
+ANSWER_BUDGET = 60.0
+
+
+async def request_for(symbol: str = "ETH/USD", budget: float = ANSWER_BUDGET) -> AnalysisRequest:
     candles = await SyntheticSource().candles(symbol, MINUTE, 60)
     return AnalysisRequest(
         symbol=symbol, candles=candles, scheduled_minute=MINUTE, timeout=budget, cycle_id="c1"
@@ -628,7 +633,9 @@ def runner_env(redis_url: str, state_dir: Path, opencode_url: str, **extra: str)
         RUNNER_ANALYZER__BACKEND="opencode",
         OPENCODE_URL=opencode_url,
         RUNNER_ANALYZER__MODEL=f"{PROVIDER}/{MODEL}",
-        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="20",
+        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS=str(ANSWER_BUDGET),
+        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS=str(ANSWER_BUDGET - 15),
+        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS=str(ANSWER_BUDGET - 15),
         RUNNER_RETRY__DELAY_SECONDS="0.01",
         **extra,
     )
@@ -637,7 +644,7 @@ def runner_env(redis_url: str, state_dir: Path, opencode_url: str, **extra: str)
 def test_a_cycle_through_opencode_publishes_two_signals(real_redis, redis_server, opencode, llm, tmp_path):
     env = runner_env(redis_server.url, tmp_path, opencode.url)
 
-    result = run_cli(["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], env)
+    result = run_cli(["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], env, timeout=ANSWER_BUDGET + 30)
 
     assert result.code == 0, result.stderr
     doc = result.json()
