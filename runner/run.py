@@ -5,6 +5,7 @@ handler stops it (``Control``) and its mutable state (``RunState``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,6 +21,8 @@ from runner.locks import LockResult, Owner
 from runner.market.base import CandleSource
 from runner.ratelimit import RateLimiter
 from runner.shards import Shard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Control:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        log.warning("stopping: no new symbol starts, those in flight get %gs", self.grace_seconds)
         if self._deadline is not None:
             self._deadline.shorten(self.grace_seconds)
         loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from tests.integration.helpers import (
     ungated,
     wait_until,
 )
+from tests.reliability.support import reap_all, spawn
 
 BREAKER = "runner:breaker:llm_service"
 
@@ -341,15 +342,19 @@ def test_sigterm_mid_cycle_publishes_what_is_done_and_releases_everything(real_r
         RUNNER_PARALLEL__MAX_CONCURRENT="1",
         RUNNER_PARALLEL__MIN_CONCURRENT="1",
     )
-    proc = start_cli(["cycle", "--symbols", "ETH/USD,BTC/USD,SOL/USD,DOGE/USD", "--json"], env)
+    proc = spawn(["cycle", "--symbols", "ETH/USD,BTC/USD,SOL/USD,DOGE/USD", "--json"], env, tmp_path / "run")
     try:
         gate.wait_started(2)
         wait_until(lambda: real_redis.xlen("signals:raw") >= 1, timeout=10, interval=0.02)
-    finally:
         sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-    gate.open()  # the symbol in flight may finish now, within the grace
-    res = finish(proc, timeout=2 + 5)
+        proc.send(signal.SIGTERM)
+        # The symbol in flight may finish once the run has taken the signal (before, the freed
+        # slot could start the next symbol), within the grace.
+        wait_until(lambda: "stopping: no new symbol starts" in proc.stderr, timeout=2)
+        gate.open()
+        res = proc.wait(2 + 5)
+    finally:
+        reap_all([proc])
     took = time.monotonic() - sent
 
     assert took < 2 + 3, f"exited {took:.1f}s after SIGTERM, grace is 2s"

@@ -66,6 +66,8 @@ def test_sigterm_mid_cycle(in_flight, measure, real_redis, redis_server, tmp_pat
         sent = time.monotonic()
         proc.send(signal.SIGTERM)
         if in_flight == "finish_within_grace":
+            # Only once the run has taken the signal: else a freed slot could start a new symbol.
+            wait_until(lambda: "stopping: no new symbol starts" in proc.stderr, timeout=GRACE)
             gate.open()
         res = proc.wait(GRACE + WIND_DOWN + 10)
         took = time.monotonic() - sent

@@ -164,7 +164,7 @@ def drive(specs: list[Spec], directory: Path) -> tuple[list[Done], int]:
 
 
 @pytest.mark.scenario("19")
-@pytest.mark.timeout(120 + 4 * CYCLES)
+@pytest.mark.timeout(300 + 4 * CYCLES)
 def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
     """N cycles of the real CLI (three overlapping at any time, random shards so that leases and
     locks are contended, short timeouts) under random Redis pauses, analyzer failures (transient,
