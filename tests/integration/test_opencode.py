@@ -150,7 +150,7 @@ class OpenCodeServer:
 
     def client(self) -> httpx.Client:
         auth = ("opencode", self.password) if self.password else None
-        return httpx.Client(base_url=self.url, auth=auth, timeout=10)
+        return httpx.Client(base_url=self.url, auth=auth, timeout=60)  # a loaded machine's OpenCode is slow
 
     def sessions(self) -> list[dict[str, Any]]:
         with self.client() as c:
