@@ -447,6 +447,7 @@ async def test_a_failing_or_silent_model_is_transient_and_the_run_is_aborted(ana
 
     bound = 1.0 + opencode_module.CLEANUP_SECONDS + 0.5
     assert time.monotonic() - began < bound, "our timeout holds, cleanup included"
+    await analyzer.aclose()  # waits for a clean-up still landing (a session created late)
     settle(opencode)
     assert opencode.busy() == {}, "the run was aborted, not left going"
     assert ours(opencode) == []
@@ -466,6 +467,7 @@ async def test_a_cancelled_analysis_aborts_and_deletes_its_session(analyzer, llm
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await analyzer.aclose()  # waits for a clean-up still landing
 
     assert ours(opencode) == [], "the session is deleted even though the call was cancelled"
     settle(opencode)
@@ -496,6 +498,7 @@ async def test_timeout_from_outside_like_the_cycle(analyzer, llm, opencode):
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(1.0):
             await analyzer.analyze(await request_for(budget=1.0))
+    await analyzer.aclose()  # waits for a clean-up still landing (the session may come late)
 
     settle(opencode)
     assert ours(opencode) == []
