@@ -344,12 +344,13 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
         "published by runs that were SIGKILLed after publishing (their JSON report died with them); "
         "each is still in the stream exactly once."
     )
-    assert len(done) == CYCLES
-    assert duplicated == [], duplicated[:10]
-    assert lost == [], lost[:10]
-    assert wrong == [], wrong[:10]
+    replay = f"RELIABILITY_SOAK_SEED={seed} replays this soak"
+    assert len(done) == CYCLES, replay
+    assert duplicated == [], (duplicated[:10], replay)
+    assert lost == [], (lost[:10], replay)
+    assert wrong == [], (wrong[:10], replay)
     unreported_owners = {by_id[i]["instance_id"] for i in unreported}
-    assert unreported_owners <= killed_instances, unreported_owners - killed_instances
+    assert unreported_owners <= killed_instances, (unreported_owners - killed_instances, replay)
     assert live_owners == [], "a lock is still held by a live owner after every run ended"
     assert all(0 < t <= LOCK_TTL for t in ttls), ttls
     assert fresh.code == 0, (fresh.stdout, fresh.stderr)
