@@ -37,6 +37,7 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ from runner.shards import Shard  # noqa: E402
 
 def symbols(n: int) -> list[str]:
     return [f"S{i:04d}/USD" for i in range(n)]
+
+
+def minute_stamp(start: datetime, offset: int) -> str:
+    """A scheduled minute ``offset`` minutes from ``start``'s: the runner honours a scheduled
+    time within an hour of now, and offsets from one ``start`` never repeat a minute."""
+    at = start.replace(second=0, microsecond=0) + timedelta(minutes=offset)
+    return at.strftime("%Y-%m-%dT%H:%M:00Z")
 
 
 # Redis ------------------------------------------------------------------------------------------
@@ -481,12 +489,15 @@ async def rate_limit_run(server: Server, rpm: int, window: float, duration: floa
     )
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     started = time.monotonic()
+    start = datetime.now(UTC)
     try:
-        minute = 0
+        rounds = 0
         while time.monotonic() - started < duration:
-            stamp = f"2000-01-01T00:{minute:02d}:00Z"
-            minute += 1
-            shard_settings = settings.model_copy(update={"scheduled_at": stamp})
+            # A minute of its own per round (after 100 rounds minutes repeat: only duplicates).
+            shard_settings = settings.model_copy(
+                update={"scheduled_at": minute_stamp(start, rounds % 100 - 50)}
+            )
+            rounds += 1
             await asyncio.gather(
                 *(
                     run_cycle(

@@ -95,6 +95,7 @@ class Control:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        log.warning("stopping: no new symbol starts, those in flight get %gs", self.grace_seconds)
         if self._deadline is not None:
             self._deadline.shorten(self.grace_seconds)
         for timeout in self._timeouts:

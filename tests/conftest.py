@@ -22,10 +22,16 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from runner.config import ENV_ALIASES
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis's per-example deadline and its too-slow health check time the machine: on a loaded
+# one a fine example fails them. A hang is still caught by pytest-timeout.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,68 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+#: A deadline far beyond any gate a test holds, so the gate, not the machine's speed, ends the wait.
+HOLD: dict[str, str] = {
+    "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "40",
+    "RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS": "30",
+    "RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS": "30",
+}
+
+
+@dataclass
+class Gate:
+    """Holds the scripted analyzer's analyses busy until the test opens it.
+
+    A run given ``gate.env()`` logs each analysis it starts and then waits for the gate file, so
+    "the first run is still busy" lasts exactly as long as the test needs, on any machine. A gate
+    that is never opened is an analyzer that hangs (only a deadline or a signal ends it).
+    """
+
+    directory: Path
+    name: str = "gate"
+    path: Path = field(init=False)
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = self.directory / f"{self.name}.open"
+        self.log = self.directory / f"{self.name}.started"
+
+    def env(self, *bases: str) -> dict[str, str]:
+        """Settings that gate every symbol, or only the symbols with these bases (``"BTC"``)."""
+        gates = (
+            {f"SCRIPTED_GATE_{b}": str(self.path) for b in bases}
+            if bases
+            else {"SCRIPTED_GATE": str(self.path)}
+        )
+        return {**gates, "SCRIPTED_LOG": str(self.log)}
+
+    def started(self) -> list[str]:
+        """The symbols whose analysis has started, in order."""
+        return self.log.read_text().split() if self.log.exists() else []
+
+    def wait_started(self, count: int, timeout: float = 20.0) -> list[str]:
+        """Wait until ``count`` analyses have started (they are now held at the gate)."""
+        return wait_until(lambda: len(self.started()) >= count and self.started(), timeout=timeout)
+
+    def open(self) -> None:
+        self.path.touch()
+
+
+def ungated(env: dict[str, str], **extra: str) -> dict[str, str]:
+    """``env`` without its gates (the second run of a test that holds the first one busy)."""
+    return {**env, **{k: "" for k in env if k.startswith("SCRIPTED_GATE")}, **extra}
+
+
+def heartbeat_expiry(client: redis.Redis, lock_key: str) -> float:
+    """The heartbeat expiry (epoch seconds) of the run holding ``lock_key``; 0 if none."""
+    raw = client.get(lock_key)
+    if not raw:
+        return 0.0
+    owner = json.loads(raw)
+    beat = client.hget(f"runner:heartbeat:{owner['instance_id']}", owner["cycle_id"])
+    return float(beat) if beat else 0.0
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 30.0) -> CliResult:

@@ -14,15 +14,20 @@ from datetime import UTC, datetime, timedelta
 
 from tests.conftest import run_cli, start_cli
 from tests.integration.helpers import (
+    HOLD,
+    Gate,
     counter_totals,
     env_for,
     finish,
+    heartbeat_expiry,
     lock_keys,
     log_lines,
     result_of,
     stream_signals,
+    ungated,
     wait_until,
 )
+from tests.reliability.support import reap_all, spawn
 
 BREAKER = "runner:breaker:llm_service"
 
@@ -153,7 +158,7 @@ def test_failed_probe_reopens_the_breaker(real_redis, redis_server, tmp_path):
     assert real_redis.hget(BREAKER, "state") == "open"
     opened = float(real_redis.hget(BREAKER, "opened_at"))
 
-    time.sleep(1.2)
+    time.sleep(1.2)  # the recovery timeout (1 s) passes
     probe = run_cli(args, env)
 
     assert probe.code == 3, probe.stderr
@@ -246,12 +251,15 @@ def test_outages_never_pause_a_symbol(real_redis, redis_server, tmp_path):
 
 
 def test_second_run_skips_while_a_cycle_is_running(real_redis, redis_server, tmp_path):
-    env = env_for(redis_server.url, tmp_path, SCRIPTED_DELAY="1.5")
+    gate = Gate(tmp_path)
+    env = env_for(redis_server.url, tmp_path, **HOLD, **gate.env())
     first = start_cli(["cycle", "--symbols", "ETH/USD", "--json"], env)
     try:
-        owner = wait_until(lambda: _lease_owner(real_redis), timeout=10)
+        gate.wait_started(1)
+        owner = _lease_owner(real_redis)
+        assert owner is not None, "the lease is taken before any analysis starts"
 
-        second = run_cli(["cycle", "--symbols", "ETH/USD", "--json"], {**env, "SCRIPTED_DELAY": "0"})
+        second = run_cli(["cycle", "--symbols", "ETH/USD", "--json"], ungated(env))
 
         assert second.code == 0, second.stderr
         doc = second.json()
@@ -259,6 +267,7 @@ def test_second_run_skips_while_a_cycle_is_running(real_redis, redis_server, tmp
         assert doc["skip_reason"] == "cycle_running"
         assert owner["cycle_id"] in second.stdout + second.stderr
     finally:
+        gate.open()
         done = finish(first)
     assert done.code == 0, done.stderr
     assert done.json()["cycle_id"] == owner["cycle_id"]
@@ -271,17 +280,20 @@ def test_second_run_skips_while_a_cycle_is_running(real_redis, redis_server, tmp
 
 def test_locks_of_a_killed_run_are_taken_over_after_its_heartbeat_expires(real_redis, redis_server, tmp_path):
     symbols = ["--symbols", "ETH/USD,BTC/USD", "--json"]
+    gate = Gate(tmp_path)  # never opened: the victim is busy until it is killed
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY="5",
+        **HOLD,
+        **gate.env(),
         INSTANCE_ID="pod-a",
         RUNNER_HEARTBEAT__TTL_SECONDS="1",
         RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.3",
     )
     victim = start_cli(["cycle", *symbols], env)
     try:
-        wait_until(lambda: len(lock_keys(real_redis)) == 2, timeout=10)
+        gate.wait_started(2)
+        assert len(lock_keys(real_redis)) == 2
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.communicate(timeout=10)
@@ -289,14 +301,14 @@ def test_locks_of_a_killed_run_are_taken_over_after_its_heartbeat_expires(real_r
     assert set(killed) == {"signal:lock:ETH/USD", "signal:lock:BTC/USD"}, "SIGKILL leaves the locks behind"
     assert {o["instance_id"] for o in killed.values()} == {"pod-a"}
 
-    time.sleep(1.3)  # the heartbeat TTL (1 s) passes
-    assert not real_redis.exists("runner:heartbeat:pod-a")
+    # The heartbeat's TTL (1 s) runs out: nothing refreshes it any more.
+    wait_until(lambda: not real_redis.exists("runner:heartbeat:pod-a"), timeout=10)
     st = run_cli(["status", "--json"], env).json()
     assert sorted((lk["symbol"], lk["owner"], lk["owner_alive"]) for lk in st["locks"]) == [
         ("BTC/USD", "pod-a", False),
         ("ETH/USD", "pod-a", False),
     ]
-    res = run_cli(["cycle", *symbols], {**env, "SCRIPTED_DELAY": "0", "INSTANCE_ID": "pod-b"})
+    res = run_cli(["cycle", *symbols], ungated(env, INSTANCE_ID="pod-b"))
 
     assert res.code == 0, res.stderr
     doc = res.json()
@@ -319,23 +331,30 @@ def test_locks_of_a_killed_run_are_taken_over_after_its_heartbeat_expires(real_r
 
 
 def test_sigterm_mid_cycle_publishes_what_is_done_and_releases_everything(real_redis, redis_server, tmp_path):
+    """ETH/USD is done, BTC/USD is in flight, SOL/USD and DOGE/USD wait (one at a time) when
+    SIGTERM arrives: BTC/USD finishes within the grace and is published, nothing else starts."""
+    gate = Gate(tmp_path)
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY="0",
-        SCRIPTED_DELAY_BTC="1.0",
-        SCRIPTED_DELAY_SOL="1.0",
-        SCRIPTED_DELAY_DOGE="1.0",
+        **HOLD,
+        **gate.env("BTC", "SOL", "DOGE"),
         RUNNER_PARALLEL__MAX_CONCURRENT="1",
         RUNNER_PARALLEL__MIN_CONCURRENT="1",
     )
-    proc = start_cli(["cycle", "--symbols", "ETH/USD,BTC/USD,SOL/USD,DOGE/USD", "--json"], env)
+    proc = spawn(["cycle", "--symbols", "ETH/USD,BTC/USD,SOL/USD,DOGE/USD", "--json"], env, tmp_path / "run")
     try:
+        gate.wait_started(2)
         wait_until(lambda: real_redis.xlen("signals:raw") >= 1, timeout=10, interval=0.02)
-    finally:
         sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-    res = finish(proc, timeout=2 + 5)
+        proc.send(signal.SIGTERM)
+        # The symbol in flight may finish once the run has taken the signal (before, the freed
+        # slot could start the next symbol), within the grace.
+        wait_until(lambda: "stopping: no new symbol starts" in proc.stderr, timeout=2)
+        gate.open()
+        res = proc.wait(2 + 5)
+    finally:
+        reap_all([proc])
     took = time.monotonic() - sent
 
     assert took < 2 + 3, f"exited {took:.1f}s after SIGTERM, grace is 2s"
@@ -346,15 +365,12 @@ def test_sigterm_mid_cycle_publishes_what_is_done_and_releases_everything(real_r
     assert lock_keys(real_redis) == [], "SIGTERM still releases every lock"
     assert real_redis.get("runner:lease:0-1") is None
     published = [s["symbol"] for s in stream_signals(real_redis)]
-    assert "ETH/USD" in published
+    assert published == ["ETH/USD", "BTC/USD"]
     assert sorted(published) == sorted(s["symbol"] for s in doc["signals"])
-    for r in doc["results"]:
-        if r["status"] == "ok":
-            assert r["symbol"] in published
-    unstarted = [r for r in doc["results"] if r["status"] == "not_started"]
-    assert unstarted, doc["results"]
-    assert {r["reason"] for r in unstarted} == {"shutdown"}
-    assert result_of(doc, "DOGE/USD")["status"] == "not_started"
+    assert res.code == 1
+    assert gate.started() == ["ETH/USD", "BTC/USD"], "no symbol starts after SIGTERM"
+    for sym in ("SOL/USD", "DOGE/USD"):
+        assert (result_of(doc, sym)["status"], result_of(doc, sym)["reason"]) == ("not_started", "shutdown")
     assert json.loads(real_redis.lindex("runner:history", 0))["cycle_id"] == doc["cycle_id"]
 
 
@@ -401,17 +417,19 @@ def test_two_shards_at_once_split_the_symbols(real_redis, redis_server, tmp_path
 
 
 def test_a_run_whose_lock_is_stolen_publishes_nothing_for_that_symbol(real_redis, redis_server, tmp_path):
-    env = env_for(redis_server.url, tmp_path, SCRIPTED_DELAY="1.3", INSTANCE_ID="pod-slow")
+    gate = Gate(tmp_path)
+    env = env_for(redis_server.url, tmp_path, **HOLD, **gate.env(), INSTANCE_ID="pod-slow")
     proc = start_cli(["cycle", "--symbols", "ETH/USD", "--json"], env)
     try:
-        raw = wait_until(lambda: real_redis.get("signal:lock:ETH/USD"), timeout=10)
-        mine = json.loads(raw)
+        gate.wait_started(1)
+        mine = json.loads(real_redis.get("signal:lock:ETH/USD"))
         thief = json.dumps({
-            "instance_id": "pod-thief", "cycle_id": "20990101T000000000Z-abcdef", "pid": 1,
+            "instance_id": "pod-thief", "cycle_id": "thief-cycle", "pid": 1,
             "acquired_at": time.time(), "token": mine["token"] + 100,
         })  # fmt: skip
         real_redis.set("signal:lock:ETH/USD", thief, ex=60)
     finally:
+        gate.open()
         res = finish(proc)
 
     doc = res.json()
@@ -495,17 +513,17 @@ def test_sigterm_with_a_symbol_slower_than_the_grace_period(real_redis, redis_se
     """Regression: symbols still in flight when the grace ran out were lost; the cycle crashed
     with a KeyError and left its locks and lease behind."""
 
+    gate = Gate(tmp_path)  # never opened: both symbols outlast any grace
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY="10",
+        **HOLD,
+        **gate.env(),
         RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS="1",
-        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="20",
-        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="15",
     )
     proc = start_cli(["cycle", "--symbols", "ETH/USD,BTC/USD", "--json"], env)
     try:
-        wait_until(lambda: len(lock_keys(real_redis)) == 2, timeout=10)
+        gate.wait_started(2)
     finally:
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -554,16 +572,9 @@ def test_heartbeat_stop_never_hangs_the_cycle(real_redis, redis_server, tmp_path
             RUNNER_REDIS__KEY_PREFIX=f"hb{i}:",  # independent deployments: no shared lease
         )
         procs.append(start_cli(["cycle", "--symbols", "ETH/USD", "--json"], env))
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.1)
-    hung = [p for p in procs if p.poll() is None]
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
-    assert hung == [], f"{len(hung)} of {len(procs)} runs never exited"
-    assert [p.returncode for p in procs] == [0] * len(procs)
+    # A hung run never exits; a slow machine only makes the runs take longer than usual.
+    results = [finish(p, timeout=60) for p in procs]
+    assert [r.code for r in results] == [0] * len(procs), [r.stderr for r in results if r.code]
 
 
 def _shard_owning(symbol: str, count: int) -> str:
@@ -573,23 +584,23 @@ def _shard_owning(symbol: str, count: int) -> str:
 
 
 def test_a_slow_live_run_keeps_its_locks_past_the_heartbeat_ttl(real_redis, redis_server, tmp_path):
-    gate = tmp_path / "gate"
+    gate = Gate(tmp_path)
     env = env_for(
         redis_server.url,
         tmp_path,
-        # Held inside its analysis until the checks below are done, however long they take.
-        SCRIPTED_GATE=str(gate),
+        **HOLD,
+        **gate.env(),
         INSTANCE_ID="pod-a",
         RUNNER_HEARTBEAT__TTL_SECONDS="1",
         RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.3",
-        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="60",
-        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="50",
-        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_MAX_SECONDS="50",
     )
     slow = start_cli(["cycle", "--symbols", "ETH/USD", "--json"], env)
     try:
-        wait_until(lambda: real_redis.exists("signal:lock:ETH/USD"), timeout=10)
-        time.sleep(1.4)  # longer than the heartbeat TTL: only the background refresh keeps it alive
+        gate.wait_started(1)
+        first_beat = heartbeat_expiry(real_redis, "signal:lock:ETH/USD")
+        # A refresh written a whole TTL after the first beat: the first beat alone would have
+        # expired by now, so only the background refresh keeps the run alive.
+        wait_until(lambda: heartbeat_expiry(real_redis, "signal:lock:ETH/USD") >= first_beat + 1, timeout=10)
         st = run_cli(["status", "--json"], env).json()
         assert [(lk["symbol"], lk["owner"], lk["owner_alive"]) for lk in st["locks"]] == [
             ("ETH/USD", "pod-a", True)
@@ -598,14 +609,14 @@ def test_a_slow_live_run_keeps_its_locks_past_the_heartbeat_ttl(real_redis, redi
         # Another run (a different shard count, so another lease) must not take the live lock.
         other = run_cli(
             ["cycle", "--symbols", "ETH/USD", "--shard", _shard_owning("ETH/USD", 2), "--json"],
-            {**env, "SCRIPTED_GATE": "", "INSTANCE_ID": "pod-b"},
+            ungated(env, INSTANCE_ID="pod-b"),
         )
         assert other.code == 0, other.stderr
         assert other.json()["skip_reason"] == "all_locked"
         assert result_of(other.json(), "ETH/USD")["status"] == "locked"
         assert "pod-a" in result_of(other.json(), "ETH/USD")["reason"]
     finally:
-        gate.touch()
+        gate.open()
         done = finish(slow)
     assert done.code == 0, done.stderr
     assert [s["instance_id"] for s in stream_signals(real_redis)] == ["pod-a"]
@@ -614,22 +625,25 @@ def test_a_slow_live_run_keeps_its_locks_past_the_heartbeat_ttl(real_redis, redi
 def test_a_lock_older_than_the_stale_threshold_is_taken_over_and_its_owner_fenced(
     real_redis, redis_server, tmp_path
 ):
+    gate = Gate(tmp_path)
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY="2.2",
+        **HOLD,
+        **gate.env(),
         INSTANCE_ID="pod-old",
         RUNNER_LOCKS__STALE_THRESHOLD_SECONDS="1",
     )
     old = start_cli(["cycle", "--symbols", "ETH/USD", "--json"], env)
     try:
-        wait_until(lambda: real_redis.exists("signal:lock:ETH/USD"), timeout=10)
-        time.sleep(1.3)
+        gate.wait_started(1)
+        time.sleep(1.3)  # the lock is now older than the stale threshold (1 s)
         new = run_cli(
             ["cycle", "--symbols", "ETH/USD", "--shard", _shard_owning("ETH/USD", 2), "--json"],
-            {**env, "SCRIPTED_DELAY": "0", "INSTANCE_ID": "pod-new"},
+            ungated(env, INSTANCE_ID="pod-new"),
         )
     finally:
+        gate.open()
         done = finish(old)
 
     assert new.code == 0, new.stderr
@@ -647,20 +661,17 @@ def test_a_lock_older_than_the_stale_threshold_is_taken_over_and_its_owner_fence
 
 
 def test_a_hanging_analyzer_is_cut_off_at_the_cycle_deadline(real_redis, redis_server, tmp_path):
+    # A gate that is never opened: only the cycle's deadline can end these analyses.
     env = env_for(
-        redis_server.url,
-        tmp_path,
-        SCRIPTED_DELAY="30",
-        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="1.5",
+        redis_server.url, tmp_path, **Gate(tmp_path).env(), RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="1.5"
     )
 
-    started = time.monotonic()
-    res = run_cli(["cycle", "--symbols", "ETH/USD,BTC/USD", "--json"], env, timeout=20)
-    took = time.monotonic() - started
+    res = run_cli(["cycle", "--symbols", "ETH/USD,BTC/USD", "--json"], env, timeout=30)
 
     assert res.code == 3, res.stderr
-    assert took < 1.5 + 4, f"a 1.5 s cycle took {took:.1f}s"
-    for r in res.json()["results"]:
+    doc = res.json()
+    assert doc["duration_ms"] < (1.5 + 1) * 1000, doc["duration_ms"]
+    for r in doc["results"]:
         assert r["status"] in ("timeout", "not_started")
     assert lock_keys(real_redis) == []
 
@@ -669,7 +680,7 @@ def test_overrunning_cycles_trigger_a_backpressure_cooldown(real_redis, redis_se
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY_ETH="3",
+        **Gate(tmp_path).env("ETH"),  # never opened: ETH/USD always outlasts the deadline
         RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="1.2",
         RUNNER_PARALLEL__MAX_CONCURRENT="1",
         RUNNER_PARALLEL__MIN_CONCURRENT="1",
@@ -690,7 +701,7 @@ def test_overrunning_cycles_trigger_a_backpressure_cooldown(real_redis, redis_se
         assert res.code == 0, res.stderr
         assert res.json()["skip_reason"] == "cooldown"
 
-    fast = {**env, "SCRIPTED_DELAY_ETH": "0", "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "6"}
+    fast = ungated(env, RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="6")
     res = run_cli(args, fast)
     assert res.code == 0, res.stderr
     assert res.json()["status"] == "completed"
@@ -699,22 +710,30 @@ def test_overrunning_cycles_trigger_a_backpressure_cooldown(real_redis, redis_se
 
 
 def test_high_latency_skip_ages_out_and_the_runner_measures_again(real_redis, redis_server, tmp_path):
+    max_age = 60
     env = env_for(
         redis_server.url,
         tmp_path,
-        SCRIPTED_DELAY="0.3",
+        SCRIPTED_DELAY="0.3",  # a latency of at least 300 ms: above both thresholds on any machine
         RUNNER_ADAPTIVE__P95_THRESHOLD_MS="100",
         RUNNER_ADAPTIVE__P99_THRESHOLD_MS="200",
-        RUNNER_ADAPTIVE__SAMPLE_MAX_AGE_SECONDS="1.5",
+        RUNNER_ADAPTIVE__SAMPLE_MAX_AGE_SECONDS=str(max_age),
     )
     args = ["cycle", "--symbols", "ETH/USD", "--json"]
     assert run_cli(args, env).json()["status"] == "completed"
+    measured = real_redis.lrange("runner:latency", 0, -1)
+    assert measured
 
     skipped = run_cli(args, env)
     assert skipped.code == 0, skipped.stderr
     assert skipped.json()["skip_reason"] == "high_latency"
+    assert real_redis.lrange("runner:latency", 0, -1) == measured, "a skipped cycle measures nothing"
 
-    time.sleep(1.6)
+    # The samples grow older than sample_max_age_seconds: stamp them that much earlier rather
+    # than wait for it.
+    aged = [f"{float(at) - max_age - 1:.3f}:{ms}" for at, _, ms in (x.partition(":") for x in measured)]
+    real_redis.delete("runner:latency")
+    real_redis.rpush("runner:latency", *aged)
     again = run_cli(args, env)
     assert again.code == 0, again.stderr
     assert again.json()["status"] == "completed", "old samples age out, so the skip cannot last forever"
@@ -748,14 +767,14 @@ def test_redis_dying_mid_cycle_fails_the_run_cleanly(tmp_path):
 
     server = start_redis(tmp_path)
     try:
-        env = env_for(server.url, tmp_path, SCRIPTED_DELAY="1.5")
+        gate = Gate(tmp_path)
+        env = env_for(server.url, tmp_path, **gate.env())
         proc = start_cli(["cycle", "--symbols", "ETH/USD,BTC/USD", "--json"], env)
-        client = server.client()
         try:
-            wait_until(lambda: client.exists("signal:lock:ETH/USD"), timeout=10)
+            gate.wait_started(2)
         finally:
-            client.close()
             server.stop()
+            gate.open()  # the analyses end with Redis gone: nothing can be published
         res = finish(proc, timeout=15)
     finally:
         server.stop()

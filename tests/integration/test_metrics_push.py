@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,15 +30,17 @@ def test_counters_pushed_after_two_cycles_are_the_sum_of_both(
     real_redis, redis_server, pushgateway: Pushgateway, tmp_path: Path
 ) -> None:
     env = cli_env(redis_server.url, tmp_path, PUSHGATEWAY_URL=pushgateway.url)
+    now = datetime.now(UTC)
     first = run_cli(
-        ["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"], {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-2)}
+        ["cycle", "--json", "--symbols", "ETH/USD,BTC/USD"],
+        {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-2, at=now)},
     )
     assert first.code == 0, first.stderr
     after_one = pushgateway.metrics()
     assert total(after_one["signal_generation_total"], job="autonomous_runner", shard="0-1") == 2
     second = run_cli(
         ["cycle", "--json", "--symbols", "ETH/USD,BTC/USD,SOL/USD"],
-        {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-1)},
+        {**env, "RUNNER_SCHEDULED_AT": scheduled_now(-1, at=now)},
     )
     assert second.code == 0, second.stderr
     after_two = pushgateway.metrics()

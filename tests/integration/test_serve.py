@@ -7,10 +7,12 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import cli_env, free_port, start_cli, wait_for_port
+from tests.integration.helpers import stream_signals, wait_until
 
 
 def get(url: str) -> tuple[int, Any]:
@@ -49,10 +51,13 @@ def test_serve_runs_cycles_on_its_schedule_and_answers_health_and_metrics(
             "not_in_cooldown": True,
         }
 
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and real_redis.xlen("signals:raw") < 2:
-            time.sleep(0.2)
-        assert real_redis.xlen("signals:raw") == 2  # one cycle of two symbols in this minute
+        wait_until(lambda: real_redis.xlen("signals:raw") >= 2, timeout=30)
+        # One cycle of two symbols; later cycles of the same minute publish nothing twice (one in
+        # the next minute, if a boundary falls in between, publishes that minute's pair).
+        ids = [s["id"] for s in stream_signals(real_redis)]
+        assert len(ids) == len(set(ids)), ids
+        assert sorted(i.split(":")[0] for i in ids[:2]) == ["BTC/USD", "ETH/USD"]
+        assert ids[0].split(":", 1)[1] == ids[1].split(":", 1)[1], ids
         status, detailed = get(f"{base}/health/detailed")
         assert status == 200
         assert detailed["last_cycle"]["status"] == "completed"
@@ -76,9 +81,15 @@ def test_serve_runs_cycles_on_its_schedule_and_answers_health_and_metrics(
     assert "Traceback" not in err
 
 
+def _not_within_the_test() -> str:
+    """A cron schedule whose next fire is a year away: the minute that has just passed."""
+    last = datetime.now(UTC) - timedelta(minutes=1)
+    return f"{last.minute} {last.hour} {last.day} {last.month} *"
+
+
 def test_serve_not_ready_when_redis_is_unreachable(tmp_path: Path) -> None:
     port = free_port()
-    env = cli_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path, RUNNER_SCHEDULE="0 0 1 1 *")
+    env = cli_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path, RUNNER_SCHEDULE=_not_within_the_test())
     proc = start_cli(["serve", "--host", "127.0.0.1", "--port", str(port)], env)
     try:
         wait_for_port(port, timeout=15)

@@ -181,7 +181,8 @@ def test_429_retry_after_beyond_the_deadline(
         assert {r["status"] for r in d["results"]} == {"rate_limited"}, d["results"]
     assert calls == 1
     assert len(stub.chat_requests()) == 1
-    assert first.elapsed < 4 + 2, "no sleep past the deadline"
+    # The cycle's own duration (Python's start-up on a loaded machine is no part of it).
+    assert docs[0]["duration_ms"] < (4 + 2) * 1000, "no sleep past the deadline"
     assert real_redis.hget("runner:breaker:llm_service", "state") in (None, "closed")
     assert pause_left > 20
 
@@ -232,7 +233,7 @@ def test_an_answer_that_never_completes(
         stub.mode = Mode("keepalive", keepalive_every=0.2)
         env = stub_env(redis_server.url, tmp_path, stub.url, **extra)
         proc = run(["cycle", "--symbols", "ETH/USD", "--json"], env, tmp_path / "runs")
-        wait_until(lambda: stub.active == 0, timeout=5)
+        wait_until(lambda: stub.active == 0, timeout=15)
         seen = len(stub.chat_requests())
     else:
         with serving(WhitespaceServer(every=0.2)) as raw:
@@ -252,7 +253,7 @@ def test_an_answer_that_never_completes(
     assert eth["status"] == "timeout", eth
     assert seen == 1
     assert eth["duration_ms"] < (timeout + 1.0) * 1000, "bounded by the symbol timeout"
-    assert proc.elapsed < 6 + 2
+    assert proc.json()["duration_ms"] < (6 + 2) * 1000
     assert real_redis.xlen("signals:raw") == 0
 
 

@@ -128,8 +128,9 @@ async def test_latency_samples_age_out_after_a_clock_jump(
     jump_h, measure, clean_env, real_redis, redis_server
 ):
     """A slow cycle (latency above the p99 threshold) during which the wall clock jumps 0 h or
-    3 h forward, then the clock is corrected: once `sample_max_age_seconds` (1.5 s) has passed,
-    the next cycle is not skipped for high latency (the samples aged out)."""
+    3 h forward, then the clock is corrected: once `sample_max_age_seconds` (1.5 s) has passed
+    (on the test's clock, which moves 1.6 s ahead instead of the test sleeping), the next cycle
+    is not skipped for high latency (the samples aged out)."""
     settings = _settings(
         adaptive={"p95_threshold_ms": 100, "p99_threshold_ms": 200, "sample_max_age_seconds": 1.5}
     )
@@ -137,8 +138,8 @@ async def test_latency_samples_age_out_after_a_clock_jump(
     jump = timedelta(hours=jump_h)
     first = await _cycle(redis_server.url, settings, clock, _jumping_analyzer(clock, jump, 0.3))
     assert first.status is CycleStatus.COMPLETED
-    clock.offset = timedelta(0)  # NTP puts the clock right
-    await asyncio.sleep(1.6)
-    second = await _cycle(redis_server.url, settings, clock, _jumping_analyzer(clock, timedelta(0), 0.0))
+    later = timedelta(seconds=1.6)
+    clock.offset = later  # NTP puts the clock right, and 1.6 s pass
+    second = await _cycle(redis_server.url, settings, clock, _jumping_analyzer(clock, later, 0.0))
     measure.figures(jump_h=jump_h, second_cycle=f"{second.status.value} {second.skip_detail or ''}".strip())
     assert second.skip_reason != "high_latency", second.skip_detail

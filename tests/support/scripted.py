@@ -3,7 +3,11 @@
 Its behaviour comes from environment variables, so a test can make a real ``runner cycle``
 subprocess slow, failing or wrong:
 
-* ``SCRIPTED_DELAY``: seconds each analysis takes (default 0)
+* ``SCRIPTED_GATE``: a file each analysis waits for before it answers: the run stays busy
+  until the test creates the file (``tests.integration.helpers.Gate``), however slow the machine
+* ``SCRIPTED_GATE_<BASE>``: the same for one symbol (``SCRIPTED_GATE_ETH``); empty: no gate
+* ``SCRIPTED_DELAY``: seconds each analysis takes (default 0); only for latency that must be at
+  least this long, or to shape load where the verdict holds whichever way a race goes
 * ``SCRIPTED_DELAY_<BASE>``: the same for one symbol (``SCRIPTED_DELAY_ETH``)
 * ``SCRIPTED_FAIL``: comma-separated symbols that fail; ``SCRIPTED_FAIL_KIND``: transient
   (default), invalid, auth or permanent
@@ -34,8 +38,9 @@ class ScriptedAnalyzer:
         log_path = os.environ.get("SCRIPTED_LOG")
         if log_path:
             _append(log_path, request.symbol + "\n")
-        gate = os.environ.get("SCRIPTED_GATE")
-        # The gate is a file another process creates: no asyncio.Event reaches across.
+        gate = os.environ.get(f"SCRIPTED_GATE_{base}", os.environ.get("SCRIPTED_GATE", ""))
+        # The gate is a file another process creates: no asyncio.Event reaches across, and a
+        # cancelled analysis (deadline, SIGTERM) stops polling at once.
         while gate and not _exists(gate):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         delay = float(os.environ.get(f"SCRIPTED_DELAY_{base}", os.environ.get("SCRIPTED_DELAY", "0")))
@@ -64,10 +69,6 @@ class ScriptedAnalyzer:
 
     async def aclose(self) -> None:
         return None
-
-
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
 
 
 def _append(path: str, line: str) -> None:

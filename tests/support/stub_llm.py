@@ -5,7 +5,7 @@
 request says ``"stream": true``) and ``GET /v1/models``. What it answers is set at run time::
 
     stub.mode = Mode("http_error", status=429, retry_after=3)
-    stub.queue.append(Mode("delay", delay=5))      # used once, before ``mode``
+    stub.queue.append(Mode("hang"))                # used once, before ``mode``
     stub.per_symbol["BTC/USD"] = Mode("wrong_symbol")
 
 A normal answer is a valid signal for the symbol named in the last user message (``symbol="..."``
@@ -17,7 +17,7 @@ offers a tool named ``StructuredOutput`` (what OpenCode 1.18 sends for ``format:
 (``Mode(use_tool=False)`` plays a model that ignores it and answers in text); when the last message
 is a tool result, it answers with a short text. Every request is recorded in ``stub.requests``
 (``Recorded``: parsed JSON body, path, headers; ``.model``, ``.messages``, ``.tools``), and
-``stub.active`` counts the chat requests being answered right now (a delayed answer gives up as
+``stub.active`` counts the chat requests being answered right now (a hanging answer gives up as
 soon as the client hangs up, so a test can check that a cancelled call really went away).
 
 Fixtures: ``stub_llm`` (one stub per test) and ``stub_llm_session`` (one per session; ``reset()``
@@ -26,7 +26,7 @@ it per test). Import them into a test module or a conftest to use them.
 Kinds of ``Mode``:
 
 ``ok``               a valid signal (``action``/``confidence`` configurable)
-``delay``            ``ok`` after ``delay`` seconds (the sleep ends early when the stub stops)
+``hang``             never answers: holds the request until the client hangs up or the stub stops
 ``http_error``       HTTP ``status`` with an OpenAI-style error body (``retry_after`` adds the header)
 ``error_body``       HTTP 200 whose body (or SSE event) is an error object, as OpenRouter does
 ``malformed``        the answer text is not JSON (a truncated signal)
@@ -71,7 +71,6 @@ class Mode:
     """How the stub answers the next requests."""
 
     kind: str = "ok"
-    delay: float = 0.0
     status: int = 500
     retry_after: float | str | None = None
     action: str = "BUY"
@@ -282,20 +281,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"data: {payload}\n\n".encode())
         self.wfile.flush()
 
-    def _wait(self, seconds: float) -> bool:
-        """Sleep, but give up when the client hangs up or the stub stops; True if it slept."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            if self.owner.sleep(min(left, 0.05)):
-                return False
+    def _hang(self) -> None:
+        """Answer nothing until the client hangs up or the stub stops."""
+        while not self.owner.sleep(0.05):
             readable, _, _ = select.select([self.connection], [], [], 0)
             if readable:
                 try:
                     if not self.connection.recv(1, socket.MSG_PEEK):
-                        return False  # EOF: the client is gone
+                        return  # EOF: the client is gone
                 except OSError:
-                    return False
-        return True
+                    return
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -337,7 +332,8 @@ class _Handler(BaseHTTPRequestHandler):
         stage = stage_in(messages)
         mode = self.owner._pick(symbol, stage)
         stream = bool(body.get("stream"))
-        if mode.delay and not self._wait(mode.delay):
+        if mode.kind == "hang":
+            self._hang()
             return
         if mode.kind == "http_error":
             headers = {} if mode.retry_after is None else {"Retry-After": str(mode.retry_after)}

@@ -163,10 +163,10 @@ async def test_every_symbol_failing_is_failed(any_redis: Any) -> None:
 async def test_a_symbol_slower_than_its_timeout_times_out(any_redis: Any) -> None:
     async def slow_btc(request: AnalysisRequest) -> Analysis:
         if request.symbol == "BTC/USD":
-            await asyncio.sleep(5)
+            await asyncio.Event().wait()  # never answers: only its timeout ends it
         return answers()(request)
 
-    settings = make_settings(timeouts={"symbol_timeout_seconds": 0.05})
+    settings = make_settings(timeouts={"symbol_timeout_seconds": 0.5})
     outcome = await cycle(any_redis, slow_btc, settings=settings)
 
     results = by_symbol(outcome)

@@ -89,15 +89,22 @@ async def test_fewer_items_than_the_limit_run_together() -> None:
 
 
 async def test_a_finished_item_frees_its_slot_at_once() -> None:
-    durations = {"long": 0.2, "s1": 0.01, "s2": 0.01, "s3": 0.01}
+    shorts_done = asyncio.Event()
     finished: list[str] = []
 
     async def work(item: str) -> str:
-        await asyncio.sleep(durations[item])
+        if item == "long":
+            await shorts_done.wait()  # lock-step batches would never get past this
         return item
 
-    w = window(work, limit=2, on_done=lambda item, result: finished.append(item))
-    await w.run(list(durations))
+    def on_done(item: str, result: str) -> None:
+        finished.append(item)
+        if finished == ["s1", "s2", "s3"]:
+            shorts_done.set()
+
+    w = window(work, limit=2, on_done=on_done)
+    async with asyncio.timeout(10):
+        await w.run(["long", "s1", "s2", "s3"])
 
     # No lock-step batches: the three short items go through the second slot while the long one runs.
     assert finished == ["s1", "s2", "s3", "long"]
