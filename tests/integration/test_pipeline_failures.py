@@ -33,7 +33,7 @@ CHAIN = ("signal", "score", "advise")
 STREAMS = {"signal": "signals:raw", "score": "signals:scored", "advise": "signals:advised"}
 #: How each failure shows: the stage's status, its code, and what its reason says.
 FAILURES: dict[str, tuple[Mode, str, str, str]] = {
-    "timeout": (Mode("delay", delay=30), "timeout", "timeout", "took longer than 1.0s"),
+    "timeout": (Mode("hang"), "timeout", "timeout", "took longer than 1.0s"),
     "invalid": (Mode("bad_confidence"), "failed", "invalid_output", "invalid_output: "),
     "http-500": (Mode("http_error", status=500), "failed", "transient", "HTTP 500"),
 }
