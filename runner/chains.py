@@ -58,7 +58,8 @@ class StageRecord:
                 self, status=SymbolStatus.UNCONFIRMED, code=Code.UNCONFIRMED, reason=f"unconfirmed: {note}"
             )
         code = Code.FENCED if fate is PublishResult.FENCED else Code.PUBLISH_FAILED
-        return _replace(self, status=SymbolStatus.FAILED, code=code, reason=f"not published ({fate})")
+        note = f": {self.publishing.note}" if self.publishing.note else ""
+        return _replace(self, status=SymbolStatus.FAILED, code=code, reason=f"not published ({fate}){note}")
 
 
 def _replace(record: StageRecord, **changes: Any) -> StageRecord:

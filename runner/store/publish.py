@@ -100,7 +100,10 @@ class Publication:
     written: asyncio.Future[PublishResult]
     #: None: not asked (nothing to ask, or not yet); then True or False.
     confirmed: bool | None = None
-    #: Why it is unconfirmed.
+    #: Its batch's reply never came (a timeout, a dropped connection) but the script may have run:
+    #: True once its marker shows it did, False once it shows it did not; None: not known.
+    landed: bool | None = None
+    #: Why it is unconfirmed, or why whether it landed is unknown.
     note: str = ""
 
     def fate(self) -> PublishResult:
@@ -108,6 +111,8 @@ class Publication:
         if not self.written.done() or self.written.cancelled():
             return PublishResult.ERROR
         result = self.written.result()
+        if result is PublishResult.ERROR and self.landed:
+            result = PublishResult.PUBLISHED
         if result is PublishResult.PUBLISHED and self.confirmed is False:
             return PublishResult.UNCONFIRMED
         return result
@@ -181,6 +186,8 @@ class Publisher:
         self._script = Script(client, scripts.PUBLISH)
         self._queue: list[Publication] = []
         self._sent: list[Publication] = []
+        #: Documents of batches whose reply never came.
+        self._unanswered: list[Publication] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -274,6 +281,8 @@ class Publisher:
             self.errors.append(one_line(exc))
             results = [PublishResult.ERROR] * len(batch)
             self._topology(exc)
+            if not isinstance(exc, TopologyChanged):  # refused outright: nothing ran
+                self._unanswered += batch
         for publication, result in zip(batch, results, strict=True):
             if result is PublishResult.FENCED:
                 log.warning(
@@ -304,7 +313,43 @@ class Publisher:
                 await self._task
             self._task = None
         await self._flush()
+        await self.read_back()
         await self.confirm()
+
+    async def read_back(self) -> None:
+        """Whether the batches whose reply never came ran all the same. The script is all or
+        nothing, and a document's marker names the run that published it: a marker naming this
+        run means the document is in its stream. Read-only (it works while Redis refuses
+        writes); when Redis cannot say, the document stays failed with a note that it may be
+        published."""
+        lost = [p for p in self._unanswered if p.landed is None]
+        if not lost:
+            return
+        markers = [self.keys.published(p.pending.doc_id) for p in lost]
+        try:
+            async with redis_errors("reading back a publish"), asyncio.timeout(self._seconds()):
+                values: list[Any] = list(await self.client.mget(markers))
+        except Exception as exc:
+            reason = "Redis did not answer in time" if isinstance(exc, TimeoutError) else one_line(exc)
+            for publication in lost:
+                publication.note = f"its publish got no answer and could not be read back ({reason})"
+            log.warning(
+                "%d document(s) may or may not be published (their publish got no answer, and "
+                "reading it back failed: %s): %s",
+                len(lost),
+                reason,
+                ", ".join(p.pending.doc_id for p in lost[:10]),
+            )
+            return
+        for publication, value in zip(lost, values, strict=True):
+            publication.landed = value == self.owner
+        landed = [p for p in lost if p.landed]
+        if landed:
+            log.warning(
+                "%d document(s) whose publish got no answer were published all the same: %s",
+                len(landed),
+                ", ".join(p.pending.doc_id for p in landed[:10]),
+            )
 
     async def confirm(self) -> None:
         """Ask a replica to acknowledge every document this run published (where the master has

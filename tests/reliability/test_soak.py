@@ -229,6 +229,14 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
     lost = sorted(i for i in reported if in_stream[i] == 0)
     wrong = sorted(i for i, s in reported.items() if i in by_id and by_id[i]["cycle_id"] != s["cycle_id"])
     unreported = sorted(set(in_stream) - set(reported))
+    # A run whose publish got no answer reads its markers back; when even that read fails (Redis
+    # paused for reads too) it reports the symbol failed and says the signal may be published.
+    unsure = {
+        (f"soak-{d.spec.index}", r["symbol"])
+        for d in finished
+        for r in (d.doc or {}).get("results", [])
+        if "could not be read back" in str(r.get("reason") or "")
+    }
 
     # --- locks: none outlives its owner ---------------------------------------------------------
     time.sleep(HEARTBEAT_TTL + 0.5)  # every run has ended: its heartbeat (TTL 2 s) is gone after this
@@ -302,6 +310,9 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
         signals_expected=len(reported),
         signals_published=len(in_stream),
         signals_published_unreported=len(unreported),
+        signals_published_said_unsure=sum(
+            1 for i in unreported if (by_id[i]["instance_id"], by_id[i]["symbol"]) in unsure
+        ),
         signals_duplicated=len(duplicated),
         signals_lost=len(lost),
         signals_published_by_another_cycle=len(wrong),
@@ -327,7 +338,8 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
         f"**Soak** ({len(done)} cycles, {OVERLAP} at a time, {soak_s:.0f} s): faults injected "
         + ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))
         + f"; signals expected {len(reported)}, published {len(in_stream)} "
-        f"({len(unreported)} by runs killed after publishing), duplicated {len(duplicated)}, "
+        f"({len(unreported)} by runs killed after publishing or unsure whether they had), "
+        f"duplicated {len(duplicated)}, "
         f"lost {len(lost)}; locks left behind {len(held)} (by killed runs {held_by_killed}), all taken "
         f"over by a fresh run, leaked {len(leaked_after)}; "
         f"runner peak RSS median {rss_first / 1024:.1f} MB (first quarter) -> {rss_last / 1024:.1f} MB "
@@ -341,16 +353,23 @@ def test_soak(measure, own_redis: RedisServer, tmp_path: Path):
     )
     measure.note(
         "`signals_published_unreported` are signals in the stream that no finished run reported: "
-        "published by runs that were SIGKILLed after publishing (their JSON report died with them); "
-        "each is still in the stream exactly once."
+        "published by runs that were SIGKILLed after publishing (their JSON report died with them), "
+        "or by runs whose publish got no answer and whose read-back failed too, which report the "
+        "symbol failed with `could not be read back` (`signals_published_said_unsure`); each is "
+        "still in the stream exactly once."
     )
     replay = f"RELIABILITY_SOAK_SEED={seed} replays this soak"
     assert len(done) == CYCLES, replay
     assert duplicated == [], (duplicated[:10], replay)
     assert lost == [], (lost[:10], replay)
     assert wrong == [], (wrong[:10], replay)
-    unreported_owners = {by_id[i]["instance_id"] for i in unreported}
-    assert unreported_owners <= killed_instances, (unreported_owners - killed_instances, replay)
+    unexplained = [
+        i
+        for i in unreported
+        if by_id[i]["instance_id"] not in killed_instances
+        and (by_id[i]["instance_id"], by_id[i]["symbol"]) not in unsure
+    ]
+    assert unexplained == [], (unexplained[:10], replay)
     assert live_owners == [], "a lock is still held by a live owner after every run ended"
     assert all(0 < t <= LOCK_TTL for t in ttls), ttls
     assert fresh.code == 0, (fresh.stdout, fresh.stderr)

@@ -114,6 +114,62 @@ async def test_a_retried_publish_whose_reply_was_lost_writes_nothing_twice(any_r
     assert await any_redis.exists(lock.key) == 0
 
 
+class LostReply:
+    """The publish script behind a connection that drops its reply: the script runs on Redis
+    (``runs``) or never gets there, and either way the run hears only a timeout."""
+
+    def __init__(self, script: Any, runs: bool) -> None:
+        self.script, self.runs = script, runs
+
+    async def __call__(self, keys: Any, args: Any) -> Any:
+        if self.runs:
+            await self.script(keys, args)
+        raise RedisUnavailable("Redis did not answer in time (publishing signals)")
+
+
+@pytest.mark.parametrize("ran", [True, False], ids=["it ran", "it never got there"])
+async def test_a_publish_whose_reply_was_lost_is_read_back_before_the_run_ends(
+    any_redis: Any, ran: bool
+) -> None:
+    """The run cannot tell from the timeout whether its publish ran; the marker it reads back
+    before it ends can: published if the script ran, failed (and no entry) if it did not."""
+    locks = [await locked(any_redis, s) for s in ("ETH/USD", "BTC/USD")]
+    publisher = Publisher(any_redis, KEYS, lambda: 10.0, owner=ME.cycle_id)
+    publisher._script = LostReply(publisher._script, runs=ran)  # type: ignore[assignment]
+    publisher.start()
+    done = [publisher.submit(pending(make_signal(lk.key.rsplit(":", 1)[-1], lk.token), lk)) for lk in locks]
+    await asyncio.gather(*(p.written for p in done))
+    await publisher.close()
+
+    expected = PublishResult.PUBLISHED if ran else PublishResult.ERROR
+    assert [p.fate() for p in done] == [expected, expected]
+    assert [p.landed for p in done] == [ran, ran]
+    assert await any_redis.xlen(KEYS.stream) == (2 if ran else 0)
+    assert publisher.errors == ["Redis did not answer in time (publishing signals)"]
+
+
+async def test_a_lost_reply_that_cannot_be_read_back_says_the_document_may_be_published(
+    any_redis: Any,
+) -> None:
+    lock = await locked(any_redis, "ETH/USD")
+    publisher = Publisher(any_redis, KEYS, lambda: 10.0, owner=ME.cycle_id)
+    publisher._script = LostReply(publisher._script, runs=True)  # type: ignore[assignment]
+
+    async def unreachable(*keys: str) -> Any:
+        raise RedisConnectionError("Connection refused")
+
+    publisher.start()
+    [done] = [publisher.submit(pending(make_signal("ETH/USD", lock.token), lock))]
+    await done.written
+    any_redis.mget = unreachable
+    await publisher.close()
+
+    assert done.fate() is PublishResult.ERROR
+    assert done.landed is None
+    assert done.note.startswith("its publish got no answer and could not be read back (")
+    assert await any_redis.xlen(KEYS.stream) == 1  # it is there: the run says it may be
+
+
 async def test_another_run_of_the_minute_finds_a_duplicate_even_after_a_takeover(any_redis: Any) -> None:
     lock = await locked(any_redis, "ETH/USD")
     await Publisher(any_redis, KEYS, owner=ME.cycle_id).publish_batch(
