@@ -142,6 +142,14 @@ CASES: dict[str, Case] = {
     "market source unknown": setting("MARKET__SOURCE", "binance"),
     "candles too many": setting("MARKET__CANDLES", "721"),
     "fallback models not JSON": setting("ANALYZER__FALLBACK_MODELS", "a,b", "analyzer"),
+    "sentinel CA file missing": case(
+        needle="ssl_ca_certs",
+        REDIS_URL="rediss+sentinel://127.0.0.1:9/mymaster?ssl_ca_certs=/nonexistent/ca.pem",
+    ),
+    "cluster key file missing": case(
+        needle="ssl_keyfile",
+        REDIS_URL="rediss+cluster://127.0.0.1:9/?ssl_certfile=/etc/hostname&ssl_keyfile=/nonexistent/k.pem",
+    ),
     # --- the new commands' flags -----------------------------------------------------------------
     "serve port not a number": case("serve", "--no-schedule", "--port", "http", needle="--port"),
     "serve port out of range": case("serve", "--no-schedule", "--port", "70000", needle="--port"),
