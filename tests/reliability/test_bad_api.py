@@ -228,6 +228,185 @@ CASES: dict[str, Bad] = {
 }
 
 
+def app_routes() -> dict[str, set[str]]:
+    """Every route of the application ``runner serve`` runs, with its methods (HEAD aside)."""
+    from types import SimpleNamespace
+
+    from starlette.routing import Route
+
+    from runner.web.app import create_app
+
+    app: Any = create_app(SimpleNamespace(hub=None))  # type: ignore[arg-type]
+    while not hasattr(app, "routes"):
+        app = app.app  # EventsFirst and SecurityHeaders wrap the Starlette application
+    return {r.path: set(r.methods or {"GET"}) - {"HEAD"} for r in app.routes if isinstance(r, Route)}
+
+
+ROUTES = app_routes()
+WRITE_ROUTES = sorted(p for p, methods in ROUTES.items() if "POST" in methods)
+READ_ROUTES = sorted(p for p, methods in ROUTES.items() if "GET" in methods)
+#: A body each write route would take, so that only the token is wrong.
+GOOD_BODY = {"/api/kill-switch": b'{"on": false}', "/api/cycles": b"{}"}
+#: Query parameters of the read routes that take some: what each must refuse.
+BAD_PARAMS = {
+    "/api/history": {
+        "limit": ["0", "1001", "-1", "", "abc", "1.5", "1e3"],
+    },
+    "/api/scorecard": {
+        "horizon": ["0", "abc", "", "15m", "1.5"],
+        "since": ["garbage", "", "7", "d7", "7y", "1e9d"],
+        "symbol": ["bad", "eth/usd", "", "ETH/", "/USD", "ETH/USD/X", "ETH%2FUSD%00"],
+        "model": ["", "%20"],
+    },
+}
+
+CASES.update(
+    {
+        # Every method a route does not take (405), every read route given a body-less POST.
+        **{
+            f"{method} {path}": bad(method, path, 405, f"method {method} not allowed here", b"{}", **JSON)
+            for path, methods in ROUTES.items()
+            for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
+            if method not in methods and not (path == "/api/events" and method == "GET")
+        },
+        # Every write route: no token, an empty one, another scheme, a wrong one, one with a
+        # line break smuggled in.
+        **{
+            f"{path}: {why}": bad("POST", path, 401, says, GOOD_BODY[path], **auth(Authorization=value))
+            for path in WRITE_ROUTES
+            for why, value, says in (
+                ("empty Authorization", "", "missing token"),
+                ("Bearer only", "Bearer", "missing token"),
+                ("Token scheme", f"Token {TOKEN}", "missing token"),
+                ("wrong token", "Bearer not-the-token", "wrong token"),
+                ("the token twice", f"Bearer {TOKEN}{TOKEN}", "wrong token"),
+                ("a token of one space less", f"Bearer {TOKEN[1:]}", "wrong token"),
+            )
+        },
+        **{
+            f"{path}: no Authorization header": bad(
+                "POST", path, 401, "missing token", GOOD_BODY[path], **JSON
+            )
+            for path in WRITE_ROUTES
+        },
+        # Every write route: bodies of the wrong kind, under any Content-Type.
+        **{
+            f"{path}: {why}": bad("POST", path, status, says, body, **auth(Content_Type=ctype))
+            for path in WRITE_ROUTES
+            for why, body, ctype, status, says in (
+                ("text/plain, not JSON", b"on", "text/plain", 400, "body: not valid JSON"),
+                ("XML", b"<on>true</on>", "application/xml", 400, "body: not valid JSON"),
+                (
+                    "multipart",
+                    b'--x\r\nContent-Disposition: form-data; name="on"\r\n\r\ntrue\r\n--x--\r\n',
+                    "multipart/form-data; boundary=x",
+                    400,
+                    "body: not valid JSON",
+                ),
+                (
+                    "a JSON list",
+                    b'["ETH/USD"]',
+                    "application/json",
+                    422,
+                    "body: must be a JSON object (got list)",
+                ),
+                (
+                    "an empty JSON list",
+                    b"[]",
+                    "application/json",
+                    422,
+                    "body: must be a JSON object (got list)",
+                ),
+                ("JSON false", b"false", "application/json", 422, "body: must be a JSON object (got bool)"),
+                ("JSON zero", b"0", "application/json", 422, "body: must be a JSON object (got int)"),
+                (
+                    "an empty JSON string",
+                    b'""',
+                    "application/json",
+                    422,
+                    "body: must be a JSON object (got str)",
+                ),
+                ("a JSON number", b"3", "application/json", 422, "body: must be a JSON object (got int)"),
+                (
+                    "latin-1 declared",
+                    b'{"x": "caf\xe9"}',
+                    "application/json; charset=latin-1",
+                    400,
+                    "not UTF-8",
+                ),
+                ("NUL bytes", b"\x00\x00", "application/json", 400, "body: not valid JSON"),
+                ("a BOM", b'\xef\xbb\xbf{"on": false}', "application/json", 400, "body: not valid JSON"),
+                ("just over the limit", b" " * (16 * 1024 + 1), "application/json", 413, "larger than"),
+                (
+                    "an unknown field",
+                    b'{"on": false, "symbols": null, "force": true}',
+                    "application/json",
+                    422,
+                    "unknown field",
+                ),
+            )
+        },
+        **{
+            f"{path}: a chunked body over the limit": bad(
+                "POST",
+                path,
+                413,
+                "larger than",
+                b"".join(b"%x\r\n%s\r\n" % (8192, b" " * 8192) for _ in range(3)) + b"0\r\n\r\n",
+                **auth(Transfer_Encoding="chunked"),
+            )
+            for path in WRITE_ROUTES
+        },
+        "kill switch on without a reason": bad(
+            "POST", "/api/kill-switch", 422, "reason is required", b'{"on": true}', **auth()
+        ),
+        "kill switch reason too long": bad(
+            "POST",
+            "/api/kill-switch",
+            422,
+            "body.reason:",
+            json.dumps({"on": True, "reason": "r" * 501}).encode(),
+            **auth(),
+        ),
+        "kill switch on as a string": bad(
+            "POST", "/api/kill-switch", 422, "body.on:", b'{"on": "true", "reason": "x"}', **auth()
+        ),
+        "cycle symbols a string": bad(
+            "POST", "/api/cycles", 422, "body.symbols:", b'{"symbols": "ETH/USD"}', **auth()
+        ),
+        # Every read route that takes parameters, each parameter bad in every way listed, and
+        # each parameter given twice.
+        **{
+            f"{path}?{name}={value!r}": bad("GET", f"{path}?{name}={value}", 422, f"{name}:")
+            for path, params in BAD_PARAMS.items()
+            for name, values in params.items()
+            for value in values
+        },
+        **{
+            f"{path}?{name} twice": bad(
+                "GET", f"{path}?{name}=1&{name}=2", 422, f"{name}: given more than once"
+            )
+            for path, params in BAD_PARAMS.items()
+            for name in params
+        },
+    }
+)
+
+
+def test_the_cases_cover_every_route_and_method() -> None:
+    """Every route of the application (read from it, so a new route is noticed) has bad cases:
+    each method it does not take, and for a write route every kind of bad token."""
+    covered = {(c.method, c.path.partition("?")[0]) for c in CASES.values()}
+    for path, methods in ROUTES.items():
+        others = {"GET", "POST", "PUT", "DELETE", "PATCH"} - methods
+        missing = {m for m in others if (m, path) not in covered and path != "/api/events"}
+        assert not missing, (path, missing)
+    assert set(WRITE_ROUTES) == set(GOOD_BODY)
+    for path in READ_ROUTES:
+        if path.startswith("/api/") and path != "/api/events":
+            assert ("GET", path) in covered, path
+
+
 def _request(port: int, case: Bad) -> tuple[int, Any, dict[str, str]]:
     """Send ``case`` as it is (http.client: no normalisation of the path or the headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -235,7 +414,7 @@ def _request(port: int, case: Bad) -> tuple[int, Any, dict[str, str]]:
         conn.putrequest(case.method, case.path, skip_accept_encoding=True)
         headers = _k(dict(case.headers))
         body = case.body
-        if body is not None and "Content-Length" not in headers:
+        if body is not None and "Content-Length" not in headers and "Transfer-Encoding" not in headers:
             headers["Content-Length"] = str(len(body))
         for name, value in headers.items():
             conn.putheader(name, value)
@@ -287,6 +466,9 @@ def test_every_bad_request_gets_its_status_and_one_line(name, answers, measure):
     assert "\n" not in error
     assert case.says in error, error
     assert TOKEN not in error
+    given = _k(dict(case.headers)).get("Authorization", "").partition(" ")[2].strip()
+    if len(given) >= 8:
+        assert given not in error  # a token sent is never echoed, right or wrong
     if status == 401:
         assert headers.get("www-authenticate", "").startswith("Bearer")
 
@@ -351,3 +533,25 @@ def test_a_cursor_the_server_cannot_read_is_a_reset_not_an_error(served, measure
     measure.figures(cases=len(seen), first_events=sorted({" ".join(v) for v in seen.values()}))
     for where, events in seen.items():
         assert events in (["reset", "snapshot"], ["snapshot"]), (where, events)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", "application/json; charset=utf-8", None],
+)
+def test_a_json_body_is_read_whatever_its_content_type(served, redis_server, content_type, measure):
+    """A body is judged by what it holds, not by its `Content-Type`: the README's
+    `curl -d '{"on": ...}'` sends `application/x-www-form-urlencoded` and must work (a body that
+    is not JSON is a 400 under any type, as the cases above show). Turning off a switch that is
+    off changes nothing."""
+    headers = dict(AUTH)
+    if content_type is None:
+        del headers["Content-Type"]
+    else:
+        headers["Content-Type"] = content_type
+    case = Bad("POST", "/api/kill-switch", 200, "", b'{"on": false}', tuple(headers.items()))
+    status, body, _ = _request(served.port, case)
+    measure.figures(status=status, body=str(body)[:100])
+    assert status == 200, body
+    assert body["changed"] is False
+    assert not redis_server.client().exists("runner:kill_switch")
