@@ -447,6 +447,18 @@ class Api(Section):
     #: disconnected (it resumes from its last event id), never buffered without bound.
     sse_client_queue: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token read from a file often ends in a newline: no client could ever send it.
+        token = value.get_secret_value() if value is not None else ""
+        if token and token != token.strip():
+            raise ValueError(
+                "has whitespace at its start or end (a newline from the file it came from?); "
+                "no client can send it"
+            )
+        return value
+
 
 def _check_window(value: str) -> str:
     if not isinstance(value, str) or not WINDOW_RE.fullmatch(value):

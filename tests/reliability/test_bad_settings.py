@@ -154,6 +154,11 @@ CASES: dict[str, Case] = {
     "serve port not a number": case("serve", "--no-schedule", "--port", "http", needle="--port"),
     "serve port out of range": case("serve", "--no-schedule", "--port", "70000", needle="--port"),
     "serve host not an address": case("serve", "--no-schedule", "--host", "not a host!", needle="--host"),
+    "serve host of no address": case("serve", "--no-schedule", "--host", "256.1.1.1", needle="--host"),
+    "serve shard out of range": case("serve", "--no-schedule", "--shard", "3/2", needle="--shard"),
+    "serve with a token ending in a newline": case(
+        "serve", "--no-schedule", needle="api.token", RUNNER_API_TOKEN=TOKEN + "\n"
+    ),
     "serve with a bad schedule": case("serve", needle="schedule", RUNNER_SCHEDULE="61 * * * *"),
     "serve with a bad setting": case(
         "serve", "--no-schedule", needle="api.sse_ping_seconds", RUNNER_API__SSE_PING_SECONDS="0"
@@ -188,7 +193,9 @@ CASES: dict[str, Case] = {
 
 
 def _run(c: Case, directory: Path) -> tuple[CliResult, float]:
-    env = cli_env(f"redis://127.0.0.1:{free_port()}/0", directory, RUNNER_API_TOKEN=TOKEN, **dict(c.env))
+    env = cli_env(
+        f"redis://127.0.0.1:{free_port()}/0", directory, **{"RUNNER_API_TOKEN": TOKEN, **dict(c.env)}
+    )
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -230,3 +237,20 @@ def test_a_bad_setting_or_flag_exits_2_with_one_line(name, results, measure):
     assert CASES[name].needle in line, line
     for secret in (PG_PASSWORD, TOKEN, HOOK_TOKEN):
         assert secret not in res.stdout + res.stderr
+
+
+@pytest.mark.scenario("28")
+def test_serve_on_a_port_in_use_exits_2_with_one_line(tmp_path: Path, measure):
+    """`runner serve --port P` where something already listens on P: exit 2 and one line
+    naming the flag and the address, no traceback (not a uvicorn error and a 0 or a 1)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res, took = _run(case("serve", "--no-schedule", "--port", str(port), needle="--port"), tmp_path)
+    line = assert_one_error_line(res, 2)
+    measure.figures(took_s=round(took, 3), line=line[:200])
+    assert line == f"runner: error: --port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    assert TOKEN not in res.stdout + res.stderr

@@ -362,6 +362,12 @@ EXACT = {
         "runner: error: autonomous_runner.archive.postgres_url: must be a postgresql:// URL, got "
         "'mysql://u:***@db/archive'",
     ),
+    "an API token with the newline of its file": (
+        "RUNNER_API_TOKEN",
+        TOKEN + "\n",
+        "runner: error: autonomous_runner.api.token: has whitespace at its start or end (a newline from "
+        "the file it came from?); no client can send it",
+    ),
     "a Sentinel URL without a master": (
         "REDIS_URL",
         f"redis+sentinel://:{REDIS_PASSWORD}@127.0.0.1:26379",
