@@ -2,6 +2,11 @@
 archive sections, and the flags of the commands that came with them (serve, scorecard, history,
 db, notify, watch), given a bad value.
 
+The settings' own types and bounds are checked for every setting in-process by
+test_bad_settings_model.py; the cases here are those that need the real console script and a
+command that goes on (a backend without its model, a plugin that is not there, the flags), and
+one of each section as a check that the script's path is the same.
+
 Each case runs the real CLI once (four at a time, started together by a module fixture) with
 Redis on a closed port, so a case that got past its settings would exit 3 instead; each
 parametrized test checks its own run: exit 2, exactly one stderr line ``runner: error: ...``
@@ -54,16 +59,7 @@ CASES: dict[str, Case] = {
     "stages not JSON": setting("PIPELINE__STAGES", "signal,score", "pipeline"),
     "stages not a list": setting("PIPELINE__STAGES", '{"signal": 1}', "pipeline.stages"),
     "score backend unknown": setting("PIPELINE__SCORE__BACKEND", "gpt", "pipeline.score.backend"),
-    "advise backend unknown": setting("PIPELINE__ADVISE__BACKEND", "claude", "pipeline.advise.backend"),
-    "report backend unknown": setting("PIPELINE__REPORT__BACKEND", "llm", "pipeline.report.backend"),
     "score timeout zero": setting("PIPELINE__SCORE__TIMEOUT_SECONDS", "0", "pipeline.score.timeout_seconds"),
-    "advise timeout negative": setting(
-        "PIPELINE__ADVISE__TIMEOUT_SECONDS", "-3", "pipeline.advise.timeout_seconds"
-    ),
-    "report timeout not a number": setting(
-        "PIPELINE__REPORT__TIMEOUT_SECONDS", "soon", "pipeline.report.timeout_seconds"
-    ),
-    "score tools unknown": setting("PIPELINE__SCORE__TOOLS", "all", "pipeline.score.tools"),
     "report switch not a boolean": setting("PIPELINE__REPORT", "sometimes", "pipeline.report"),
     "score setting unknown": setting("PIPELINE__SCORE__TEMPERATURE", "1", "pipeline.score.temperature"),
     "pipeline setting unknown": setting("PIPELINE__STAGE", '["signal"]', "pipeline.stage"),
@@ -89,24 +85,12 @@ CASES: dict[str, Case] = {
     ),
     # --- risk ------------------------------------------------------------------------------------
     "position size zero": setting("RISK__MAX_POSITION_SIZE_PCT", "0"),
-    "position size over 100": setting("RISK__MAX_POSITION_SIZE_PCT", "101"),
-    "position size NaN": setting("RISK__MAX_POSITION_SIZE_PCT", "nan"),
-    "position size infinite": setting("RISK__MAX_POSITION_SIZE_PCT", "inf"),
-    "exposure negative": setting("RISK__MAX_TOTAL_EXPOSURE_PCT", "-1"),
-    "exposure not a number": setting("RISK__MAX_TOTAL_EXPOSURE_PCT", "half"),
     "positions zero": setting("RISK__MAX_POSITIONS", "0"),
-    "positions fractional": setting("RISK__MAX_POSITIONS", "2.5"),
-    "positions too many": setting("RISK__MAX_POSITIONS", "1001"),
     "risk setting unknown": setting("RISK__STOP_LOSS_PCT", "2", "risk.stop_loss_pct"),
     # --- outcomes --------------------------------------------------------------------------------
     "horizons empty": setting("OUTCOMES__HORIZONS_MINUTES", "[]"),
     "horizon zero": setting("OUTCOMES__HORIZONS_MINUTES", "[0, 5]"),
-    "horizon over a day": setting("OUTCOMES__HORIZONS_MINUTES", "[1441]"),
     "horizons not JSON": setting("OUTCOMES__HORIZONS_MINUTES", "5,15", "outcomes"),
-    "horizon a word": setting("OUTCOMES__HORIZONS_MINUTES", '["soon"]'),
-    "fee negative": setting("OUTCOMES__FEE_BPS", "-1"),
-    "fee too large": setting("OUTCOMES__FEE_BPS", "1001"),
-    "outcomes switch not a boolean": setting("OUTCOMES__ENABLED", "perhaps"),
     # --- notify ----------------------------------------------------------------------------------
     "notify URL of no service": setting("NOTIFY__URLS", f"slak://{HOOK_TOKEN}", "notify.urls[0]"),
     "notify URL not a URL": setting("NOTIFY__URLS", "hooks.example.com", "notify.urls[0]"),
@@ -116,15 +100,9 @@ CASES: dict[str, Case] = {
     "notify URLs a JSON list of numbers": setting("NOTIFY__URLS", "[1, 2]", "notify.urls"),
     "notify URLs broken JSON": setting("NOTIFY__URLS", "[json://x", "notify.urls"),
     "notify timeout zero": setting("NOTIFY__TIMEOUT_SECONDS", "0"),
-    "notify attempts zero": setting("NOTIFY__MAX_ATTEMPTS", "0"),
-    "notify attempts fractional": setting("NOTIFY__MAX_ATTEMPTS", "1.5"),
-    "failing cycles zero": setting("NOTIFY__FAILING_CYCLES", "0"),
     "notify setting unknown": setting("NOTIFY__URL", "json://x", "notify.url"),
     # --- api -------------------------------------------------------------------------------------
     "ping zero": setting("API__SSE_PING_SECONDS", "0"),
-    "ping over 15 s": setting("API__SSE_PING_SECONDS", "16"),
-    "client queue too small": setting("API__SSE_CLIENT_QUEUE", "15"),
-    "client queue too large": setting("API__SSE_CLIENT_QUEUE", "1000001"),
     "api setting unknown": setting("API__PORT", "8080", "api.port"),
     # --- archive ---------------------------------------------------------------------------------
     "archive URL not PostgreSQL": case(
@@ -134,13 +112,10 @@ CASES: dict[str, Case] = {
         needle="archive.postgres_url", POSTGRES_URL=f"postgresql://u:{PG_PASSWORD}@db:port/archive"
     ),
     "archive timeout zero": setting("ARCHIVE__TIMEOUT_SECONDS", "0"),
-    "archive batch zero": setting("ARCHIVE__BATCH_SIZE", "0"),
-    "archive batch too large": setting("ARCHIVE__BATCH_SIZE", "100001"),
     "archive setting unknown": setting("ARCHIVE__SCHEMA", "x", "archive.schema"),
     # --- redis and market settings that came with them -------------------------------------------
     "replica ack timeout zero": setting("REDIS__REPLICA_ACK_TIMEOUT_SECONDS", "0"),
     "market source unknown": setting("MARKET__SOURCE", "binance"),
-    "candles too many": setting("MARKET__CANDLES", "721"),
     "fallback models not JSON": setting("ANALYZER__FALLBACK_MODELS", "a,b", "analyzer"),
     "sentinel CA file missing": case(
         needle="ssl_ca_certs",
