@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,17 +29,16 @@ from runner.models import (
     AdviceAnswer,
     ReportAnswer,
     ScoreAnswer,
-    Signal,
     grade_of,
 )
 from runner.pipeline import prompts
 from runner.pipeline.base import ReportRequest, StageRequest
 from runner.pipeline.risk import allocate
+from tests.unit.test_pipeline_stages import MINUTE, signal
 
 pytestmark = pytest.mark.scenario("29")
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-MINUTE = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 PROVENANCE = {"analyzer": "openai", "model": "m", "requested_model": "m"}
 ACTIONS = ("BUY", "SELL", "HOLD")
 
@@ -59,23 +57,13 @@ intruders = st.dictionaries(
 
 
 def stage_request(stage: str, symbol: str) -> StageRequest:
-    signal = Signal(
-        id=f"{symbol}:2026-03-02T12:00",
-        symbol=symbol,
-        action="BUY",
-        confidence=0.8,
-        reasoning="r",
-        price=1.0,
-        generated_at="2026-03-02T12:00:01.000Z",
-        cycle_id="c",
-        instance_id="i",
-        analyzer="fake",
-        model=None,
-        latency_ms=1,
-        fencing_token=1,
-    )
     return StageRequest(
-        stage=stage, symbol=symbol, candles=[], scheduled_minute=MINUTE, timeout=1, signal=signal
+        stage=stage,
+        symbol=symbol,
+        candles=[],
+        scheduled_minute=MINUTE,
+        timeout=1,
+        signal=signal(symbol=symbol),
     )
 
 
@@ -215,21 +203,7 @@ def test_any_json_value_is_a_valid_answer_or_one_line(
     stage=st.sampled_from(["score", "advise"]),
     symbol=symbols,
     fields=st.dictionaries(
-        st.sampled_from(
-            [
-                "symbol",
-                "score",
-                "grade",
-                "factors",
-                "reasoning",
-                "action",
-                "entry",
-                "stop_loss",
-                "take_profit",
-                "position_size_pct",
-                "horizon_minutes",
-            ]
-        ),
+        st.sampled_from(sorted({*prompts.SCORE_SCHEMA["properties"], *prompts.ADVICE_SCHEMA["properties"]})),
         json_values,
         max_size=11,
     ),
