@@ -34,8 +34,8 @@ from runner.errors import (
     InvalidOutput,
     RateLimited,
     RedisUnavailable,
-    TopologyChanged,
     TransientError,
+    ends_cycle,
 )
 from runner.guards import Decision
 from runner.identity import signal_id
@@ -604,7 +604,7 @@ class Steps:
                 self.tally.auth_failure = f"analyzer refused our credentials: {exc}"
         elif isinstance(exc, RedisUnavailable):
             code, reason, outage = Code.REDIS, f"redis: {exc}", False
-            if isinstance(exc, TopologyChanged):
+            if ends_cycle(exc):
                 self.admission.control.abort(exc)
         else:  # a backend bug: log it whole, once
             log.error("unexpected error analyzing %s", symbol, exc_info=exc)

@@ -545,7 +545,7 @@ def scorecard(
     symbol: Annotated[str | None, typer.Option("--symbol", help="Only this symbol, e.g. ETH/USD.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only signals of this model.")] = None,
     horizon: Annotated[
-        int | None, typer.Option("--horizon", min=1, help="Only this horizon, in minutes.")
+        int | None, typer.Option("--horizon", min=1, max=1440, help="Only this horizon, in minutes.")
     ] = None,
     since: Annotated[str, typer.Option("--since", help="How far back: 7d, 2w, or all that is kept.")] = "all",
 ) -> None:
@@ -553,6 +553,8 @@ def scorecard(
     from runner.outcomes import Filters, parse_since
 
     symbol = symbol_or_exit(symbol)
+    if model is not None and not model.strip():
+        fail("--model: must not be empty (leave it out for every model)", ExitCode.USAGE)
     try:
         days = None if since.strip().lower() == "all" else parse_since(since, 1_000_000)
     except ConfigError as exc:

@@ -239,17 +239,18 @@ class ReportStage(StageSettings):
     def _switch(cls, value: Any) -> Any:
         if isinstance(value, bool):
             return {"enabled": value}
-        if isinstance(value, str) and value.strip().lower() in (
-            "true",
-            "false",
-            "1",
-            "0",
-            "yes",
-            "no",
-            "on",
-            "off",
-        ):
-            return {"enabled": value.strip().lower() in ("true", "1", "yes", "on")}
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                return {"enabled": text.lower() in ("true", "1", "yes", "on")}
+            if text.startswith("{"):
+                import json
+
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    pass
+            raise ValueError(f"must be true or false, or a section as JSON (got {value[:60]!r})")
         return value
 
 
@@ -267,7 +268,8 @@ class Pipeline(Section):
     """Signal -> score -> advise per symbol, then a report per cycle (``signal`` is the analyzer)."""
 
     stages: list[StageName] = Field(default_factory=lambda: list(STAGE_ORDER))
-    report: ReportStage = ReportStage()
+    #: ``RUNNER_PIPELINE__REPORT=off`` is a switch, not JSON: the section's validator reads it.
+    report: Annotated[ReportStage, NoDecode] = ReportStage()
     score: ScoreStage = ScoreStage()
     advise: AdviseStage = AdviseStage()
 
@@ -424,6 +426,12 @@ class ArchiveSettings(Section):
         url = value.get_secret_value()
         if urlsplit(url).scheme not in ("postgresql", "postgres"):
             raise ValueError(f"must be a postgresql:// URL, got {redact_dsn(url)!r}")
+        # libpq takes several hosts (``h1:5432,h2:5432``): each port must be one.
+        for host in urlsplit(url).netloc.rpartition("@")[2].split(","):
+            tail = host.rpartition("]")[2] if host.startswith("[") else host
+            port = tail.rpartition(":")[2] if ":" in tail else ""
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"has a bad port {port[:20]!r}: {redact_dsn(url)!r}")
         return value
 
 
@@ -438,6 +446,18 @@ class Api(Section):
     #: Events an event-stream client may have waiting; one that falls further behind is
     #: disconnected (it resumes from its last event id), never buffered without bound.
     sse_client_queue: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token read from a file often ends in a newline: no client could ever send it.
+        token = value.get_secret_value() if value is not None else ""
+        if token and token != token.strip():
+            raise ValueError(
+                "has whitespace at its start or end (a newline from the file it came from?); "
+                "no client can send it"
+            )
+        return value
 
 
 def _check_window(value: str) -> str:
@@ -652,9 +672,10 @@ def load_settings(
         return Settings(**dict(overrides or {}))
     except SettingsError as exc:
         # pydantic-settings could not decode a complex value (a list or a section) from the
-        # environment: it expects JSON there.
+        # environment: it expects JSON there. Name the variable, nested ones too.
         field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "setting"
-        name = f"RUNNER_{field.upper()}"
+        name = _undecodable(field) or f"RUNNER_{field.upper()}"
+        field = name.removeprefix("RUNNER_").lower().replace("__", ".")
         raw = os.environ.get(name, "")[:60]
         raise ConfigError(
             f"{ROOT_KEY}.{field} ({name}): must be JSON for a list or a section, "
@@ -665,6 +686,41 @@ def load_settings(
     finally:
         _FILE_VALUES.reset(tokens[0])
         _ALIAS_VALUES.reset(tokens[1])
+
+
+def _undecodable(field: str) -> str | None:
+    """The ``RUNNER_<FIELD>...`` variable of a list or a section whose value is not JSON (the one
+    pydantic-settings could not decode), if one is."""
+    import json
+
+    prefix = f"RUNNER_{field.upper()}"
+    for name in sorted(os.environ):
+        if name != prefix and not name.startswith(prefix + "__"):
+            continue
+        if not _complex(name.removeprefix("RUNNER_").lower().split("__")):
+            continue
+        try:
+            json.loads(os.environ[name])
+        except ValueError:
+            return name
+    return None
+
+
+def _complex(path: list[str]) -> bool:
+    """Whether the setting at ``path`` is a list, a mapping or a section (read as JSON)."""
+    import typing
+
+    model: Any = Settings
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        options = typing.get_args(annotation) if typing.get_origin(annotation) is not None else (annotation,)
+        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    origins = {typing.get_origin(a) for a in (typing.get_args(annotation) or (annotation,))}
+    return model is not None or typing.get_origin(annotation) in (list, dict) or bool(origins & {list, dict})
 
 
 #: Settings whose values are never shown, not even in an error message.

@@ -23,11 +23,11 @@ from runner.analysis import Progress, Tally, analyze_all, report_step, symbol_re
 from runner.chains import Chain
 from runner.clock import Deadline
 from runner.config import Settings
-from runner.errors import Code, ExitCode, RedisUnavailable
+from runner.errors import Code, ExitCode
 from runner.guards import Decision, decide
 from runner.identity import new_cycle_id, resolve_instance_id, scheduled_minute
 from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus, decide_status
-from runner.record import conclude
+from runner.record import conclude, ended_by_redis
 from runner.run import Control, Deps, Exports, Run
 from runner.shards import Shard, select
 from runner.store.cycle_store import CycleStore, DryRunStore, Holding
@@ -236,13 +236,6 @@ def ran(
             "probes": probes,
         },
     )
-
-
-def ended_by_redis(outcome: Outcome, reason: RedisUnavailable) -> Outcome:
-    """The outcome of a cycle Redis ended early: failed (exit 3), with the one line to print."""
-    outcome.status, outcome.exit_code = CycleStatus.FAILED, int(ExitCode.FAILED)
-    outcome.error = f"the cycle ended early: {reason} (the next run looks for the master again)"
-    return outcome
 
 
 def _log_outcome(outcome: Outcome) -> None:

@@ -6,8 +6,10 @@ The tree::
      ├── ConfigError            bad settings, flags or environment        -> exit 2
      ├── DependencyError        a dependency the whole cycle needs is down -> exit 3
      │    ├── RedisUnavailable  Redis refused, timed out or answered nonsense
-     │    │    └── TopologyChanged   the master moved or is gone (READONLY, NOREPLICAS,
-     │    │                          MASTERDOWN, CLUSTERDOWN, no master, connection refused)
+     │    │    ├── TopologyChanged   the master moved or is gone (READONLY, NOREPLICAS,
+     │    │    │                     MASTERDOWN, CLUSTERDOWN, no master, connection refused)
+     │    │    └── RedisRefused      Redis refuses what every cycle needs: it is out of memory
+     │    │                          (OOM), or the ACL user lacks a command, key or channel (NOPERM)
      │    └── ArchiveError      the PostgreSQL archive could not be used (never a cycle's failure)
      │         ├── ArchiveUnavailable  down, slow, or refused the connection or the statement
      │         └── ArchiveRefused      its schema or grants do not let this runner write
@@ -122,6 +124,19 @@ class ArchiveRefused(ArchiveError):
 class TopologyChanged(RedisUnavailable):
     """The node the run talks to is no longer a master that may write, or there is none (a
     failover, a demotion, a lost quorum): the cycle ends, and the next run rediscovers."""
+
+
+class RedisRefused(RedisUnavailable):
+    """Redis answers, but refuses a write every cycle needs: it is out of memory (``maxmemory``
+    reached and nothing it may evict), or the ACL user may not run a command (or not on the
+    runner's keys or channels). The cycle ends at once, as every later step would be refused
+    too; what it holds is released (deleting needs neither memory nor much permission)."""
+
+
+def ends_cycle(exc: BaseException) -> bool:
+    """Whether ``exc`` ends the cycle at once: the master moved or is gone, or Redis refuses what
+    every later step needs too (out of memory, no permission)."""
+    return isinstance(exc, TopologyChanged | RedisRefused)
 
 
 class AnalyzerError(RunnerError):

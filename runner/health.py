@@ -22,6 +22,11 @@ def health(doc: dict[str, Any], settings: Settings, now: float) -> tuple[int, li
         problems.append((1, "backpressure cooldown"))
     if doc["paused"]:
         problems.append((1, f"{len(doc['paused'])} symbol(s) paused"))
+    memory = doc.get("memory") or {}
+    if memory.get("evicts"):
+        problems.append(
+            (1, f"Redis may evict locks and markers (maxmemory-policy {memory.get('maxmemory_policy')})")
+        )
     archive = doc.get("archive") or {}
     if archive.get("configured") and archive.get("result") not in (None, "ok"):
         when = _since(archive.get("ok_at"), now)

@@ -20,7 +20,7 @@ from runner import adaptive, breaker, notify
 from runner.analysis import Tally
 from runner.breaker import BreakerState, Event
 from runner.config import Settings, redact_url
-from runner.errors import Code, RedisUnavailable, one_line
+from runner.errors import Code, ExitCode, RedisRefused, RedisUnavailable, one_line
 from runner.guards import Decision, Snapshot
 from runner.metrics import Increments, series
 from runner.models import CycleStatus, Outcome, SymbolResult, SymbolStatus
@@ -420,8 +420,33 @@ async def _record(run: Run, outcome: Outcome, plan: RecordPlan) -> RecordResult 
     except (RedisUnavailable, TimeoutError) as exc:
         reason = str(exc) or "Redis did not answer before the cycle ran out of time"
         _warn(outcome, f"could not record the cycle: {reason}")
+        if isinstance(exc, RedisRefused):  # every later run is refused too: the cycle fails
+            await _release(run, outcome, plan)
+            if outcome.error is None:
+                ended_by_redis(outcome, exc)
         return None
     return result
+
+
+def ended_by_redis(outcome: Outcome, reason: RedisUnavailable) -> Outcome:
+    """The outcome of a cycle Redis ended early: failed (exit 3), with the one line to print."""
+    outcome.status, outcome.exit_code = CycleStatus.FAILED, int(ExitCode.FAILED)
+    then = "" if isinstance(reason, RedisRefused) else " (the next run looks for the master again)"
+    outcome.error = f"the cycle ended early: {reason}{then}"
+    return outcome
+
+
+async def _release(run: Run, outcome: Outcome, plan: RecordPlan) -> None:
+    """Free the locks, the lease and the heartbeat entry of a run Redis would not record (full,
+    or an ACL refusing a write): deleting needs no memory, so the next run need not wait for
+    their TTLs."""
+    payload = plan.payload
+    try:
+        async with asyncio.timeout(max(run.budget(), run.settings.redis.socket_timeout_seconds)):
+            await run.store.release(plan.lock_keys, payload["lock_values"], payload["lease_value"])
+    except (RedisUnavailable, TimeoutError) as exc:
+        reason = str(exc) or "Redis did not answer in time"
+        _warn(outcome, f"could not release the locks either (their TTLs free them): {reason}")
 
 
 async def _save_breaker_again(

@@ -15,8 +15,8 @@ errors that never show a password) and ``runner.store.connection`` builds the cl
 The Sentinel forms take ``?sentinel_password=`` (and ``sentinel_username=``) for the sentinels
 themselves; the user and password before the ``@`` are the data nodes'. The TLS forms take
 ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` (``none``, ``optional``,
-``required``) and ``ssl_check_hostname`` (``true``/``false``). Sentinel ports default to 26379,
-cluster ports to 6379.
+``required``) and ``ssl_check_hostname`` (``true``/``false``); a one-server URL takes those (over
+TLS) and ``db``, nothing else. Sentinel ports default to 26379, cluster ports to 6379.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def parse(url: str) -> Target:
     username, password = _credentials(credentials)
     sentinel = scheme in SENTINEL_SCHEMES
     nodes = _nodes(hosts, SENTINEL_PORT if sentinel else REDIS_PORT, shown)
-    options = _options(query, sentinel, scheme.startswith("rediss"), shown)
+    allowed = (*SENTINEL_OPTIONS, *TLS_OPTIONS) if sentinel else TLS_OPTIONS
+    options = _options(parse_qsl(query, keep_blank_values=True), allowed, scheme.startswith("rediss"), shown)
     common = {
         "url": url,
         "nodes": nodes,
@@ -137,6 +138,8 @@ def parse(url: str) -> Target:
 
 def _single(url: str, scheme: str, shown: str) -> Target:
     parts = urlsplit(url)
+    tls = scheme == "rediss"
+    options = _single_options(parts.query, tls, shown)
     if scheme == "unix":
         if not parts.path:
             raise ValueError(f"has no socket path: {shown!r}")
@@ -152,7 +155,16 @@ def _single(url: str, scheme: str, shown: str) -> Target:
     if not parts.hostname:
         raise ValueError(f"has no host: {shown!r}")
     del port
-    return Target(Topology.SINGLE, url, tls=scheme == "rediss")
+    return Target(Topology.SINGLE, url, tls=tls, tls_options=options)
+
+
+def _single_options(query: str, tls: bool, shown: str) -> dict[str, str | bool]:
+    """The query of a one-server URL: ``db`` and, over TLS, the TLS options (redis-py reads them
+    itself; anything else would reach its connection as an unknown argument)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(not v.isdigit() for k, v in pairs if k == "db"):
+        raise ValueError(f"has a bad db (a number is expected): {shown!r}")
+    return _options([(k, v) for k, v in pairs if k != "db"], ("db", *TLS_OPTIONS), tls, shown)
 
 
 def _credentials(text: str) -> tuple[str | None, str | None]:
@@ -187,14 +199,15 @@ def _nodes(text: str, default_port: int, shown: str) -> tuple[tuple[str, int], .
     return tuple(dict.fromkeys(nodes))
 
 
-def _options(query: str, sentinel: bool, tls: bool, shown: str) -> dict[str, str | bool]:
-    allowed = (*SENTINEL_OPTIONS, *TLS_OPTIONS) if sentinel else TLS_OPTIONS
+def _options(
+    pairs: list[tuple[str, str]], allowed: tuple[str, ...], tls: bool, shown: str
+) -> dict[str, str | bool]:
     out: dict[str, str | bool] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
+    for name, value in pairs:
         if name not in allowed:
             raise ValueError(f"has an unknown option {name!r} (known: {', '.join(allowed)}): {shown!r}")
         if name in TLS_OPTIONS and not tls:
-            raise ValueError(f"has {name} but is not a TLS URL (use rediss+...): {shown!r}")
+            raise ValueError(f"has {name} but is not a TLS URL (use rediss:// or rediss+...): {shown!r}")
         if name == "ssl_cert_reqs" and value not in CERT_REQS:
             raise ValueError(f"ssl_cert_reqs must be one of {', '.join(CERT_REQS)} (got {value!r})")
         if name == "ssl_check_hostname":

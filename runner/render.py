@@ -251,6 +251,9 @@ def status_screen(doc: dict[str, Any], health_code: int, problems: list[str]) ->
         where = f"master {rd['address']}" if rd.get("address") else f"master unknown ({rd.get('error')})"
         replicas = f", {rd['replicas']} replica(s)" if "replicas" in rd else ""
         parts.append(Text(f"redis: {rd.get('topology')}, {where}{replicas}"))
+    mem = doc.get("memory") or {}
+    if mem.get("warning"):
+        parts.append(Text(f"warning: {mem['warning']}", style="bold yellow"))
     parts += archive_lines(doc.get("archive") or {}, now)
     if doc["locks"]:
         t = Table(title="locks", title_justify="left")

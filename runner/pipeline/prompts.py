@@ -10,6 +10,7 @@ place of an answer.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -178,6 +179,9 @@ def _number(data: dict[str, Any], name: str, *, integer: bool = False, nullable:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidOutput(f"{name} must be a number, got {value!r}"[:120])
+    # Python's JSON decoder takes NaN and Infinity, which no number of an answer may be.
+    if not math.isfinite(value):
+        raise InvalidOutput(f"{name} must be a finite number, got {value!r}")
     if integer and value != int(value):
         raise InvalidOutput(f"{name} must be a whole number, got {value!r}")
 

@@ -16,8 +16,12 @@ state directory is used instead (``embedded.py``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import math
+import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +33,22 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     ClusterError,
     ConnectionError,
+    NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runner.config import Settings, in_kubernetes
-from runner.errors import ConfigError, RedisUnavailable, TopologyChanged, one_line
+from runner.config import ROOT_KEY, Settings, in_kubernetes
+from runner.errors import ConfigError, RedisRefused, RedisUnavailable, TopologyChanged, one_line
 from runner.redis_url import Target, Topology
 from runner.store import embedded
 
@@ -48,6 +57,16 @@ Client = aioredis.Redis | RedisCluster
 
 #: Error replies that mean the node we talk to is not (or no longer) a master that may write.
 TOPOLOGY_REPLIES = ("READONLY", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN")
+#: What Redis says when a script's user may not run one of its commands (7.0: "can't run this
+#: command or subcommand", 7.2: "ACL failure in script"), or not on its keys or channels.
+SCRIPT_NOPERM = ("can't run this command", "acl failure", "no permissions")
+#: Where a script's error happened: ``... script: <sha>, on @user_script:<line>.``
+_SCRIPT_LINE = re.compile(r"@user_script:(\d+)")
+_SCRIPT_SUFFIX = re.compile(r"\s*script: \w+, on @user_script:\d+\.?$")
+_CALLED = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'")
+_NAMED = re.compile(r"run the '([^']+)' command|may not run (\w+)")
+#: The note ``Script`` adds to an error: the command on the line the error names.
+_COMMAND_NOTE = "command: "
 
 
 @dataclass
@@ -181,6 +200,7 @@ async def open_redis(settings: Settings) -> RedisHandle:
     options = _client_options(settings)
     target = settings.redis.target()
     if target is not None:
+        check_tls_files(target)
         if target.topology is Topology.SENTINEL:
             client, sentinel = open_sentinel(target, options)
             return RedisHandle(client, target.describe(), target, sentinel=sentinel)
@@ -194,6 +214,15 @@ async def open_redis(settings: Settings) -> RedisHandle:
     return RedisHandle(client, f"embedded Redis ({directory / embedded.DB_NAME})", embedded=directory)
 
 
+def check_tls_files(target: Target) -> None:
+    """The certificate and key files a TLS URL names exist (else one line, exit 2: a path that is
+    wrong is a setting, not an outage)."""
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = target.tls_options.get(name)
+        if isinstance(path, str) and path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ConfigError(f"{ROOT_KEY}.redis.url: {name} names no readable file ({path!r})")
+
+
 @contextlib.asynccontextmanager
 async def redis_session(settings: Settings) -> AsyncIterator[RedisHandle]:
     """``open_redis`` as an ``async with`` block that always closes the connection."""
@@ -202,6 +231,34 @@ async def redis_session(settings: Settings) -> AsyncIterator[RedisHandle]:
         yield handle
     finally:
         await handle.aclose()
+
+
+def refusal(exc: ResponseError, what: str) -> RedisRefused | None:
+    """``RedisRefused`` with one line when the error reply says Redis is out of memory or the
+    ACL user lacks a permission (naming the command when the reply or the script line does)."""
+    text = _SCRIPT_SUFFIX.sub("", one_line(exc))
+    if isinstance(exc, OutOfMemoryError) or text.startswith("OOM"):
+        return RedisRefused(
+            f"Redis is full and refused {what}: used memory is above maxmemory and its policy evicts "
+            "nothing (raise maxmemory or free memory)"
+        )
+    if isinstance(exc, NoPermissionError) or any(s in text.lower() for s in SCRIPT_NOPERM):
+        notes = [n for n in getattr(exc, "__notes__", []) if n.startswith(_COMMAND_NOTE)]
+        named = _NAMED.search(text)
+        command = (
+            notes[0].removeprefix(_COMMAND_NOTE)
+            if notes
+            else (named and named.group(named.lastindex or 1)) or ""
+        )
+        if text.startswith("this user may not run "):  # the publish script's own check: it says all
+            detail = text.removeprefix("this user ")
+        else:
+            detail = (f"may not run {command.upper()}" if command else "lacks a permission") + f" ({text})"
+        return RedisRefused(
+            f"Redis refused {what}: the ACL user {detail}; grant the commands, keys and channels the "
+            "README lists"
+        )
+    return None
 
 
 def changes_topology(exc: BaseException) -> bool:
@@ -224,6 +281,9 @@ async def redis_errors(what: str) -> AsyncIterator[None]:
     except RedisUnavailable:
         raise
     except ResponseError as exc:
+        refused = refusal(exc, what)
+        if refused is not None:
+            raise refused from exc
         kind = TopologyChanged if changes_topology(exc) else RedisUnavailable
         raise kind(f"Redis refused {what}: {one_line(exc)}") from exc
     except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
@@ -243,9 +303,49 @@ class Script:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.client.eval(self.text, len(keys), *keys, *args)
+            try:
+                return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await self.client.eval(self.text, len(keys), *keys, *args)
+        except ResponseError as exc:
+            self.locate(exc)
+            raise
+
+    async def after(
+        self,
+        command: Sequence[Any],
+        keys: Sequence[str],
+        args: Sequence[str],
+        *,
+        slot_key: str,
+        reply_timeout: float,
+    ) -> tuple[Any, Any]:
+        """``command``, then the script, in one round trip: the command's reply (an error reply as
+        its exception, never raised) and the script's result. A script the node does not know, or
+        a slot it does not serve, is sent the usual way (nothing ran)."""
+        first, result = await exchange(
+            self.client,
+            [command, ("EVALSHA", self.sha, len(keys), *keys, *args)],
+            slot_key=slot_key,
+            reply_timeout=reply_timeout,
+        )
+        if isinstance(result, NoScriptError | AskError | TryAgainError):
+            return first, await self(keys, args)
+        if isinstance(result, ResponseError):
+            self.locate(result)
+            raise result
+        return first, result
+
+    def locate(self, exc: ResponseError) -> None:
+        """Note on ``exc`` the command on the script line its message names (``@user_script:134``):
+        Redis's own message says a command was refused, not which."""
+        where = _SCRIPT_LINE.search(str(exc))
+        lines = self.text.splitlines()
+        if where is None or not 1 <= int(where.group(1)) <= len(lines):
+            return
+        called = _CALLED.search(lines[int(where.group(1)) - 1])
+        if called is not None:
+            exc.add_note(_COMMAND_NOTE + called.group(1).upper())
 
 
 async def exchange(
@@ -277,9 +377,15 @@ async def exchange(
         replies: list[Any] = []
         for _ in commands:
             try:
-                replies.append(await conn.read_response(timeout=reply_timeout))
+                # redis-py answers None when a timeout it was given runs out, and keeps the
+                # connection with the reply still to come: bound the read here instead, so a
+                # late reply fails the call and the connection is dropped.
+                async with asyncio.timeout(reply_timeout):
+                    replies.append(await conn.read_response(timeout=math.inf))
             except ResponseError as exc:
                 replies.append(exc)
+            except TimeoutError:
+                raise RedisTimeoutError(f"Timeout reading a reply ({reply_timeout:g}s)") from None
         return replies
     except BaseException:
         await conn.disconnect()

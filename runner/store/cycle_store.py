@@ -65,7 +65,7 @@ class CycleStore:
         self.clock = clock
         #: How many replicas the master has (to confirm what is published); None: never ask.
         self.replicas = replicas
-        self.state = StateStore(client, keys, shard_key)
+        self.state = StateStore(client, keys, shard_key, settings.redis.socket_timeout_seconds)
         self.shard_key = shard_key
 
     async def begin(self, now: datetime) -> Snapshot:
@@ -183,6 +183,10 @@ class CycleStore:
             day=day,
             outcome_symbols=outcome_symbols,
         )
+
+    async def release(self, lock_keys: list[str], lock_values: list[str], lease_value: str) -> int:
+        """Release what the run holds without recording (Redis refused the record step)."""
+        return await self.state.release(self.owner, lock_keys, lock_values, lease_value)
 
     async def update_breaker(
         self, mutate: Callable[[BreakerState], BreakerState | None], state: BreakerState | None

@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from runner.clock import Clock
-from runner.errors import TopologyChanged
+from runner.errors import RedisUnavailable, ends_cycle
 from runner.store import scripts
 from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import Keys
@@ -148,7 +148,8 @@ class LockManager:
 class Heartbeat:
     """Keeps ``runner:heartbeat:<instance_id>`` alive for this cycle, in the background.
 
-    ``on_topology`` is told when a refresh finds the master moved or gone (the cycle then ends).
+    ``on_topology`` is told when a refresh finds the master moved or gone, or Redis refusing it
+    (full, no permission): the cycle then ends.
     """
 
     def __init__(
@@ -159,7 +160,7 @@ class Heartbeat:
         clock: Clock,
         ttl_seconds: int,
         interval_seconds: float,
-        on_topology: Callable[[TopologyChanged], None] | None = None,
+        on_topology: Callable[[RedisUnavailable], None] | None = None,
     ) -> None:
         self.client = client
         self.key = keys.heartbeat(owner.instance_id)
@@ -202,7 +203,7 @@ class Heartbeat:
             except Exception as exc:  # a missed beat is a warning; the TTL covers the gap
                 self.failures += 1
                 log.warning("heartbeat refresh failed: %s", exc)
-                if isinstance(exc, TopologyChanged) and self.on_topology is not None:
+                if isinstance(exc, RedisUnavailable) and ends_cycle(exc) and self.on_topology is not None:
                     self.on_topology(exc)
 
     def start(self) -> None:

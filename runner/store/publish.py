@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from runner.errors import RedisUnavailable, TopologyChanged, one_line
+from runner.errors import RedisUnavailable, TopologyChanged, ends_cycle, one_line
 from runner.store import scripts
 from runner.store.connection import Client, Script, changes_topology, exchange, redis_errors
 from runner.store.keys import SIGNAL_ID_TTL_SECONDS, Keys
@@ -173,7 +173,7 @@ class Publisher:
         *,
         owner: str,
         confirmation: Confirmation | None = None,
-        on_topology: Callable[[TopologyChanged], None] | None = None,
+        on_topology: Callable[[RedisUnavailable], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -293,7 +293,7 @@ class Publisher:
             self._sent.append(publication)
 
     def _topology(self, exc: BaseException) -> None:
-        if isinstance(exc, TopologyChanged) and self.on_topology is not None:
+        if isinstance(exc, RedisUnavailable) and ends_cycle(exc) and self.on_topology is not None:
             self.on_topology(exc)
 
     async def _run(self) -> None:

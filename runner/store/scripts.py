@@ -186,6 +186,27 @@ return cjson.encode(out)
 PUBLISH = (
     PRELUDE
     + """
+-- Redis checks a script's ACL command by command, after the earlier writes are done: check them
+-- all first (Redis 7+), so a user lacking one gets the whole batch refused with nothing written.
+-- A marker without its entry would lose a document; an entry without its marker would let a
+-- re-run publish it twice.
+if redis.acl_check_cmd then
+  local needs = {}
+  for i, target in ipairs(A.targets) do
+    needs[#needs + 1] = {'XADD', L.streams[i], '*', 'f', 'v'}
+    needs[#needs + 1] = {'PUBLISH', target.channel, 'v'}
+    needs[#needs + 1] = target.string and {'SET', L.latests[i], 'v'} or {'HSET', L.latests[i], 'f', 'v'}
+  end
+  for i = 1, #A.items do
+    needs[#needs + 1] = {'SET', L.markers[i], 'v', 'EX', '1'}
+    needs[#needs + 1] = {'DEL', L.locks[i]}
+  end
+  for _, cmd in ipairs(needs) do
+    if not redis.acl_check_cmd(unpack(cmd)) then
+      return redis.error_reply('NOPERM this user may not run ' .. cmd[1] .. ' on ' .. cmd[2])
+    end
+  end
+end
 for i, target in ipairs(A.targets) do
   ensure(L.streams[i], 'stream', false)
   ensure(L.latests[i], target.string and 'string' or 'hash', false)
@@ -358,6 +379,28 @@ return cjson.encode(warnings)
 """
 )
 
+#: Releases what a run holds when Redis refused its record step (out of memory, or an ACL that
+#: refuses a write the record needs): the locks it still owns, its cycle lease and its heartbeat
+#: entry, so the next run need not wait for their TTLs. Only reads and deletes, which Redis runs
+#: even above maxmemory. K: lease, heartbeat. L: locks (aligned with A.lock_values).
+#: A: lock_values, lease_value, cycle_id. Returns how many it released.
+RELEASE = (
+    PRELUDE
+    + """
+local released = 0
+for i, key in ipairs(L.locks) do
+  if redis.pcall('GET', key) == A.lock_values[i] then released = released + redis.call('DEL', key) end
+end
+if A.lease_value ~= '' and redis.pcall('GET', K.lease) == A.lease_value then
+  released = released + redis.call('DEL', K.lease)
+end
+if redis.call('TYPE', K.heartbeat)['ok'] == 'hash' then
+  released = released + redis.call('HDEL', K.heartbeat, A.cycle_id)
+end
+return released
+"""
+)
+
 #: Writes a cycle's outcome and releases what the run holds. The summary goes to the history list
 #: and to the cycle stream (capped ``MAXLEN ~ cycles_len``), which event streams follow.
 #: K: history, cycles, stats, paused, latency, backpressure, counters, gauges, lease, heartbeat,
@@ -381,9 +424,10 @@ local paused_now = {}
 if present(A.summary) then
   ensure(K.history, 'list', false)
   ensure(K.cycles, 'stream', false)
+  -- XADD first: a user without it (an ACL) is refused before anything is written.
+  redis.call('XADD', K.cycles, 'MAXLEN', '~', A.cycles_len, '*', 'doc', A.summary)
   redis.call('LPUSH', K.history, A.summary)
   redis.call('LTRIM', K.history, 0, A.history_len - 1)
-  redis.call('XADD', K.cycles, 'MAXLEN', '~', A.cycles_len, '*', 'doc', A.summary)
 end
 if present(A.last) then
   ensure(K.last_cycle, 'string', false)

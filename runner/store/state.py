@@ -24,7 +24,7 @@ from typing import Any
 from runner import adaptive
 from runner.breaker import BreakerState
 from runner.guards import Snapshot
-from runner.store import replies, scripts
+from runner.store import memory, replies, scripts
 from runner.store.connection import Client, Script, redis_errors
 from runner.store.keys import CYCLES_LENGTH, HISTORY_LENGTH, LEASE_SLACK_SECONDS, Keys
 from runner.store.locks import Owner, parse_take
@@ -61,12 +61,15 @@ class StateStore:
     """The cycle's Redis steps and the operator commands. Each public method is one round trip,
     but for ``update_breaker`` when another process changes the breaker at the same moment."""
 
-    def __init__(self, client: Client, keys: Keys, shard: str = "0-1") -> None:
+    def __init__(self, client: Client, keys: Keys, shard: str = "0-1", reply_timeout: float = 2.0) -> None:
         self.client = client
         self.keys = keys
         self.shard = shard
+        #: Seconds a reply may take (the socket timeout), for what is sent beside a script.
+        self.reply_timeout = reply_timeout
         self._begin = Script(client, scripts.BEGIN)
         self._record = Script(client, scripts.RECORD)
+        self._release = Script(client, scripts.RELEASE)
         self._cas = Script(client, scripts.BREAKER_CAS)
         self._read_breaker = Script(client, scripts.BREAKER_READ)
         self._resume = Script(client, scripts.RESUME)
@@ -87,7 +90,9 @@ class StateStore:
         latency_n: int,
         readonly: bool,
     ) -> Snapshot:
-        """Heartbeat, lease and every guard's state in one script."""
+        """Heartbeat, lease and every guard's state in one script, sent with ``CONFIG GET
+        maxmemory*`` in the same round trip: a policy that may evict the runner's keys is a
+        warning of every start (``runner.store.memory``)."""
         keys, args = scripts.pack(
             {
                 "fencing": self.keys.fencing,
@@ -113,9 +118,20 @@ class StateStore:
             },
         )
         async with redis_errors("the cycle's first step"):
-            raw = await self._begin(keys, args)
+            config, raw = await self._begin.after(
+                memory.CONFIG_COMMAND,
+                keys,
+                args,
+                slot_key=self.keys.fencing,
+                reply_timeout=self.reply_timeout,
+            )
+            policy = memory.from_config(config) or await memory.read_info(
+                self.client, self.keys.fencing, self.reply_timeout
+            )
         data = json.loads(raw)
         warnings = [str(w) for w in data.get("warnings") or []]
+        if policy.warning():
+            warnings.append(str(policy.warning()))
         breaker = replies.breaker_state(replies.pairs(data.get("breaker")), self.breaker_key, warnings)
         backpressure = replies.backpressure(
             replies.pairs(data.get("backpressure")), self.keys.backpressure(self.shard), warnings
@@ -202,6 +218,19 @@ class StateStore:
         )
 
     # The breaker ------------------------------------------------------------------------------
+
+    async def release(
+        self, owner: Owner, lock_keys: list[str], lock_values: list[str], lease_value: str
+    ) -> int:
+        """Release the locks, the lease and the heartbeat entry a run holds, writing nothing else
+        (for a Redis that refused the record step); how many were released."""
+        keys, args = scripts.pack(
+            {"lease": self.keys.lease(self.shard), "heartbeat": self.keys.heartbeat(owner.instance_id)},
+            {"locks": lock_keys},
+            {"lock_values": lock_values, "lease_value": lease_value, "cycle_id": owner.cycle_id},
+        )
+        async with redis_errors("releasing what the run holds"):
+            return int(await self._release(keys, args))
 
     async def save_breaker(self, expected_version: int, new: BreakerState) -> tuple[bool, BreakerState]:
         """Compare-and-set the breaker; on a conflict returns (False, the fresher state)."""

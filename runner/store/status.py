@@ -1,5 +1,6 @@
 """``runner status``: everything an operator needs to know, read in one pipelined round trip
-(after the scans for locks, heartbeats and shards). The health verdict is ``runner.health``."""
+(after the scans for locks, heartbeats and shards), and Redis's eviction policy (one more). The
+health verdict is ``runner.health``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from runner.config import Settings
 from runner.store import replies
 from runner.store.connection import Client, redis_errors, scan
 from runner.store.keys import Keys
+from runner.store.memory import read_policy
 from runner.store.replies import as_float, json_object
 
 
@@ -68,6 +70,7 @@ async def read_status(client: Client, keys: Keys, settings: Settings, now: datet
             pipe.get(keys.last_cycle)
             pipe.get(keys.reports_latest)
             answers = await pipe.execute(raise_on_error=False)
+        policy = await read_policy(client, keys.fencing, settings.redis.socket_timeout_seconds)
     it = iter(answers)
     history_raw, latency_raw = next(it), next(it)
     (
@@ -174,6 +177,7 @@ async def read_status(client: Client, keys: Keys, settings: Settings, now: datet
         "latest_advice": advised,
         "report": report,
         "stream_length": stream_len if isinstance(stream_len, int) else 0,
+        "memory": policy.document(),
         "archive": archive_status(as_dict(archive_raw), configured=settings.archive.postgres_url is not None),
         "spend": {
             "usd": as_float(spend.get("usd")) or 0.0,

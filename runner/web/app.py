@@ -69,6 +69,7 @@ def create_app(ctx: WebContext) -> ASGIApp:
             HTTPException: _http_error,
             BadRequest: _bad_request,
             RedisUnavailable: _redis_unavailable,
+            Exception: _internal_error,
         },
     )
     app.state.ctx = ctx
@@ -94,6 +95,11 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     return error_response(503, one_line(exc))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug still answers in the one error shape (uvicorn logs the exception itself)."""
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server's log")
 
 
 class EventsFirst:

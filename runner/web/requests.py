@@ -102,6 +102,8 @@ async def json_body(request: Request, required: bool) -> Any:
     except ValueError as exc:
         reason = getattr(exc, "msg", "invalid")
         raise BadRequest(f"body: not valid JSON ({reason})", 400) from None
+    except RecursionError:
+        raise BadRequest("body: nested too deeply to be a request", 400) from None
 
 
 def parse(model: type[M], data: Any) -> M:

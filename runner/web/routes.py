@@ -166,7 +166,9 @@ def authorize(request: Request) -> None:
 async def run_cycle(request: Request) -> Response:
     """``POST /api/cycles``: run a cycle now and answer its outcome (``runner cycle --json``)."""
     authorize(request)
-    body = parse(CycleBody, await json_body(request, required=False) or {})
+    raw = await json_body(request, required=False)
+    # Only no body at all means "the configured symbols": [] or false is a body of the wrong type.
+    body = parse(CycleBody, {} if raw is None else raw)
     try:
         outcome = await context(request).runtime.run_now(body.symbols)
     except CycleBusy as exc:

@@ -47,6 +47,12 @@ SCENARIOS: dict[str, str] = {
     "21": "Redis Sentinel failover under running cycles",
     "22": "Redis Cluster failover under running cycles",
     "23": "Redis topology change mid-cycle (READONLY, NOREPLICAS)",
+    "24": "Redis full (maxmemory with noeviction)",
+    "25": "Redis with an evicting maxmemory-policy",
+    "26": "An ACL user without the rights the runner needs",
+    "27": "Redis over TLS",
+    "28": "Bad inputs, round two: the pipeline's settings and the HTTP API",
+    "29": "Stage answers (property-based): score, advice, report",
 }
 
 
