@@ -32,6 +32,9 @@ ALLOWED_SLEEPS: dict[tuple[str, str], str] = {
     ("tests/integration/web.py", "until"): "poll interval of the API tests' async condition wait",
     ("tests/support/topology.py", "eventually"): "poll interval: until Sentinel or the cluster agrees",
     ("tests/unit/test_delivery.py", "wait_until"): "poll interval: until the local receiver got a message",
+    ("tests/support/scripted_stage.py", "ScriptedStage.answer"): (
+        "poll interval: until the test creates the gate file"
+    ),
     ("tests/support/scripted.py", "ScriptedAnalyzer.analyze"): (
         "the gate (a poll for the gate file) and SCRIPTED_DELAY, which only sets a lower bound on "
         "latency or shapes load in tests whose verdict holds whichever way a race goes"
