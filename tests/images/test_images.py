@@ -368,6 +368,15 @@ def start_opencode_pod(images: Images, tmp_path: Path, stub: StubLLM) -> OpenCod
     try:
         # A request sent before "server listening" can hang: wait for the line first.
         wait_for(lambda: "server listening" in pod.logs(), 120, pod, "opencode serve listening")
+
+        # Its first authorised request sets the server's instance up, which a loaded machine can
+        # take many seconds over: wait for one answer (as the readiness probe does) before the
+        # tests ask theirs.
+        def answers() -> bool:
+            doc = httpx.get(f"http://127.0.0.1:{port}/doc", auth=("opencode", PASSWORD), timeout=60)
+            return doc.status_code == 200
+
+        wait_for(answers, 180, pod, "opencode serve answering")
     except BaseException:
         pod.stop()
         raise
@@ -387,15 +396,15 @@ def opencode_pod(images: Images, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_the_opencode_server_wants_its_password(opencode_pod: OpenCodePod) -> None:
     url = opencode_pod.url
-    assert httpx.get(f"{url}/doc", timeout=10).status_code == 401
-    assert httpx.get(f"{url}/doc", auth=("opencode", "wrong"), timeout=10).status_code == 401
-    doc = httpx.get(f"{url}/doc", auth=("opencode", PASSWORD), timeout=10)
+    assert httpx.get(f"{url}/doc", timeout=60).status_code == 401
+    assert httpx.get(f"{url}/doc", auth=("opencode", "wrong"), timeout=60).status_code == 401
+    doc = httpx.get(f"{url}/doc", auth=("opencode", PASSWORD), timeout=60)
     assert doc.status_code == 200
     assert "openapi" in doc.json()
 
 
 def test_the_opencode_server_has_every_example_agent(opencode_pod: OpenCodePod) -> None:
-    listed = httpx.get(f"{opencode_pod.url}/agent", auth=("opencode", PASSWORD), timeout=10).json()
+    listed = httpx.get(f"{opencode_pod.url}/agent", auth=("opencode", PASSWORD), timeout=60).json()
     names = {agent["name"] for agent in listed}
     expected = {path.stem for path in (EXAMPLES_OPENCODE / "agent").glob("*.md")}
     assert "signal-generator" in expected
