@@ -424,9 +424,8 @@ def section(rt: dict[str, Any]) -> list[str]:
     table.append(f"| **total** | **{single[n]['count']}** | **{cluster[max(cluster)]['count']}** | |")
     uneven = [what for key, what in CONFIGS.items() if not flat(rt[key])]
     flatness = (
-        "Every configuration is flat in the number of symbols (within one round trip: the publisher "
-        "coalesces what the chains hand it while its previous batch is in flight, so a batch more or "
-        "less depends on how the chains' ends fall). "
+        "Every configuration is flat in the number of symbols (the counts at every size within one "
+        "of each other). "
         if not uneven
         else "Not flat in the number of symbols: " + "; ".join(uneven) + ". "
     )
@@ -446,7 +445,7 @@ def section(rt: dict[str, Any]) -> list[str]:
     why = (
         f"The goal of at most {GOAL} is missed by {worst - GOAL} with every feature on. Reaching it "
         f"would take merging {worst - GOAL} of these steps into others, each merge trading something "
-        "away: the replica count asked in the first step (it would miss a replica that arrives or "
+        "away, for instance: the replica count asked in the first step (it would miss a replica that arrives or "
         "leaves during the cycle), the archive's read done by the record script (every cycle's record "
         "would then read the streams), the report published with the advice (before the report knows "
         "what became of the advice). One round trip to the bench's Redis takes "
