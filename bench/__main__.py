@@ -795,6 +795,24 @@ def scale_section(sc: dict[str, Any]) -> list[str]:
     return ["## 2,000 symbols", "", *textwrap.wrap(text, 96), ""]
 
 
+def rate_limit_section(rl: dict[str, Any], load: float) -> list[str]:
+    """Why the busiest window holds more calls than the limit, where it does."""
+    if rl["worst_window"] <= rl["limit"]:
+        return []
+    excess = rl["worst_window"] - rl["limit"]
+    text = (
+        f"The shared limit is exceeded by {excess:.0f} in the busiest {rl['window_s']:.0f} s window, "
+        "counted on the moments the bench's handler started each call, which is what a provider "
+        "would see. The limiter gives each call a slot (the RESERVE script, shared by every run and "
+        "shard) and the call waits until that slot; a call that the loaded machine delays (load "
+        f"average {load:.1f} when the bench started) starts after its slot, and a window opened at "
+        "that late start reaches into the slots that follow the window its slot belongs to. A "
+        "limit that must hold on start times under any load needs a margin below the provider's limit (`rate_limit.requests_per_minute` "
+        "set a few percent under it)."
+    )
+    return ["## The shared rate limit", "", *textwrap.wrap(text, 96), ""]
+
+
 def render(results: dict[str, Any], runs: int, quick: bool) -> str:
     m, s, rts, o, sc, rl, ps, pr = (
         results[k]
@@ -878,6 +896,7 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         "",
         *pipeline_section(ps, pr),
         *scale_section(sc),
+        *rate_limit_section(rl, results["load"]),
         *roundtrips.section(rts),
         "## How each figure is measured",
         "",
