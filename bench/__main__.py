@@ -25,32 +25,27 @@ import logging
 import os
 import platform
 import random
-import resource
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import roundtrips, sse, startup  # noqa: E402
+from bench.figures import check, spread  # noqa: E402
+from bench.servers import Server, proc_status_kb  # noqa: E402
 from runner import __version__  # noqa: E402
 from runner.analyzers.base import AnalysisRequest  # noqa: E402
-from runner.analyzers.builtin import BuiltinAnalyzer  # noqa: E402
 from runner.analyzers.fake import FakeAnalyzer, hold  # noqa: E402
 from runner.clock import SystemClock  # noqa: E402
 from runner.config import Settings, load_settings  # noqa: E402
@@ -73,47 +68,6 @@ def minute_stamp(start: datetime, offset: int) -> str:
 
 
 # Redis ------------------------------------------------------------------------------------------
-
-
-class Server:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        binary = shutil.which("redis-server")
-        if not binary:
-            sys.exit("bench: redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(200):
-            try:
-                redis.Redis(port=self.port).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.version = redis.Redis(port=self.port).info()["redis_version"]
-
-    def flush(self) -> None:
-        redis.Redis(port=self.port).flushall()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class CountingConnection(Connection):
-    """Counts round trips: every packed command (a pipeline or a script is one) sent."""
-
-    sent = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        await super().send_packed_command(command, check_health)
 
 
 def settings_for(overrides: dict[str, Any]) -> Settings:
@@ -211,48 +165,7 @@ def bench_scheduling(server: Server, runs: int) -> dict[str, Any]:
     }
 
 
-# 2. Round trips -------------------------------------------------------------------------------
-
-
-#: The pipelines whose round trips are counted: the default (signal, score, advise and the
-#: report, all built in) and the signal alone.
-PIPELINES: dict[str, dict[str, Any]] = {
-    "full pipeline": {},
-    "signal only": {"stages": ["signal"], "report": False},
-}
-
-
-async def count_round_trips(server: Server, n: int, pipeline: dict[str, Any]) -> int:
-    base = {"parallel": {"max_concurrent": 10}, "pipeline": pipeline}
-    client = aioredis.Redis.from_url(server.url, decode_responses=True, connection_class=CountingConnection)
-    deps = Deps(client, BuiltinAnalyzer(), SyntheticSource(), SystemClock())
-    # Two minutes of their own (a run honours a scheduled minute within the hour), so that the
-    # cycle counted publishes everything anew rather than finding the warm cycle's documents.
-    now = time.time() // 60 * 60
-    warm, counted = (time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(now - k * 60)) for k in (2, 1))
-    try:
-        # warm: scripts loaded, connection open
-        await run_cycle(settings_for({**base, "scheduled_at": warm}), deps, symbols=symbols(n))
-        await client.delete("runner:lease:0-1")
-        CountingConnection.sent = 0
-        outcome = await run_cycle(settings_for({**base, "scheduled_at": counted}), deps, symbols=symbols(n))
-    finally:
-        await client.aclose()
-    assert outcome.exit_code == 0, (outcome.status, outcome.warnings)
-    assert len(outcome.signals) == n, "the counted cycle published every signal"
-    if not pipeline:
-        assert len(outcome.scores) == len(outcome.advice) == n
-        assert outcome.report is not None
-    return CountingConnection.sent
-
-
-def bench_round_trips(server: Server) -> dict[str, dict[int, int]]:
-    out: dict[str, dict[int, int]] = {}
-    for name, pipeline in PIPELINES.items():
-        for n in (20, 200, 2000):
-            server.flush()
-            out.setdefault(name, {})[n] = asyncio.run(count_round_trips(server, n, pipeline))
-    return out
+# 2. Round trips: bench/roundtrips.py (every feature on, servers of its own) ----------------------
 
 
 # 3. Overhead and import time --------------------------------------------------------------------
@@ -329,18 +242,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.C
 
 def _vmhwm(pid: int) -> int:
     # wait4's ru_maxrss is useless here: a child inherits the high-water mark of this process.
-    return _proc_status_kb(pid, "VmHWM")
-
-
-def _proc_status_kb(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_status_kb(pid, "VmHWM")
 
 
 def runner_env(server: Server, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -366,8 +268,11 @@ def compile_bytecode() -> None:
 def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
     names = symbols(20)
     env = runner_env(server, {"RUNNER_SYMBOLS": json.dumps(names), "SYMBOLS": json.dumps(names)})
+    modules = startup.cycle_modules(["cycle", "--json"], env)
     commands = {
         "runner": [sys.executable, "-m", "runner", "cycle", "--json"],
+        # The libraries' floor: exactly the third-party modules a cycle imports, nothing else.
+        "floor_imports": [sys.executable, "-c", startup.floor_script(modules)],
         "minimal": [sys.executable, "-c", MINIMAL],
         "floor": [sys.executable, "-c", STACK_FLOOR, "--symbols", ",".join(names)],
         "interpreter": [sys.executable, "-c", "pass"],
@@ -379,18 +284,28 @@ def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
     cycle_ms: list[float] = []
+    # Spawn to ready (the cycle's start; the end of the floor's imports), and what follows the cycle.
+    ready: dict[str, list[float]] = {"runner": [], "floor_imports": []}
+    wind_down: list[float] = []
     for _ in range(runs):
         # Interleaved, so that a slow moment of the machine touches every command alike.
         for name, cmd in commands.items():
             server.flush()
+            spawned = time.time()
             start = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - start
             assert proc.returncode == 0, f"{name}: {proc.stderr}"
             times[name].append(wall)
             if name == "runner":
-                cycle_ms.append(json.loads(proc.stdout)["duration_ms"])
+                doc = json.loads(proc.stdout)
+                cycle_ms.append(doc["duration_ms"])
+                ready[name].append(startup.started_epoch(doc) - spawned)
+                wind_down.append(wall - ready[name][-1] - doc["duration_ms"] / 1000)
+            elif name == "floor_imports":
+                ready[name].append(float(proc.stdout) - spawned)
     median = {name: statistics.median(values) for name, values in times.items()}
+    startup_ratios = [r / f for r, f in zip(ready["runner"], ready["floor_imports"], strict=True)]
     help_imports = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "runner", "--help"],
         capture_output=True,
@@ -413,7 +328,16 @@ def bench_overhead(server: Server, runs: int) -> dict[str, Any]:
         "collector_saves_ms": (median["load_collecting"] - median["load_not_collecting"]) * 1000,
         "imports_ms": statistics.median(import_ms(env) for _ in range(3)),
         "cycle_ms": statistics.median(cycle_ms),
+        "cycle_ms_spread": spread(cycle_ms),
         "help_imports": heavy,
+        "runs": runs,
+        "startup_s": statistics.median(ready["runner"]),
+        "floor_imports_ready_s": statistics.median(ready["floor_imports"]),
+        "startup_ratio": statistics.median(startup_ratios),
+        "startup_ratio_spread": spread(startup_ratios),
+        "wind_down_s": statistics.median(wind_down),
+        "floor_libraries": startup.libraries(modules),
+        "floor_modules": len(modules),
     }
 
 
@@ -444,25 +368,45 @@ def import_ms(env: dict[str, str]) -> float:
 # 4. Scale -----------------------------------------------------------------------------------------
 
 
+#: The pipelines of the scale figure: the default (signal, score, advice and the report, all built
+#: in) and the signal stage alone.
+SCALE_PIPELINES = {
+    "full": "",
+    "signal": "  pipeline:\n    stages: [signal]\n    report: false\n",
+}
+
+
 def bench_scale(server: Server, runs: int) -> dict[str, Any]:
     names = symbols(2000)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write("autonomous_runner:\n  symbols:\n" + "".join(f"    - {s}\n" for s in names))
-        config = fh.name
-    walls, rss = [], []
-    try:
-        for _ in range(runs):
-            server.flush()
-            wall, maxrss_kb, proc = timed(
-                [sys.executable, "-m", "runner", "cycle", "--json", "--config", config], runner_env(server)
+    out: dict[str, Any] = {}
+    for key, pipeline in SCALE_PIPELINES.items():
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            fh.write(
+                "autonomous_runner:\n" + pipeline + "  symbols:\n" + "".join(f"    - {s}\n" for s in names)
             )
-            assert proc.returncode == 0, proc.stderr[-500:]
-            assert len(json.loads(proc.stdout)["signals"]) == 2000
-            walls.append(wall)
-            rss.append(maxrss_kb / 1024)
-    finally:
-        os.unlink(config)
-    return {"wall_s": statistics.median(walls), "peak_rss_mb": statistics.median(rss)}
+            config = fh.name
+        walls, rss, cycle_ms = [], [], []
+        try:
+            for _ in range(runs):
+                server.flush()
+                wall, maxrss_kb, proc = timed(
+                    [sys.executable, "-m", "runner", "cycle", "--json", "--config", config],
+                    runner_env(server),
+                )
+                assert proc.returncode == 0, proc.stderr[-500:]
+                doc = json.loads(proc.stdout)
+                assert len(doc["signals"]) == 2000
+                walls.append(wall)
+                rss.append(maxrss_kb / 1024)
+                cycle_ms.append(doc["duration_ms"])
+        finally:
+            os.unlink(config)
+        out[key] = {
+            "wall_s": statistics.median(walls),
+            "peak_rss_mb": statistics.median(rss),
+            "cycle_s": statistics.median(cycle_ms) / 1000,
+        }
+    return {**out["full"], "signal": out["signal"]}
 
 
 # 5. Rate-limit fidelity -----------------------------------------------------------------------
@@ -572,16 +516,7 @@ class TraceAdvisor:
 
     async def answer(self, request: StageRequest) -> AdviceAnswer:
         await self.calls.play(request.symbol, "advise", self.latency[request.symbol])
-        return AdviceAnswer(
-            action="HOLD",
-            entry=None,
-            stop_loss=None,
-            take_profit=None,
-            position_size_pct=0.0,
-            horizon_minutes=15,
-            reasoning="trace",
-            analyzer="bench",
-        )
+        return roundtrips.hold_advice("trace")
 
     async def aclose(self) -> None:
         return None
@@ -718,212 +653,7 @@ def bench_pipeline_rate_limit(server: Server, quick: bool) -> dict[str, Any]:
     }
 
 
-# 7. The event stream of runner serve -------------------------------------------------------------
-
-#: Messages whose delivery is timed, per client count (each waits until every client has it).
-SSE_MESSAGES = {1: 500, 1000: 200}
-SSE_MESSAGES_QUICK = {1: 100, 1000: 40}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class _Receiver(asyncio.Protocol):
-    """One event-stream client, as cheap as a client can be: it notes when each event's bytes
-    arrive (its ``"sent"`` time against now) and nothing else, so that the figures are the
-    server's, not the bench's parsing."""
-
-    def __init__(self, board: _Board) -> None:
-        self.board = board
-        self.tail = b""
-        self.subscribed = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(b"GET /api/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        text = self.tail + data
-        if not self.subscribed and b"event: snapshot" in text:
-            self.subscribed = True
-            self.board.subscribed()
-        start = 0
-        while (at := text.find(b'"sent": ', start)) >= 0:
-            end = text.find(b"}", at)
-            if end < 0:
-                break
-            self.board.delivered(now - float(text[at + 8 : end]))
-            start = end
-        self.tail = text[start:][-64:]
-
-
-class _Board:
-    """What the receivers saw, and when a round is complete."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.latencies: list[float] = []
-        self.ready = asyncio.Event()
-        self.count = 0
-
-    def subscribed(self) -> None:
-        self.count += 1
-        if self.count == self.expected:
-            self.ready.set()
-
-    def delivered(self, latency: float) -> None:
-        self.latencies.append(latency)
-        if len(self.latencies) % self.expected == 0:
-            self.ready.set()
-
-
-async def sse_delivery(port: int, redis_url: str, clients: int, messages: int) -> dict[str, Any]:
-    """Open ``clients`` streams, then time ``messages`` entries from XADD to each client."""
-    loop = asyncio.get_running_loop()
-    board = _Board(clients)
-    transports = []
-    for start in range(0, clients, 100):  # in waves, as browsers arrive, not one SYN flood
-        opened = await asyncio.gather(
-            *(
-                loop.create_connection(lambda: _Receiver(board), "127.0.0.1", port)
-                for _ in range(min(100, clients - start))
-            )
-        )
-        transports += [t for t, _ in opened]
-    await asyncio.wait_for(board.ready.wait(), 120)  # every client has its snapshot: subscribed
-    writer = aioredis.Redis.from_url(redis_url, decode_responses=True, client_name="bench")
-    try:
-        for k in range(messages):
-            board.ready.clear()
-            doc = {"id": f"BENCH/USD:{k}", "symbol": "BENCH/USD", "action": "HOLD", "sent": time.time()}
-            await writer.xadd("signals:raw", {"symbol": "BENCH/USD", "signal": json.dumps(doc)})
-            await asyncio.wait_for(board.ready.wait(), 120)
-    finally:
-        await writer.aclose()
-    return {"latencies": board.latencies, "transports": transports}
-
-
-def redis_connections(server: Server) -> int:
-    """Connections to the bench's Redis that are not the bench's own."""
-    client = redis.Redis(port=server.port, decode_responses=True, client_name="bench")
-    try:
-        return sum(1 for c in client.client_list() if c.get("name") != "bench")
-    finally:
-        client.close()
-
-
-def sse_clients(port: int) -> int:
-    """How many event-stream clients the server counts (``/health/detailed``)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/detailed", timeout=10) as response:
-        return int(json.loads(response.read())["events"]["clients"])
-
-
-def bench_sse(server: Server, quick: bool) -> dict[str, Any]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # 1,000 sockets each side
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out: dict[str, Any] = {"load": os.getloadavg()[0]}
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "serve", "--no-schedule", "--port", str(port)],
-            env=runner_env(server),
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            for _ in range(600):
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            for clients, messages in (SSE_MESSAGES_QUICK if quick else SSE_MESSAGES).items():
-                server.flush()
-
-                async def measured(n: int = clients, m: int = messages) -> dict[str, Any]:
-                    got = await sse_delivery(port, server.url, n, m)
-                    got["rss_mb"] = _proc_status_kb(proc.pid, "VmRSS") / 1024
-                    got["redis_connections"] = redis_connections(server)
-                    for transport in got.pop("transports"):
-                        transport.close()
-                    await asyncio.sleep(0)
-                    return got
-
-                got = asyncio.run(measured())
-                lat = got["latencies"]
-                out[str(clients)] = {
-                    "clients": clients,
-                    "messages": messages,
-                    "deliveries": len(lat),
-                    "p50_ms": percentile(lat, 0.50) * 1000,
-                    "p99_ms": percentile(lat, 0.99) * 1000,
-                    "max_ms": max(lat) * 1000,
-                    "rss_mb": got["rss_mb"],
-                    "redis_connections": got["redis_connections"],
-                }
-                while sse_clients(port):  # the closed streams are gone before the next round
-                    time.sleep(0.05)
-            out["load"] = max(out["load"], os.getloadavg()[0])
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    return out
-
-
-def sse_section(sse: dict[str, Any]) -> list[str]:
-    one, many = sse["1"], sse["1000"]
-    constant = one["redis_connections"] == many["redis_connections"]
-    intro = (
-        "One `runner serve --no-schedule` and its clients on this machine: the bench's own client "
-        "process shares its two cores, whose load average was "
-        f"{sse['load']:.1f} while it measured. Every figure is from XADD to the moment the event's "
-        "bytes reach a client."
-    )
-    how = (
-        "**How**: the bench starts `runner serve --no-schedule` against its redis-server, opens the "
-        "clients (HTTP/1.1 streams on asyncio protocols that only note when an event's bytes arrive, "
-        f"in waves of 100) and waits until each has its snapshot; then, {many['messages']} times "
-        f"({one['messages']} times for the one client), it XADDs a signal carrying its send time to "
-        "`signals:raw` and waits until every client has it. RSS is the server's VmRSS at that point; "
-        "the connections are CLIENT LIST less the bench's own."
-    )
-    return [
-        SSE_HEADING,
-        "",
-        *textwrap.wrap(intro, 96),
-        "",
-        "| what | measured | goal | |",
-        "|---|---|---|---|",
-        f"| delivery, 1 client: p50 / p99 ({one['deliveries']} deliveries) | {one['p50_ms']:.1f} ms / {one['p99_ms']:.1f} ms | - | |",
-        f"| delivery, 1,000 clients: p50 / p99 ({many['deliveries']:,} deliveries; slowest {many['max_ms']:.0f} ms) "
-        f"| {many['p50_ms']:.0f} ms / {many['p99_ms']:.0f} ms | p99 < 250 ms | {check(many['p99_ms'] < 250)} |",
-        f"| RSS of the server with 1,000 clients | {many['rss_mb']:.0f} MB | < 250 MB | {check(many['rss_mb'] < 250)} |",
-        f"| Redis connections the server holds with 1 and with 1,000 clients | {one['redis_connections']} and "
-        f"{many['redis_connections']} | constant | {check(constant)} |",
-        "",
-        *textwrap.wrap(how, 96),
-        "",
-    ]
-
-
-SSE_HEADING = "## runner serve: the event stream"
-
-
-def replace_section(text: str, heading: str, lines: list[str]) -> str:
-    """``text`` with the section under ``heading`` replaced by ``lines`` (appended if absent)."""
-    start = text.find(heading)
-    body = "\n".join(lines)
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + body
-    end = text.find("\n## ", start + len(heading))
-    return text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+# 7. The event stream of runner serve: bench/sse.py -----------------------------------------------
 
 
 # Report -----------------------------------------------------------------------------------------
@@ -944,31 +674,42 @@ def machine() -> dict[str, str]:
     }
 
 
-def check(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
 def startup_paragraph(o: dict[str, Any]) -> str:
-    """Where a cycle's time goes, and what the goal against a minimal script means on this stack."""
+    """Where a cycle's process spends its time, against the floor of the libraries it is built on."""
+    libs = ", ".join(o["floor_libraries"])
     text = (
-        f"The cycle itself (its own `duration_ms`) takes {o['cycle_ms']:.0f} ms of the "
-        f"{o['runner_s'] * 1000:.0f} ms; most of the rest is the interpreter ({o['interpreter_s'] * 1000:.0f} ms) and imports "
-        f"({o['imports_ms']:.0f} ms). The floor script, which does the same Redis work with typer, "
-        f"pydantic-settings and redis.asyncio and nothing else, takes {o['floor_ratio']:.2f}x the minimal "
-        "redis-py script: imported alone, "
+        f"A whole `runner cycle` process takes {o['runner_s'] * 1000:.0f} ms: "
+        f"{o['startup_s'] * 1000:.0f} ms from spawn to the cycle's first step (the interpreter, "
+        f"{o['interpreter_s'] * 1000:.0f} ms, then imports, settings and the command line), the cycle "
+        f"itself {o['cycle_ms']:.0f} ms (its own `duration_ms`), and {o['wind_down_s'] * 1000:.0f} ms "
+        "after it (the output, closing the connection, exit). The floor is the same Redis work done by "
+        "a script on typer, pydantic-settings and redis.asyncio without any runner code: "
+        f"{o['floor_s'] * 1000:.0f} ms, so the runner is at {o['ratio_floor']:.2f}x its libraries' floor. "
+        "Start-up alone is held against a second floor, a process that imports exactly the "
+        f"{o['floor_modules']} third-party modules a cycle imports ({libs}) in the same order and "
+        f"nothing else: ready after {o['floor_imports_ready_s'] * 1000:.0f} ms, against the runner's "
+        f"{o['startup_s'] * 1000:.0f} ms to its cycle's first step (per run, runner over floor: median "
+        f"{o['startup_ratio']:.2f}x, middle half {o['startup_ratio_spread'][0]:.2f}-"
+        f"{o['startup_ratio_spread'][1]:.2f}x). Imported alone, "
         + ", ".join(f"{lib} takes {ms:.0f} ms" for lib, ms in o["stack_import_ms"].items())
-        + " beyond the interpreter's start. "
+        + " beyond the interpreter's start; the minimal redis-py script takes "
+        f"{o['minimal_s'] * 1000:.0f} ms, and the floor {o['floor_ratio']:.2f}x that, which is why the "
+        "old goal of 1.3x the minimal script is retired: no program on these libraries can meet it."
     )
-    if o["floor_ratio"] > 1.3:
-        return text + (
-            "No program built on the libraries this project is built on can meet the goal of 1.3x the "
-            "minimal script; what the runner answers for is what it adds on top of that floor, and that "
-            "is held to the same 1.3x."
+    if o["ratio_floor"] > 1.0:
+        before = (o["startup_s"] - o["floor_imports_ready_s"]) * 1000
+        text += (
+            f" The goal of the floor is missed by {(o['ratio_floor'] - 1) * 100:.0f}%: {before:.0f} ms of "
+            "the runner's start-up are beyond the import floor (the runner's own modules, its settings "
+            "from the environment and the config file, the command line), and its cycle does more "
+            "Redis work than the floor script (the heartbeat, the guards, fencing tokens and the record "
+            "as scripts, where the floor sends two plain pipelines). These figures move with the "
+            "machine's load (its load average is in the header)."
         )
-    return text + "The goal against the minimal script is within reach of this stack."
+    return text
 
 
-def pipeline_section(ps: dict[str, Any], pr: dict[str, Any], rts: dict[str, dict[int, int]]) -> list[str]:
+def pipeline_section(ps: dict[str, Any], pr: dict[str, Any]) -> list[str]:
     """What the pipeline's figures say, and why a goal is missed where one is."""
     gap = ps["barrier_gap"]
     out = [
@@ -985,6 +726,19 @@ def pipeline_section(ps: dict[str, Any], pr: dict[str, Any], rts: dict[str, dict
         ),
         "",
     ]
+    if ps["vs_ideal"] > 1.05:
+        per_worker = 3 * ps["symbols"] / ps["concurrency"]
+        gap_ms = (ps["actual_s"] - ps["ideal_s"]) / per_worker * 1000
+        out += textwrap.wrap(
+            f"The goal of 1.05x the ideal pool is missed: the runner takes {ps['actual_s'] - ps['ideal_s']:.2f} s "
+            f"more over the {per_worker:.0f} calls each worker makes in turn, {gap_ms:.0f} ms a call. That is "
+            "what a remote call does before it starts and the ideal pool does not: it reserves its slot "
+            "of the shared rate limit (a script, one round trip) and, for the score and the advice, "
+            "waits until the previous stage's document is published (the publisher's next batch); on a "
+            "loaded machine each of those steps takes longer.",
+            96,
+        )
+        out.append("")
     if ps["vs_barrier"] > 0.7:
         out += textwrap.wrap(
             f"The goal of 0.7x the barrier design is out of reach of a pool that runs whole chains in "
@@ -1022,24 +776,52 @@ def pipeline_section(ps: dict[str, Any], pr: dict[str, Any], rts: dict[str, dict
         96,
     )
     out.append("")
-    full, alone = rts["full pipeline"], rts["signal only"]
-    if max(full.values()) - min(full.values()) > 1 or max(alone.values()) - min(alone.values()) > 1:
-        out += textwrap.wrap(
-            f"Redis round trips are not flat: {', '.join(f'{c} at {n}' for n, c in full.items())} symbols "
-            f"with the full pipeline, {', '.join(str(c) for c in alone.values())} with the signal alone "
-            "(concurrency 10). Each chain waits until its document is published before its next stage "
-            "starts, and before its slot is freed after its last one. With built-in stages that answer "
-            "at once, every window of 10 chains then waits for a flush of the publisher: about symbols "
-            "/ concurrency flushes for each document a chain publishes itself (the signal, and the "
-            "score before the advice; the advice goes out in one batch after the window), instead of "
-            "a few batches whatever the number of symbols. A chain that ends without waiting for its "
-            "last publish, and a built-in next stage that does not wait for the previous document (its "
-            "own document then waiting for that one's outcome), would make them flat; a remote stage "
-            "pays one round trip before its call, small beside the call.",
-            96,
-        )
-        out.append("")
     return out
+
+
+def scale_section(sc: dict[str, Any]) -> list[str]:
+    """Why 2,000 symbols miss their goals where they do."""
+    if sc["wall_s"] < 3 and sc["peak_rss_mb"] < 120:
+        return []
+    alone = sc["signal"]
+    stages = (
+        "the later stages, built in, add little: the time is the signal path's"
+        if alone["cycle_s"] >= 0.8 * sc["cycle_s"]
+        else f"the later stages add {sc['cycle_s'] - alone['cycle_s']:.1f} s of the cycle"
+    )
+    text = (
+        f"2,000 symbols take {sc['wall_s']:.1f} s (the cycle {sc['cycle_s']:.1f} s of it) and "
+        f"{sc['peak_rss_mb']:.0f} MB with the default pipeline, {alone['wall_s']:.1f} s (the cycle "
+        f"{alone['cycle_s']:.1f} s) and {alone['peak_rss_mb']:.0f} MB with the signal stage alone: "
+        f"{stages}, and the score, advice and report documents held until the record and the JSON "
+        f"output add {sc['peak_rss_mb'] - alone['peak_rss_mb']:.0f} MB. The Redis work is not the "
+        "cost (its round trips are flat, above). In a profile (cProfile) of the signal-only cycle the "
+        "largest costs are the synthetic market source, the default one, which computes every "
+        "symbol's candles in pure Python; the metrics, each observation building and escaping its "
+        "label strings; and the retry loop around each stage call. Both goals stay missed until "
+        "those three get cheaper (a cheaper candle generator, metric series "
+        "built once per label set, no retry loop for a built-in stage); a deployment of 2,000 "
+        "symbols meanwhile splits them across the runner's shards."
+    )
+    return ["## 2,000 symbols", "", *textwrap.wrap(text, 96), ""]
+
+
+def rate_limit_section(rl: dict[str, Any], load: float) -> list[str]:
+    """Why the busiest window holds more calls than the limit, where it does."""
+    if rl["worst_window"] <= rl["limit"]:
+        return []
+    excess = rl["worst_window"] - rl["limit"]
+    text = (
+        f"The shared limit is exceeded by {excess:.0f} in the busiest {rl['window_s']:.0f} s window, "
+        "counted on the moments the bench's handler started each call, which is what a provider "
+        "would see. The limiter gives each call a slot (the RESERVE script, shared by every run and "
+        "shard) and the call waits until that slot; a call that the loaded machine delays (load "
+        f"average {load:.1f} when the bench started) starts after its slot, and a window opened at "
+        "that late start reaches into the slots that follow the window its slot belongs to. A "
+        "limit that must hold on start times under any load needs a margin below the provider's limit (`rate_limit.requests_per_minute` "
+        "set a few percent under it)."
+    )
+    return ["## The shared rate limit", "", *textwrap.wrap(text, 96), ""]
 
 
 def render(results: dict[str, Any], runs: int, quick: bool) -> str:
@@ -1056,7 +838,6 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
             "pipeline_rate_limit",
         )
     )
-    flat = {name: max(rt.values()) - min(rt.values()) <= 1 for name, rt in rts.items()}
     share = pr["complete"] / pr["bound_chains"]
     lines = [
         "# Performance",
@@ -1085,29 +866,34 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         f"{pr['rpm']} calls/min, {pr['deadline_s']:.0f} s deadline | {pr['complete']} of the "
         f"{pr['bound_chains']} the limit allows ({pr['allowed_calls']} calls) = {share:.0%}; "
         f"{pr['wasted_calls']} calls on chains left incomplete | >= 95% | {check(share >= 0.95)} |",
-        *(
-            f"| Redis round trips per cycle, {name}, {n} symbols | {c} | <= 10, flat "
-            f"| {check(c <= 10 and flat[name])} |"
-            for name, rt in rts.items()
-            for n, c in rt.items()
-        ),
-        f"| whole-process `runner cycle`, 20 symbols, vs a minimal redis-py script | {o['runner_s'] * 1000:.0f} ms vs "
-        f"{o['minimal_s'] * 1000:.0f} ms = {o['ratio']:.2f}x | <= 1.3x | {check(o['ratio'] <= 1.3)} |",
-        f"| the floor: the same Redis work on the runner's libraries (typer, pydantic-settings, redis.asyncio), "
-        f"no runner code, vs the minimal redis-py script | {o['floor_s'] * 1000:.0f} ms vs {o['minimal_s'] * 1000:.0f} ms "
-        f"= {o['floor_ratio']:.2f}x | - | |",
-        f"| the runner's own overhead: `runner cycle` vs that floor | {o['runner_s'] * 1000:.0f} ms vs "
-        f"{o['floor_s'] * 1000:.0f} ms = {o['ratio_floor']:.2f}x | <= 1.3x | {check(o['ratio_floor'] <= 1.3)} |",
+        *roundtrips.rows(rts),
+        f"| start-up: `runner cycle` process (20 symbols) vs its libraries' floor (the same Redis work on "
+        f"typer, pydantic-settings and redis.asyncio, no runner code) | {o['runner_s'] * 1000:.0f} ms vs "
+        f"{o['floor_s'] * 1000:.0f} ms = {o['ratio_floor']:.2f}x | <= 1.0x | {check(o['ratio_floor'] <= 1.0)} |",
+        f"| of which spawn to the cycle's first step, vs a process importing only the cycle's "
+        f"{o['floor_modules']} third-party modules | {o['startup_s'] * 1000:.0f} ms vs "
+        f"{o['floor_imports_ready_s'] * 1000:.0f} ms = {o['startup_ratio']:.2f}x per run "
+        f"({o['startup_ratio_spread'][0]:.2f}-{o['startup_ratio_spread'][1]:.2f}) | - | |",
+        f"| the cycle's own time (`duration_ms`, 20 symbols), apart from start-up | {o['cycle_ms']:.0f} ms "
+        f"({o['cycle_ms_spread'][0]:.0f}-{o['cycle_ms_spread'][1]:.0f}); after it, {o['wind_down_s'] * 1000:.0f} ms "
+        "to exit | - | |",
+        f"| retired: `runner cycle` vs a minimal redis-py script (the floor itself is "
+        f"{o['floor_ratio']:.2f}x it) | {o['runner_s'] * 1000:.0f} ms vs {o['minimal_s'] * 1000:.0f} ms = "
+        f"{o['ratio']:.2f}x | (was <= 1.3x) | |",
         f"| of which interpreter start (`python -c pass`) and imports (`-X importtime`) | "
         f"{o['interpreter_s'] * 1000:.0f} ms and {o['imports_ms']:.0f} ms | - | |",
         f"| modules `runner --help` imports among httpx, redis, prometheus_client, tenacity, analyzers | "
         f"{', '.join(o['help_imports']) or 'none'} | none | {check(not o['help_imports'])} |",
-        f"| 2,000 symbols in one cycle (built-in analyzer, whole process) | {sc['wall_s']:.2f} s | < 3 s | {check(sc['wall_s'] < 3)} |",
+        f"| 2,000 symbols in one cycle (built-in signal, score, advice and report; whole process) | "
+        f"{sc['wall_s']:.2f} s (the cycle's own time {sc['cycle_s']:.2f} s) | < 3 s | {check(sc['wall_s'] < 3)} |",
         f"| peak RSS of that process | {sc['peak_rss_mb']:.0f} MB | < 120 MB | {check(sc['peak_rss_mb'] < 120)} |",
+        f"| the same with the signal stage alone (no score, advice or report): wall time, the cycle's own "
+        f"time, peak RSS | {sc['signal']['wall_s']:.2f} s, {sc['signal']['cycle_s']:.2f} s, "
+        f"{sc['signal']['peak_rss_mb']:.0f} MB | - | |",
         f"| rate limit {rl['rpm']}/min shared by two concurrent shards: most calls in any {rl['window_s']:.0f} s window "
         f"({rl['calls']} calls) | {rl['worst_window']} | <= {rl['limit']:.0f} | {check(rl['worst_window'] <= rl['limit'])} |",
         "",
-        "## Start-up, and the goal against a minimal script",
+        "## Start-up, against the libraries' floor",
         "",
         *textwrap.wrap(startup_paragraph(o), 96),
         "",
@@ -1119,7 +905,10 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         "distribution's entry points), and imports prometheus-client, rich, PyYAML, httpx and",
         "croniter only where they are used.",
         "",
-        *pipeline_section(ps, pr, rts),
+        *pipeline_section(ps, pr),
+        *scale_section(sc),
+        *rate_limit_section(rl, results["load"]),
+        *roundtrips.section(rts),
         "## How each figure is measured",
         "",
         "- **Scheduling**: a fake analyzer sleeps for a seeded trace of latencies (lognormal, median",
@@ -1130,10 +919,16 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         "  batch waits for its slowest symbol, then pauses `batch_delay_ms` scaled to 100 ms). The",
         "  pipeline is the signal stage alone (`pipeline.stages: [signal]`, no report): chains of",
         "  three stages have their own figures below.",
-        "- **Round trips**: a redis-py connection class counts every packed command sent (a",
-        "  pipeline or a script call is one round trip), for a warm cycle (scripts already loaded,",
-        "  connection open) with the built-in analyzer, once with the default pipeline (built-in",
-        "  score, advise and report) and once with `pipeline.stages: [signal]` and no report.",
+        "- **Round trips**: every packed send of redis-py's asyncio connections (a command, a",
+        "  pipeline or a script call: one round trip on the wire, whatever it carries) is counted and",
+        "  named during one shard's cycle, which opens its own connection as a CronJob's process",
+        "  does (`runner.factory.open_deps`) on a server that already holds the scripts, with every",
+        "  feature on: built-in signal, score and advice, the report, outcomes scored from the",
+        "  signals of a cycle six minutes earlier, a daily budget, a notification to a local",
+        "  receiver (the counted cycle ends a failing streak), the PostgreSQL archive, the metric",
+        "  totals exported to a textfile, the heartbeat, and a replica confirming the publishes.",
+        "  Each cycle's outcome is checked: every symbol published, scored and advised, the report",
+        "  out, outcomes recorded, the signals archived, the notification received.",
         "- **Pipeline makespan**: the same seeded trace, one draw per call (signal, score, advise of",
         "  each symbol), played by remote fake stages (a `FakeAnalyzer` and small fake scorer and",
         "  advisor classes that sleep for the call's latency) in a real `run_cycle` against",
@@ -1146,19 +941,20 @@ def render(results: dict[str, Any], runs: int, quick: bool) -> str:
         "  the trace, against the shared limit; a chain is complete when all three of its stages",
         "  are published. `--quick` runs the same shape ten times faster (1,000 calls a minute, a",
         "  3 s deadline, latencies divided by 10).",
-        "- **Overhead**: wall time of the whole `python -m runner cycle --json` process (interpreter",
-        "  start, imports, settings, the cycle, exit) against a minimal script doing the same Redis",
-        "  writes (locks, stream, channel, latest hash, history) for 20 symbols with redis-py's",
-        "  asyncio client, as the runner does; the floor script runs the same code with typer and",
-        "  pydantic-settings imported and used as well. The commands run interleaved, each against a flushed server, with the runner's",
-        "  modules compiled to bytecode first, as pip does when it installs the image.",
+        "- **Start-up**: wall time of the whole `python -m runner cycle --json` process (20",
+        "  symbols) against the floor script, which does the same Redis writes (locks, stream,",
+        "  channel, latest hash, history) with redis.asyncio under typer and pydantic-settings, and",
+        "  against the minimal script doing them with redis.asyncio alone. Start-up is the time from",
+        "  spawn to the cycle's `started_at`; the import floor prints the time its imports end. The",
+        "  commands run interleaved, each against a flushed server, with the runner's modules",
+        "  compiled to bytecode first, as pip does when it installs the image.",
         "- **Scale**: the same process with 2,000 symbols from a config file; peak RSS is the",
         "  child's own high-water mark (VmHWM), read from /proc while it runs.",
         "- **Rate limit**: two shards run cycles concurrently, back to back, against one limit,",
         "  with an instant remote analyzer; every analyzer call's start time is recorded and the",
         "  busiest window is counted.",
         "",
-        *(sse_section(results["sse"]) if "sse" in results else []),
+        *(sse.section(results["sse"]) if "sse" in results else []),
     ]
     return "\n".join(lines)
 
@@ -1178,13 +974,13 @@ def main() -> None:
     server = Server()
     steps: dict[str, Callable[[], Any]] = {
         "scheduling": lambda: bench_scheduling(server, args.runs),
-        "round_trips": lambda: bench_round_trips(server),
+        "round_trips": lambda: roundtrips.bench_round_trips(args.quick),
         "overhead": lambda: bench_overhead(server, max(args.runs * 3, 15)),
         "scale": lambda: bench_scale(server, max(3, args.runs // 2)),
         "rate_limit": lambda: bench_rate_limit(server, args.quick),
         "pipeline_schedule": lambda: bench_pipeline_schedule(server, args.runs),
         "pipeline_rate_limit": lambda: bench_pipeline_rate_limit(server, args.quick),
-        "sse": lambda: bench_sse(server, args.quick),
+        "sse": lambda: sse.bench_sse(server, runner_env(server), args.quick),
     }
     if args.sse_only:
         steps = {"sse": steps["sse"]}
@@ -1203,13 +999,13 @@ def main() -> None:
         server.stop()
     out = Path(args.out)
     if args.sse_only:
-        section = sse_section(results["sse"])
+        section = sse.section(results["sse"])
         section[2:2] = [
             f"Measured by `python -m bench --sse-only` on {results['date']} (redis-server {results['redis']}).",
             "",
         ]
         text = out.read_text() if out.exists() else "# Performance\n"
-        out.write_text(replace_section(text, SSE_HEADING, section))
+        out.write_text(sse.replace_section(text, sse.HEADING, section))
     else:
         out.write_text(render(results, args.runs, args.quick))
     print(f"bench: wrote {args.out}", file=sys.stderr)

@@ -46,6 +46,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from runner.config import ROOT_KEY, Settings, in_kubernetes
 from runner.errors import ConfigError, RedisRefused, RedisUnavailable, TopologyChanged, one_line
@@ -156,6 +157,10 @@ def _client_options(settings: Settings) -> dict[str, Any]:
         "decode_responses": True,
         # No CLIENT SETINFO on connect: one round trip less per connection.
         "driver_info": None,
+        # No CLIENT MAINT_NOTIFICATIONS on connect either (redis-py's "auto" sends it on every
+        # connection, and a server without the feature refuses it): a connection lives for one
+        # cycle, so there is no maintenance to follow, only one round trip more per connection.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         "max_connections": 64,
     }
 
@@ -302,6 +307,11 @@ class Script:
         self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str]) -> Any:
+        if isinstance(self.client, RedisCluster):
+            # A cluster client that has not learnt the slots yet sends its first command to any
+            # node, whatever its keys, and follows the MOVED back: one round trip lost in every
+            # cycle. Learning them first (once per client) sends it straight to its node.
+            await self.client.initialize()
         try:
             try:
                 return await self.client.evalsha(self.sha, len(keys), *keys, *args)
