@@ -344,17 +344,21 @@ class Cluster:
         for node in self.nodes:
             if not node.alive() or node.frozen:
                 continue
-            with node.client() as cl:
-                text = cl.execute_command("CLUSTER", "NODES")
-            rows = []
-            for line in str(text).splitlines():
-                parts = line.split()
-                port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-                rows.append(
-                    {"id": parts[0], "port": port, "flags": parts[2], "master": parts[3], "slots": parts[8:]}
-                )
-            return rows
+            return self.view_of(node)
         raise AssertionError("no cluster node is up")
+
+    def view_of(self, node: Node) -> list[dict[str, Any]]:
+        """``CLUSTER NODES`` as ``node`` sees it."""
+        with node.client() as cl:
+            text = cl.execute_command("CLUSTER", "NODES")
+        rows = []
+        for line in str(text).splitlines():
+            parts = line.split()
+            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+            rows.append(
+                {"id": parts[0], "port": port, "flags": parts[2], "master": parts[3], "slots": parts[8:]}
+            )
+        return rows
 
     def node_at(self, port: int) -> Node:
         return next(n for n in self.nodes if n.port == port)
@@ -396,7 +400,12 @@ class Cluster:
                 role = cl.info("replication")
             if role.get("role") == "slave" and role.get("master_link_status") != "up":
                 return False
-        rows = self.view()
+        # Every node's own table must agree, not one node's: after a failover a master can be the
+        # last to count the replica that rejoined it, and `runner status` asks the master.
+        return all(self._complete(self.view_of(node)) for node in self.nodes)
+
+    @staticmethod
+    def _complete(rows: list[dict[str, Any]]) -> bool:
         masters = [r for r in rows if "master" in r["flags"] and "fail" not in r["flags"]]
         if len(masters) != 3 or any("fail" in r["flags"] for r in rows):
             return False
