@@ -322,14 +322,6 @@ async def conclude(
         steps.append(_notify(run, outcome, plan_notices(run, outcome, snap, record, plan)))
     await asyncio.gather(*steps)
     return outcome
-    steps = []
-    if run.exports.wanted(settings):
-        gauges = cycle_gauges(settings, outcome, decision, record, run.minute, snap, tally=tally, locks=locks)
-        steps.append(_export(run, outcome, record, gauges))
-    if settings.notify.urls:
-        steps.append(_notify(run, outcome, plan_notices(run, outcome, snap, record, plan)))
-    await asyncio.gather(*steps)
-    return outcome
 
 
 def plan_notices(
