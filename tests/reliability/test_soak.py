@@ -37,6 +37,7 @@ from tests.reliability.soak_parts import Restartable, RoutedStub, RssTrail, Watc
 from tests.reliability.support import Proc, bad_lines, reap_all, run, runner_env, spawn
 from tests.support.receiver import Receiver, free_port
 from tests.support.stub_llm import Mode
+from tests.support.topology import SentinelSet
 
 CYCLES = soak_cycles()
 OVERLAP = 3
@@ -52,6 +53,9 @@ SHARDS = ["0/1", "0/1", "0/1", "0/2", "1/2", "0/3", "1/3"]
 STAGES = {"score": "SCORE", "advise": "ADVISE", "report": "REPORT"}
 STAGE_TIMEOUT_S = "1.5"
 CLIENTS = 50
+#: Runs of the Sentinel soak, and how many failovers it goes through.
+SENTINEL_CYCLES = max(18, CYCLES // 5)
+SENTINEL_FAILOVERS = max(2, SENTINEL_CYCLES // 10)
 #: Runs in a row of each analyzer outage burst.
 BURST = 5
 #: Ways a stage answers garbage (the stub's modes).
@@ -191,9 +195,11 @@ def stage_env(stub: RoutedStub, tag: str) -> dict[str, str]:
     return env
 
 
-def plan(rng: random.Random, base: dict[str, str], start: datetime, stub: RoutedStub) -> list[Spec]:
+def plan(
+    rng: random.Random, base: dict[str, str], start: datetime, stub: RoutedStub, count: int = CYCLES
+) -> list[Spec]:
     specs = []
-    for i in range(CYCLES):
+    for i in range(count):
         u, offset = divmod(i, len(OFFSETS))
         symbols = universe(u % len(QUOTES))
         env = {
@@ -724,3 +730,212 @@ def test_soak(measure, tmp_path: Path):
     assert serve_end.code == 0, (serve_end.stderr[-3000:], replay)
     assert serve_bad == [], (serve_end.stderr[-3000:], replay)
     assert rss_last <= rss_first * 1.15 + 5 * 1024, (rss_first, rss_last, replay)
+
+
+class Failovers:
+    """Fails the Sentinel set over when chosen runs start, in a thread of its own (the runs go on
+    meanwhile): the master killed (``kill -9``, then started again as a replica once the replica is
+    promoted) or switched by ``SENTINEL FAILOVER``, alternately; each waits for the set to heal
+    before the next may start."""
+
+    def __init__(self, s: SentinelSet, at: set[int]) -> None:
+        self.s = s
+        self.at = at
+        self.done: Counter[str] = Counter()
+        self.promoted_after_s: list[float] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def on_start(self, index: int) -> None:
+        if index not in self.at or (self._thread is not None and self._thread.is_alive()):
+            return
+        how = "master_killed" if sum(self.done.values()) % 2 == 0 else "sentinel_failover"
+        self._thread = threading.Thread(target=self._fail_over, args=(how,), daemon=True)
+        self._thread.start()
+
+    def _fail_over(self, how: str) -> None:
+        try:
+            master = self.s.master()
+            started = time.monotonic()
+            if how == "master_killed":
+                master.kill()
+            else:
+                self.s.failover()
+            wait_until(lambda: (self.s.master_address() or ("", master.port))[1] != master.port, timeout=60)
+            self.promoted_after_s.append(round(time.monotonic() - started, 2))
+            if how == "master_killed":
+                self.s.restart_as_replica(master)
+            self.s.wait_healthy()
+            self.done[how] += 1
+        except BaseException as exc:  # raised by finish()
+            self._error = exc
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._thread.join(120)
+        if self._error is not None:
+            raise self._error
+        self.s.wait_healthy()
+
+
+@pytest.mark.scenario("19")
+@pytest.mark.timeout(300 + 4 * SENTINEL_CYCLES)
+def test_soak_sentinel(measure, tmp_path: Path):
+    """A shorter soak on Redis Sentinel (a master, a replica, three sentinels): the same runs
+    (whole pipeline, three at a time, analyzer and stage faults, SIGKILLs) while the set fails
+    over now and then, the master killed or switched by `SENTINEL FAILOVER`. Afterwards, on the
+    master that survives: no document id is in a stream twice, every document a finished run
+    reported published is there (what no replica acknowledged is reported `unconfirmed`, not
+    published), within each symbol's stream the fencing tokens never go backwards, every run
+    that was not killed exited 0, 1 or 3 with a JSON document and no traceback, and a fresh run
+    takes every lock left and leaves none."""
+    seed = int(os.environ.get("RELIABILITY_SOAK_SEED") or random.randrange(1 << 30))
+    rng = random.Random(seed)
+    replay = f"RELIABILITY_SOAK_SEED={seed} replays this soak"
+    s = SentinelSet.start(tmp_path / "sentinel")
+    stub = RoutedStub().start()
+    try:
+        base = runner_env(
+            s.url(),
+            tmp_path,
+            RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="4",
+            RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="2",
+            RUNNER_HEARTBEAT__TTL_SECONDS=str(HEARTBEAT_TTL),
+            RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.4",
+            RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS="1",
+            RUNNER_REDIS__SOCKET_TIMEOUT_SECONDS="1",
+            RUNNER_RETRY__MAX_ATTEMPTS="2",
+            RUNNER_LOCKS__TTL_SECONDS=str(LOCK_TTL),
+            RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__FAILURE_THRESHOLD="8",
+            RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__RECOVERY_TIMEOUT_SECONDS="1",
+            RUNNER_ADAPTIVE__PAUSE_AFTER_FAILURES="1000",
+        )
+        start = datetime.now(UTC)
+        specs = plan(rng, base, start, stub, SENTINEL_CYCLES)
+        slots = range(2, SENTINEL_CYCLES - 4)
+        failovers = Failovers(
+            s, set(random.Random(seed + 3000).sample(slots, min(SENTINEL_FAILOVERS, len(slots))))
+        )
+        started = time.monotonic()
+        try:
+            done, peak = drive(specs, tmp_path / "runs", failovers.on_start, lambda: None)
+        finally:
+            failovers.finish()
+        soak_s = time.monotonic() - started
+
+        finished = [d for d in done if not d.killed]
+        killed_instances = {f"soak-{d.spec.index}" for d in done if d.killed}
+        codes = Counter(d.proc.code for d in finished)
+        unconfirmed = 0
+        unsure: set[tuple[str, str]] = set()
+        for d in finished:
+            assert d.proc.code in (0, 1, 3), (d.spec.index, d.proc.code, d.proc.stderr[-2000:], replay)
+            assert not bad_lines(d.proc.stderr), (d.spec.index, d.proc.stderr[-3000:], replay)
+            assert d.doc is not None
+            assert d.doc["exit_code"] == d.proc.code
+            instance = f"soak-{d.spec.index}"
+            unsure |= unsure_of(d.doc, instance)
+            for r in d.doc.get("results", []):
+                if r["status"] == "unconfirmed" or "unconfirmed" in json.dumps(r.get("stages") or {}):
+                    unconfirmed += 1
+                    unsure.add((instance, str(r["symbol"])))
+            if d.doc.get("report_status") == "unconfirmed":
+                unsure.add((instance, "report"))
+        docs_of = [(d.doc or {}) for d in finished]
+        with s.master().client() as client:
+            tallies = {
+                "signals": tally(
+                    stream_signals(client),
+                    {x["id"]: x for doc in docs_of for x in doc.get("signals", [])},
+                    unsure,
+                    killed_instances,
+                ),
+                "scores": tally(
+                    stage_docs(client, "signals:scored"),
+                    {x["id"]: x for doc in docs_of for x in doc.get("scores", [])},
+                    unsure,
+                    killed_instances,
+                ),
+                "advice": tally(
+                    stage_docs(client, "signals:advised"),
+                    {x["id"]: x for doc in docs_of for x in doc.get("advice", [])},
+                    unsure,
+                    killed_instances,
+                ),
+                "reports": tally(
+                    stage_docs(client, "reports:cycle"),
+                    {doc["report"]["id"]: doc["report"] for doc in docs_of if doc.get("report")},
+                    unsure,
+                    killed_instances,
+                ),
+            }
+            time.sleep(HEARTBEAT_TTL + 0.5)  # every run has ended: its heartbeat (TTL 2 s) is gone after this
+            held = len(lock_keys(client))
+            fresh_env = {
+                **base,
+                **stage_env(stub, "fresh"),
+                "INSTANCE_ID": "soak-fresh",
+                "RUNNER_SYMBOLS": json.dumps(sorted({x for spec in specs for x in spec.symbols})),
+                "RUNNER_SCHEDULED_AT": minute_at(55, start),
+                "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "20",
+            }
+            assert run(["breaker", "reset"], fresh_env, tmp_path / "runs").code == 0
+            for key in client.scan_iter(match="runner:backpressure:*"):
+                client.delete(key)
+            fresh = run(["cycle", "--json"], fresh_env, tmp_path / "runs")
+            leaked = lock_keys(client)
+    finally:
+        stub.stop()
+        s.stop()
+
+    faults: Counter[str] = Counter(failovers.done)
+    for spec in specs:
+        faults.update(spec.faults)
+    faults["sigkill"] = len(killed_instances)
+    backwards = sum(t.tokens_backwards for t in tallies.values())
+    figures: dict[str, Any] = {
+        "seed": seed,
+        "cycles_run": len(done),
+        "overlap_peak": peak,
+        "soak_s": round(soak_s, 1),
+        "exit_codes": dict(sorted(codes.items())),
+        "faults_injected": dict(sorted(faults.items())),
+        "new_master_after_s": failovers.promoted_after_s,
+        "symbols_unconfirmed": unconfirmed,
+    }
+    for name, t in tallies.items():
+        figures.update(t.figures(name))
+    figures.update(
+        fencing_tokens_backwards=backwards,
+        locks_held_after_heartbeat_ttl=held,
+        fresh_run=f"exit {fresh.code}",
+        locks_leaked=len(leaked),
+    )
+    measure.figures(**figures)
+    counts = "; ".join(
+        f"{name} expected {t.expected}, published {t.published}, duplicated {len(t.duplicated)}, "
+        f"lost {len(t.lost)}"
+        for name, t in tallies.items()
+    )
+    measure.headline(
+        f"**Soak on Sentinel** ({len(done)} cycles, {OVERLAP} at a time, {soak_s:.0f} s): faults "
+        "injected "
+        + ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))
+        + f"; {counts}; symbols unconfirmed {unconfirmed}; fencing tokens backwards {backwards}; "
+        f"locks leaked {len(leaked)}."
+    )
+    measure.note(
+        "On Sentinel, `*_expected` counts what runs reported published (a replica acknowledged "
+        "it); a document no replica acknowledged is reported `unconfirmed` and may or may not "
+        "survive the failover, so it is counted in `*_published_said_unsure` when it did."
+    )
+    assert sum(failovers.done.values()) >= 1, replay
+    assert len(done) == SENTINEL_CYCLES, replay
+    for name, t in tallies.items():
+        assert t.duplicated == [], (name, t.duplicated[:10], replay)
+        assert t.lost == [], (name, t.lost[:10], replay)
+        assert t.by_another_cycle == [], (name, t.by_another_cycle[:10], replay)
+        assert t.unexplained == [], (name, t.unexplained[:10], replay)
+    assert backwards == 0, ({n: t.tokens_backwards for n, t in tallies.items()}, replay)
+    assert fresh.code == 0, (fresh.stdout, fresh.stderr, replay)
+    assert leaked == [], (leaked, replay)
