@@ -24,7 +24,7 @@ from typing import Any
 
 from tests.conftest import RedisServer, start_redis
 from tests.reliability.support import stop_server
-from tests.support.stub_llm import Mode, Recorded, StubLLM, _Handler
+from tests.support.stub_llm import Mode, Recorded, StubLLM, _Handler, _Server
 
 #: The SSE events of the feed, in the cursor's order, and the stream each one serves.
 FEED: tuple[tuple[str, str], ...] = (
@@ -57,8 +57,6 @@ class RoutedStub(StubLLM):
             def do_POST(self) -> None:
                 _route.tag = self.path.strip("/").split("/")[0]
                 super().do_POST()
-
-        from tests.support.stub_llm import _Server
 
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), Handler)
@@ -210,10 +208,6 @@ class Restartable:
         self.server = start_redis(self.directory, self.port, *self.EXTRA)
         self.restarts += 1
         self.down_s += time.monotonic() - (self._down_at or time.monotonic())
-
-    def as_server(self) -> RedisServer:
-        assert self.server is not None, "redis-server is down"
-        return self.server
 
     def stop(self) -> None:
         if self.server is not None:

@@ -384,6 +384,92 @@ def tally(
     )
 
 
+def tally_all(
+    client: redis.Redis, docs: list[dict[str, Any]], unsure: set[tuple[str, str]], killed: set[str]
+) -> dict[str, Tally]:
+    """Signals, scores, advice and reports: what finished runs reported against their streams."""
+    reported = {
+        name: {x["id"]: x for doc in docs for x in doc.get(name, [])}
+        for name in ("signals", "scores", "advice")
+    }
+    reports = {doc["report"]["id"]: doc["report"] for doc in docs if doc.get("report")}
+    return {
+        "signals": tally(stream_signals(client), reported["signals"], unsure, killed),
+        "scores": tally(stage_docs(client, "signals:scored"), reported["scores"], unsure, killed),
+        "advice": tally(stage_docs(client, "signals:advised"), reported["advice"], unsure, killed),
+        "reports": tally(stage_docs(client, "reports:cycle"), reports, unsure, killed),
+    }
+
+
+def summary(tallies: dict[str, Tally]) -> str:
+    return "; ".join(
+        f"{name} expected {t.expected}, published {t.published}, duplicated {len(t.duplicated)}, "
+        f"lost {len(t.lost)}"
+        for name, t in tallies.items()
+    )
+
+
+def assert_sound(tallies: dict[str, Tally], replay: str) -> None:
+    """No document twice, none reported published missing or written by another cycle, none in
+    a stream that no run reported or said it may have published, no fencing token backwards."""
+    for name, t in tallies.items():
+        assert t.duplicated == [], (name, t.duplicated[:10], replay)
+        assert t.lost == [], (name, t.lost[:10], replay)
+        assert t.by_another_cycle == [], (name, t.by_another_cycle[:10], replay)
+        assert t.unexplained == [], (name, t.unexplained[:10], replay)
+    assert sum(t.tokens_backwards for t in tallies.values()) == 0, (
+        {n: t.tokens_backwards for n, t in tallies.items()},
+        replay,
+    )
+
+
+def fresh_start(
+    base: dict[str, str],
+    stub: RoutedStub,
+    specs: list[Spec],
+    start: datetime,
+    client: redis.Redis,
+    directory: Path,
+) -> Proc:
+    """An operator's fresh start: close the breaker and clear a backpressure cooldown the faults
+    may have left, then one run over every symbol of every universe takes whatever is left."""
+    env = {
+        **base,
+        **stage_env(stub, "fresh"),
+        "INSTANCE_ID": "soak-fresh",
+        "RUNNER_SYMBOLS": json.dumps(sorted({s for spec in specs for s in spec.symbols})),
+        # Ahead of every run's minute: a long soak moves the clock towards it, never more than an
+        # hour away from it (a minute behind them would drift out of the hour the runner honours).
+        "RUNNER_SCHEDULED_AT": minute_at(55, start),
+        "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "20",
+    }
+    assert run(["breaker", "reset"], env, directory).code == 0
+    for key in client.scan_iter(match="runner:backpressure:*"):
+        client.delete(key)
+    return run(["cycle", "--json"], env, directory)
+
+
+def soak_env(redis_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    """The runs' common settings: short timeouts, a breaker that takes a whole outage to open,
+    no symbol paused for its failures (a paused symbol would fall out of the accounting)."""
+    return runner_env(
+        redis_url,
+        state_dir,
+        RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="4",
+        RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="2",
+        RUNNER_HEARTBEAT__TTL_SECONDS=str(HEARTBEAT_TTL),
+        RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.4",
+        RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS="1",
+        RUNNER_REDIS__SOCKET_TIMEOUT_SECONDS="1",
+        RUNNER_RETRY__MAX_ATTEMPTS="2",
+        RUNNER_LOCKS__TTL_SECONDS=str(LOCK_TTL),
+        RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__FAILURE_THRESHOLD="8",
+        RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__RECOVERY_TIMEOUT_SECONDS="1",
+        RUNNER_ADAPTIVE__PAUSE_AFTER_FAILURES="1000",
+        **extra,
+    )
+
+
 @pytest.mark.scenario("19")
 @pytest.mark.timeout(300 + 4 * CYCLES)
 def test_soak(measure, tmp_path: Path):
@@ -415,20 +501,9 @@ def test_soak(measure, tmp_path: Path):
     watchers: list[Watcher] = []
     served = None
     try:
-        base = runner_env(
+        base = soak_env(
             store.url,
             tmp_path,
-            RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="4",
-            RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="2",
-            RUNNER_HEARTBEAT__TTL_SECONDS=str(HEARTBEAT_TTL),
-            RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.4",
-            RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS="1",
-            RUNNER_REDIS__SOCKET_TIMEOUT_SECONDS="1",
-            RUNNER_RETRY__MAX_ATTEMPTS="2",
-            RUNNER_LOCKS__TTL_SECONDS=str(LOCK_TTL),
-            RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__FAILURE_THRESHOLD="8",
-            RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__RECOVERY_TIMEOUT_SECONDS="1",
-            RUNNER_ADAPTIVE__PAUSE_AFTER_FAILURES="1000",
             RUNNER_NOTIFY__URLS=receiver.url("hook"),
             RUNNER_NOTIFY__TIMEOUT_SECONDS="2",
         )
@@ -475,32 +550,7 @@ def test_soak(measure, tmp_path: Path):
         for d in finished:
             unsure |= unsure_of(d.doc or {}, f"soak-{d.spec.index}")
         docs_of = [(d.doc or {}) for d in finished]
-        tallies = {
-            "signals": tally(
-                stream_signals(client),
-                {s["id"]: s for doc in docs_of for s in doc.get("signals", [])},
-                unsure,
-                killed_instances,
-            ),
-            "scores": tally(
-                stage_docs(client, "signals:scored"),
-                {s["id"]: s for doc in docs_of for s in doc.get("scores", [])},
-                unsure,
-                killed_instances,
-            ),
-            "advice": tally(
-                stage_docs(client, "signals:advised"),
-                {s["id"]: s for doc in docs_of for s in doc.get("advice", [])},
-                unsure,
-                killed_instances,
-            ),
-            "reports": tally(
-                stage_docs(client, "reports:cycle"),
-                {doc["report"]["id"]: doc["report"] for doc in docs_of if doc.get("report")},
-                unsure,
-                killed_instances,
-            ),
-        }
+        tallies = tally_all(client, docs_of, unsure, killed_instances)
 
         # --- locks: none outlives its owner -----------------------------------------------------
         time.sleep(HEARTBEAT_TTL + 0.5)  # every run has ended: its heartbeat (TTL 2 s) is gone after this
@@ -525,24 +575,7 @@ def test_soak(measure, tmp_path: Path):
             doc = docs.get(json.loads(held[key]).get("instance_id"), {})
             text = " ".join(doc.get("warnings") or []) + str(doc.get("error") or "")
             assert "Redis" in text, (key, doc, replay)
-        # An operator's fresh start: close the breaker and clear a backpressure cooldown the faults
-        # may have left, then one run over every symbol of every universe takes whatever is left.
-        every = sorted({s for spec in specs for s in spec.symbols})
-        fresh_env = {
-            **base,
-            **stage_env(stub, "fresh"),
-            "INSTANCE_ID": "soak-fresh",
-            "RUNNER_SYMBOLS": json.dumps(every),
-            # Ahead of every run's minute: a long soak moves the clock towards it, never more than
-            # an hour away from it (a minute behind them would drift out of the hour the runner
-            # honours).
-            "RUNNER_SCHEDULED_AT": minute_at(55, start),
-            "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "20",
-        }
-        assert run(["breaker", "reset"], fresh_env, tmp_path / "runs").code == 0
-        for key in client.scan_iter(match="runner:backpressure:*"):
-            client.delete(key)
-        fresh = run(["cycle", "--json"], fresh_env, tmp_path / "runs")
+        fresh = fresh_start(base, stub, specs, start, client, tmp_path / "runs")
         fresh_doc = fresh.json()
         not_taken = [r["symbol"] for r in fresh_doc["results"] if r["status"] == "locked"]
         leaked_after = lock_keys(client)
@@ -682,11 +715,7 @@ def test_soak(measure, tmp_path: Path):
         }
     )
     measure.figures(**figures)
-    counts = "; ".join(
-        f"{name} expected {t.expected}, published {t.published}, duplicated {len(t.duplicated)}, "
-        f"lost {len(t.lost)}"
-        for name, t in tallies.items()
-    )
+    counts = summary(tallies)
     measure.headline(
         f"**Soak** ({len(done)} cycles, {OVERLAP} at a time, whole pipeline, {soak_s:.0f} s): faults "
         "injected "
@@ -729,12 +758,7 @@ def test_soak(measure, tmp_path: Path):
         "notifier, reported here rather than asserted."
     )
     assert len(done) == CYCLES, replay
-    for name, t in tallies.items():
-        assert t.duplicated == [], (name, t.duplicated[:10], replay)
-        assert t.lost == [], (name, t.lost[:10], replay)
-        assert t.by_another_cycle == [], (name, t.by_another_cycle[:10], replay)
-        assert t.unexplained == [], (name, t.unexplained[:10], replay)
-    assert backwards == 0, ({n: t.tokens_backwards for n, t in tallies.items()}, replay)
+    assert_sound(tallies, replay)
     assert live_owners == [], ("a lock is still held by a live owner after every run ended", replay)
     assert all(0 < ttl <= LOCK_TTL for ttl in ttls), (ttls, replay)
     assert fresh.code == 0, (fresh.stdout, fresh.stderr, replay)
@@ -815,21 +839,7 @@ def test_soak_sentinel(measure, tmp_path: Path):
     s = SentinelSet.start(tmp_path / "sentinel")
     stub = RoutedStub().start()
     try:
-        base = runner_env(
-            s.url(),
-            tmp_path,
-            RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS="4",
-            RUNNER_TIMEOUTS__SYMBOL_TIMEOUT_SECONDS="2",
-            RUNNER_HEARTBEAT__TTL_SECONDS=str(HEARTBEAT_TTL),
-            RUNNER_HEARTBEAT__INTERVAL_SECONDS="0.4",
-            RUNNER_GRACEFUL_SHUTDOWN__TIMEOUT_SECONDS="1",
-            RUNNER_REDIS__SOCKET_TIMEOUT_SECONDS="1",
-            RUNNER_RETRY__MAX_ATTEMPTS="2",
-            RUNNER_LOCKS__TTL_SECONDS=str(LOCK_TTL),
-            RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__FAILURE_THRESHOLD="8",
-            RUNNER_CIRCUIT_BREAKER__LLM_SERVICE__RECOVERY_TIMEOUT_SECONDS="1",
-            RUNNER_ADAPTIVE__PAUSE_AFTER_FAILURES="1000",
-        )
+        base = soak_env(s.url(), tmp_path)
         start = datetime.now(UTC)
         specs = plan(rng, base, start, stub, SENTINEL_CYCLES)
         slots = range(2, SENTINEL_CYCLES - 4)
@@ -862,47 +872,11 @@ def test_soak_sentinel(measure, tmp_path: Path):
             )
         docs_of = [(d.doc or {}) for d in finished]
         with s.master().client() as client:
-            tallies = {
-                "signals": tally(
-                    stream_signals(client),
-                    {x["id"]: x for doc in docs_of for x in doc.get("signals", [])},
-                    unsure,
-                    killed_instances,
-                ),
-                "scores": tally(
-                    stage_docs(client, "signals:scored"),
-                    {x["id"]: x for doc in docs_of for x in doc.get("scores", [])},
-                    unsure,
-                    killed_instances,
-                ),
-                "advice": tally(
-                    stage_docs(client, "signals:advised"),
-                    {x["id"]: x for doc in docs_of for x in doc.get("advice", [])},
-                    unsure,
-                    killed_instances,
-                ),
-                "reports": tally(
-                    stage_docs(client, "reports:cycle"),
-                    {doc["report"]["id"]: doc["report"] for doc in docs_of if doc.get("report")},
-                    unsure,
-                    killed_instances,
-                ),
-            }
+            tallies = tally_all(client, docs_of, unsure, killed_instances)
             # Every run has ended: once their heartbeats have expired, what they hold is stale.
             wait_until(lambda: not list(client.scan_iter(match="runner:heartbeat:*")), timeout=60)
             held = len(lock_keys(client))
-            fresh_env = {
-                **base,
-                **stage_env(stub, "fresh"),
-                "INSTANCE_ID": "soak-fresh",
-                "RUNNER_SYMBOLS": json.dumps(sorted({x for spec in specs for x in spec.symbols})),
-                "RUNNER_SCHEDULED_AT": minute_at(55, start),
-                "RUNNER_TIMEOUTS__TOTAL_TIMEOUT_SECONDS": "20",
-            }
-            assert run(["breaker", "reset"], fresh_env, tmp_path / "runs").code == 0
-            for key in client.scan_iter(match="runner:backpressure:*"):
-                client.delete(key)
-            fresh = run(["cycle", "--json"], fresh_env, tmp_path / "runs")
+            fresh = fresh_start(base, stub, specs, start, client, tmp_path / "runs")
             leaked = lock_keys(client)
     finally:
         stub.stop()
@@ -932,11 +906,7 @@ def test_soak_sentinel(measure, tmp_path: Path):
         locks_leaked=len(leaked),
     )
     measure.figures(**figures)
-    counts = "; ".join(
-        f"{name} expected {t.expected}, published {t.published}, duplicated {len(t.duplicated)}, "
-        f"lost {len(t.lost)}"
-        for name, t in tallies.items()
-    )
+    counts = summary(tallies)
     measure.headline(
         f"**Soak on Sentinel** ({len(done)} cycles, {OVERLAP} at a time, {soak_s:.0f} s): faults "
         "injected "
@@ -951,11 +921,6 @@ def test_soak_sentinel(measure, tmp_path: Path):
     )
     assert sum(failovers.done.values()) >= 1, replay
     assert len(done) == SENTINEL_CYCLES, replay
-    for name, t in tallies.items():
-        assert t.duplicated == [], (name, t.duplicated[:10], replay)
-        assert t.lost == [], (name, t.lost[:10], replay)
-        assert t.by_another_cycle == [], (name, t.by_another_cycle[:10], replay)
-        assert t.unexplained == [], (name, t.unexplained[:10], replay)
-    assert backwards == 0, ({n: t.tokens_backwards for n, t in tallies.items()}, replay)
+    assert_sound(tallies, replay)
     assert fresh.code == 0, (fresh.stdout, fresh.stderr, replay)
     assert leaked == [], (leaked, replay)
