@@ -804,7 +804,9 @@ class Failovers:
             if how == "master_killed":
                 master.kill()
             else:
-                self.s.failover()
+                # The sentinels refuse (NOGOODSLAVE) until they have seen the replica a kill left
+                # come back in step; they look every few seconds.
+                wait_until(self._failover_accepted, timeout=60, interval=0.5)
             wait_until(lambda: (self.s.master_address() or ("", master.port))[1] != master.port, timeout=60)
             self.promoted_after_s.append(round(time.monotonic() - started, 2))
             if how == "master_killed":
@@ -813,6 +815,15 @@ class Failovers:
             self.done[how] += 1
         except BaseException as exc:  # raised by finish()
             self._error = exc
+
+    def _failover_accepted(self) -> bool:
+        try:
+            self.s.failover()
+        except redis.ResponseError as exc:
+            if "NOGOODSLAVE" in str(exc) or "INPROG" in str(exc):
+                return False
+            raise
+        return True
 
     def finish(self) -> None:
         if self._thread is not None:
