@@ -333,3 +333,251 @@ def test_a_masked_notice_hides_what_the_mask_hides() -> None:
     assert "sk-or-12345678" not in masked.body
     assert "key *** leaked" in masked.body
     assert masked.id == notice.id
+
+
+# Every message word for word: what a person reads, with each fallback a stored value may need ------
+
+
+def test_the_breaker_messages_word_for_word() -> None:
+    opened = notify.breaker_opened(OPEN, SEEN)
+    closed = notify.breaker_closed(OPEN, SEEN)
+    reset = notify.breaker_closed(OPEN, Seen(now=T0 + 90, instance_id="ops", command="runner breaker reset"))
+
+    assert (opened.event, opened.id, opened.title) == (
+        notify.Event.BREAKER_OPENED,
+        f"breaker_opened:{T0 + 1:.3f}",
+        "autonomous-runner: circuit breaker opened",
+    )
+    assert opened.body == (
+        "The analyzer's circuit breaker opened after 2 failures in a row: cycles skip, and probe the "
+        "analyzer again 60 s after it opened.\n"
+        "Since: 2026-11-23 14:05:08 UTC\n"
+        "Why: transient on ETH/USD (503 service unavailable)\n"
+        "To undo: `runner breaker reset` closes it by hand; "
+        "it also closes by itself once probe calls succeed\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: breaker_opened"
+    )
+    assert (closed.event, closed.id, closed.title) == (
+        notify.Event.BREAKER_CLOSED,
+        f"breaker_closed:{T0 + 1:.3f}",
+        "autonomous-runner: circuit breaker closed",
+    )
+    assert closed.body == (
+        "The analyzer's circuit breaker closed: cycles run again.\n"
+        "Since: 2026-11-23 14:05:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)\n"
+        "Why: probe calls to the analyzer succeeded\n"
+        "To undo: nothing to undo; it opens again if the analyzer keeps failing\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: breaker_closed"
+    )
+    assert reset.body.splitlines()[1:5] == [
+        "Since: 2026-11-23 14:06:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)",
+        "Why: closed by hand",
+        "To undo: nothing to undo; it opens again if the analyzer keeps failing",
+        "Seen by: `runner breaker reset` on ops",
+    ]
+
+
+def test_the_paused_and_resumed_messages_word_for_word() -> None:
+    record = json.dumps(
+        {"since": T0, "reason": "confidence 7 is not in [0, 1]", "code": "invalid_output", "failures": 4}
+    )
+
+    paused = notify.symbol_paused("ETH/USD", record, replace(SEEN, pause_after=5))
+    resumed = notify.symbol_resumed("ETH/USD", record, SEEN)
+
+    assert (paused.event, paused.id, paused.title) == (
+        notify.Event.SYMBOL_PAUSED,
+        f"symbol_paused:ETH/USD:{T0:.3f}",
+        "autonomous-runner: ETH/USD paused",
+    )
+    assert paused.body == (
+        "ETH/USD is paused after 4 failures of its own in a row: cycles skip it.\n"
+        "Since: 2026-11-23 14:05:07 UTC\n"
+        "Why: invalid_output: confidence 7 is not in [0, 1]\n"
+        "To undo: `runner resume ETH/USD`\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: symbol_paused"
+    )
+    assert (resumed.event, resumed.id, resumed.title) == (
+        notify.Event.SYMBOL_RESUMED,
+        f"symbol_resumed:ETH/USD:{T0:.3f}",
+        "autonomous-runner: ETH/USD resumed",
+    )
+    assert resumed.body == (
+        "ETH/USD is no longer paused: cycles analyze it again.\n"
+        "Since: 2026-11-23 14:05:37 UTC (it had been paused since 2026-11-23 14:05:07 UTC)\n"
+        "Why: resumed by hand; it was paused for: confidence 7 is not in [0, 1]\n"
+        "To undo: nothing to undo; it is paused again after 3 failures of its own\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: symbol_resumed"
+    )
+
+
+def test_a_paused_record_without_its_details_falls_back_on_the_settings_and_the_cycle() -> None:
+    record = json.dumps({"cycle_id": "c-0"})
+    seen = replace(SEEN, pause_after=5)
+
+    paused = notify.symbol_paused("ETH/USD", record, seen)
+    resumed = notify.symbol_resumed("ETH/USD", record, seen)
+
+    assert paused.id == "symbol_paused:ETH/USD:c-0"
+    assert paused.body.splitlines()[:3] == [
+        "ETH/USD is paused after 5 failures of its own in a row: cycles skip it.",
+        "Since: an unknown time",
+        "Why: no reason recorded",
+    ]
+    assert resumed.id == "symbol_resumed:ETH/USD:c-0"
+    assert resumed.body.splitlines()[1:4] == [
+        "Since: 2026-11-23 14:05:37 UTC (it had been paused since an unknown time)",
+        "Why: resumed by hand",
+        "To undo: nothing to undo; it is paused again after 5 failures of its own",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"), [("bad data feed", "bad data feed"), ("42", "42"), ("[1, 2]", "[1, 2]")]
+)
+def test_a_paused_record_that_is_not_a_json_object_is_its_own_reason(raw: str, why: str) -> None:
+    paused = notify.symbol_paused("ETH/USD", raw, SEEN)
+    resumed = notify.symbol_resumed("ETH/USD", raw, SEEN)
+
+    assert paused.id == "symbol_paused:ETH/USD:?"
+    assert paused.body.splitlines()[2] == f"Why: {why}"
+    assert resumed.id == "symbol_resumed:ETH/USD:?"
+    assert resumed.body.splitlines()[2] == f"Why: resumed by hand; it was paused for: {why}"
+
+
+def test_the_kill_switch_messages_word_for_word() -> None:
+    on = notify.kill_switch_on(kill(), SEEN)
+    off = notify.kill_switch_off(kill(), SEEN)
+
+    assert (on.event, on.id, on.title) == (
+        notify.Event.KILL_SWITCH_ON,
+        f"kill_switch_on:{T0:.3f}",
+        "autonomous-runner: kill switch ON",
+    )
+    assert on.body == (
+        "The kill switch is on: every cycle skips until it is turned off.\n"
+        "Since: 2026-11-23 14:05:07 UTC\n"
+        "Why: exchange maintenance (by alice)\n"
+        "To undo: `runner kill-switch off`\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: kill_switch_on"
+    )
+    assert (off.event, off.id, off.title) == (
+        notify.Event.KILL_SWITCH_OFF,
+        f"kill_switch_off:{T0:.3f}",
+        "autonomous-runner: kill switch off",
+    )
+    assert off.body == (
+        "The kill switch is off: cycles run again.\n"
+        "Since: 2026-11-23 14:05:37 UTC (it had been on since 2026-11-23 14:05:07 UTC)\n"
+        "Why: turned off; it was on for: exchange maintenance (by alice)\n"
+        'To undo: `runner kill-switch on --reason "..."` halts every cycle again\n'
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: kill_switch_off"
+    )
+
+
+def test_a_kill_switch_set_by_hand_without_its_details_still_reads_well() -> None:
+    bare = {"on": "1"}
+
+    on = notify.kill_switch_on(bare, SEEN)
+    off = notify.kill_switch_off(bare, SEEN)
+
+    assert on.id == "kill_switch_on:?"
+    assert on.body.splitlines()[1:3] == ["Since: an unknown time", "Why: no reason given (by ?)"]
+    assert off.id == "kill_switch_off:?"
+    assert off.body.splitlines()[1:3] == [
+        "Since: 2026-11-23 14:05:37 UTC (it had been on since an unknown time)",
+        "Why: turned off; it was on for: no reason given (by ?)",
+    ]
+
+
+def test_the_budget_message_word_for_word() -> None:
+    notice = notify.budget_exhausted(1.02, SEEN)
+    quiet = notify.budget_exhausted(1.02, replace(SEEN, failures=""))
+
+    assert (notice.event, notice.id, notice.title) == (
+        notify.Event.BUDGET_EXHAUSTED,
+        "budget_exhausted:2026-11-23",
+        "autonomous-runner: daily budget spent",
+    )
+    assert notice.body == (
+        "The analyzer's daily budget is spent: $1.0200 of $1.00 on 2026-11-23 (UTC). "
+        "Cycles skip until 00:00 UTC.\n"
+        "Since: 2026-11-23 14:05:37 UTC\n"
+        "Why: the cost of today's analyzer calls; "
+        "last cycle: transient on ETH/USD (503 service unavailable)\n"
+        "To undo: raise analyzer.daily_budget_usd (RUNNER_ANALYZER__DAILY_BUDGET_USD), "
+        "or wait for 00:00 UTC\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: budget_exhausted"
+    )
+    assert quiet.body.splitlines()[2] == "Why: the cost of today's analyzer calls"
+
+
+def test_the_streak_messages_word_for_word() -> None:
+    streak = Streak(count=3, since=T0, why="permanent on ETH/USD (401 unauthorized)")
+
+    failing = notify.cycles_failing("0/1", streak, SEEN)
+    recovered = notify.recovered("0/1", streak, SEEN)
+
+    assert (failing.event, failing.id, failing.title) == (
+        notify.Event.CYCLES_FAILING,
+        f"cycles_failing:0/1:{T0:.3f}",
+        "autonomous-runner: cycles failing (shard 0/1)",
+    )
+    assert failing.body == (
+        "3 cycles of shard 0/1 failed in a row: no symbol produced a signal.\n"
+        "Since: 2026-11-23 14:05:07 UTC\n"
+        "Why: permanent on ETH/USD (401 unauthorized)\n"
+        "To undo: see `runner status` for each symbol's last error; cycles recover by themselves once the "
+        "cause is gone (`runner breaker reset` if the breaker is open)\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: cycles_failing"
+    )
+    assert (recovered.event, recovered.id, recovered.title) == (
+        notify.Event.RECOVERED,
+        f"recovered:0/1:{T0:.3f}",
+        "autonomous-runner: cycles recovered (shard 0/1)",
+    )
+    assert recovered.body == (
+        "Cycles of shard 0/1 succeed again after 3 failed cycles in a row.\n"
+        "Since: 2026-11-23 14:05:37 UTC (failing since 2026-11-23 14:05:07 UTC)\n"
+        "Why: cycle c-1 ran and did not fail\n"
+        "To undo: nothing to undo\n"
+        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
+        "Event: recovered"
+    )
+
+
+def test_a_streak_without_its_reason_says_what_the_cycle_knows() -> None:
+    bare = Streak(count=3, since=None)
+
+    assert notify.cycles_failing("0/1", bare, SEEN).body.splitlines()[1:3] == [
+        "Since: an unknown time",
+        "Why: transient on ETH/USD (503 service unavailable)",
+    ]
+    assert notify.cycles_failing("0/1", bare, replace(SEEN, failures="")).body.splitlines()[2] == (
+        "Why: every symbol failed"
+    )
+    assert notify.cycles_failing("0/1", bare, SEEN).id == "cycles_failing:0/1:?"
+    assert notify.recovered("0/1", bare, replace(SEEN, cycle_id=None)).body.splitlines()[2] == (
+        "Why: cycle ? ran and did not fail"
+    )
+
+
+def test_the_test_notification_word_for_word() -> None:
+    notice = notify.test_notice("pod-a", T0)
+
+    assert notice == notify.Notice(
+        event=notify.Event.TEST,
+        id=f"test:{T0:.3f}",
+        title="autonomous-runner: test notification",
+        body="A test message from `runner notify test` on pod-a at 2026-11-23 14:05:07 UTC: "
+        "notifications reach this address.",
+    )
+    assert notice.kind == "info"
