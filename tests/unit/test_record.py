@@ -787,3 +787,17 @@ def test_the_breaker_gauge_names_the_state_the_record_step_saw(state: str, value
     assert {k: v for k, v in found.items() if k.startswith("circuit_breaker_state")} == {
         f'circuit_breaker_state{{breaker="llm_service",state="{state}"}}': value
     }
+
+
+def test_the_hit_ratio_gauges_are_per_symbol_and_horizon_and_only_where_something_was_scored() -> None:
+    done = outcome(CycleStatus.COMPLETED, [ok("ETH/USD")])
+    record = RecordResult(
+        hit_ratios=[("ETH/USD", 5, 4.0, 3.0), ("ETH/USD", 15, 1.0, 1.0), ("BTC/USD", 5, 0.0, 0.0)]
+    )
+
+    found = gauges(done, None, record)
+
+    assert {k: v for k, v in found.items() if k.startswith("signal_outcome_hit_ratio")} == {
+        'signal_outcome_hit_ratio{horizon="5",symbol="ETH/USD"}': 0.75,
+        'signal_outcome_hit_ratio{horizon="15",symbol="ETH/USD"}': 1.0,
+    }
