@@ -52,6 +52,7 @@ ONLY_FUNCTIONS: dict[str, tuple[str, ...]] = {
         "cycle_gauges",
         "model_broken",
         "skipped_label",
+        "plan_notices",
         "_fields",
     ),
 }

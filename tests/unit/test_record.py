@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -22,7 +22,8 @@ from runner.config import Settings, load_settings
 from runner.errors import Code
 from runner.guards import Decision, Snapshot
 from runner.models import CycleStatus, Outcome, Signal, SymbolResult, SymbolStatus
-from runner.record import RecordPlan, cycle_gauges, plan_record
+from runner.notify import Streak
+from runner.record import RecordPlan, cycle_gauges, plan_notices, plan_record
 from runner.store.locks import LockResult, Owner
 from runner.store.state import RecordResult
 
@@ -801,3 +802,83 @@ def test_the_hit_ratio_gauges_are_per_symbol_and_horizon_and_only_where_somethin
         'signal_outcome_hit_ratio{horizon="5",symbol="ETH/USD"}': 0.75,
         'signal_outcome_hit_ratio{horizon="15",symbol="ETH/USD"}': 1.0,
     }
+
+
+# The notifications' facts --------------------------------------------------------------------------
+
+
+def notices(cfg: Settings, done: Outcome, began: Snapshot, record: RecordResult, made: RecordPlan) -> Any:
+    """``plan_notices`` for a run of shard 1/3 of ``cfg`` (the run only names who saw what)."""
+    import fakeredis
+
+    from runner.analyzers.fake import FakeAnalyzer
+    from runner.clock import FrozenClock
+    from runner.cycle import start
+    from runner.market.synthetic import SyntheticSource
+    from runner.run import Deps, Exports
+    from runner.shards import Shard
+
+    deps = Deps(
+        fakeredis.FakeAsyncRedis(), FakeAnalyzer(lambda r: None), SyntheticSource(), FrozenClock(STARTED)
+    )
+    run = start(cfg, deps, Shard(1, 3), False, Exports())
+    return run, plan_notices(run, done, began, record, made)
+
+
+def test_the_notices_compare_the_state_the_cycle_began_with_to_the_state_it_recorded() -> None:
+    cfg = settings(
+        instance_id="unit-runner",
+        analyzer={"daily_budget_usd": 1.0},
+        notify={"failing_cycles": 2},
+        adaptive={"pause_after_failures": 4},
+        circuit_breaker={"llm_service": {"recovery_timeout_seconds": 90}},
+    )
+    # 23:30 in New York is already the next day in UTC: the budget's day is the UTC one.
+    late = STARTED.replace(hour=23, minute=30, tzinfo=timezone(timedelta(hours=-5)))
+    done = outcome(
+        CycleStatus.FAILED, [failed("ETH/USD", "transient: 503 service unavailable", code=Code.TRANSIENT)]
+    )
+    done = done.model_copy(update={"started_at": late})
+    began = replace(snapshot(), spend_usd=0.5, failing=Streak(1, since=T - 60, why="transient on ETH/USD"))
+    opened = BreakerState(state="open", failure_count=3, opened_at=T, since=T)
+    record = RecordResult(
+        breaker=opened,
+        paused={"ETH/USD": json.dumps({"since": T, "reason": "bad answers"})},
+        kill_switch={"on": "1", "reason": "maintenance", "by": "ops", "at": f"{T:.3f}"},
+        spend_usd=1.25,
+    )
+    made = RecordPlan(
+        payload={}, lock_keys=[], now=T + 2, streak=Streak(2, since=T - 60, why="transient on ETH/USD")
+    )
+
+    run, told = notices(cfg, done, began, record, made)
+
+    assert [(n.event.value, n.id) for n in told] == [
+        ("breaker_opened", f"breaker_opened:{T:.3f}"),
+        ("symbol_paused", f"symbol_paused:ETH/USD:{T:.3f}"),
+        ("kill_switch_on", f"kill_switch_on:{T:.3f}"),
+        ("budget_exhausted", "budget_exhausted:2026-03-03"),
+        ("cycles_failing", f"cycles_failing:1/3:{T - 60:.3f}"),
+    ]
+    breaker_opened, paused, _, budget, failing = (n.body.splitlines() for n in told)
+    seen_by = f"Seen by: shard 1/3, instance unit-runner, cycle {run.owner.cycle_id}"
+    assert all(n.body.splitlines()[-2] == seen_by for n in told)
+    assert "probe the analyzer again 90 s after it opened" in breaker_opened[0]
+    assert breaker_opened[2] == "Why: transient on ETH/USD (503 service unavailable)"
+    assert paused[0] == "ETH/USD is paused after 4 failures of its own in a row: cycles skip it."
+    assert budget[0].startswith("The analyzer's daily budget is spent: $1.2500 of $1.00 on 2026-03-03 (UTC).")
+    assert budget[1] == "Since: 2026-03-02 12:00:03 UTC"
+    assert failing[0] == "2 cycles of shard 1/3 failed in a row: no symbol produced a signal."
+
+
+def test_without_a_recorded_breaker_or_streak_the_notices_keep_those_the_cycle_began_with() -> None:
+    cfg = settings(notify={"failing_cycles": 2})
+    done = outcome(CycleStatus.SKIPPED, [], skip_reason="breaker_open", skip_detail="d")
+    opened = BreakerState(state="open", failure_count=3, opened_at=T, since=T)
+    began = replace(snapshot(), breaker=opened, failing=Streak(5, since=T - 600))
+
+    _, told = notices(
+        cfg, done, began, RecordResult(breaker=None), RecordPlan(payload={}, lock_keys=[], now=T)
+    )
+
+    assert told == []
