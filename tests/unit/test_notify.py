@@ -581,3 +581,53 @@ def test_the_test_notification_word_for_word() -> None:
         "notifications reach this address.",
     )
     assert notice.kind == "info"
+
+
+# The boundaries of each transition --------------------------------------------------------------
+
+
+def test_spending_exactly_the_budget_is_told_and_starting_at_it_is_not() -> None:
+    assert events(detect(Facts(spend_usd=0.9), Facts(spend_usd=1.0), SEEN)) == ["budget_exhausted"]
+    assert detect(Facts(spend_usd=1.0), Facts(spend_usd=1.2), SEEN) == []
+
+
+def test_a_kill_switch_turned_off_and_on_again_within_one_cycle_tells_both() -> None:
+    again = kill(at=f"{T0 + 20:.3f}", reason="second maintenance")
+
+    told = detect(Facts(kill_switch=kill()), Facts(kill_switch=again), SEEN)
+
+    assert [(n.event.value, n.id) for n in told] == [
+        ("kill_switch_off", f"kill_switch_off:{T0:.3f}"),
+        ("kill_switch_on", f"kill_switch_on:{T0 + 20:.3f}"),
+    ]
+
+
+def test_a_kill_switch_whose_flag_alone_changes_is_told() -> None:
+    on, off = kill(), {**kill(), "on": "0"}
+
+    assert events(detect(Facts(kill_switch=on), Facts(kill_switch=off), SEEN)) == ["kill_switch_off"]
+    assert events(detect(Facts(kill_switch=off), Facts(kill_switch=on), SEEN)) == ["kill_switch_on"]
+
+
+def test_a_streak_of_exactly_the_threshold_recovers_and_a_skipped_cycle_tells_nothing() -> None:
+    three = Streak(count=3, since=T0)
+
+    assert events(detect(Facts(streak=three), Facts(streak=Streak()), SEEN)) == ["recovered"]
+    assert detect(Facts(streak=three), Facts(streak=three), SEEN) == []
+
+
+def test_a_new_streak_right_after_a_told_one_tells_the_recovery_and_the_new_failures() -> None:
+    old, new = Streak(count=4, since=T0), Streak(count=3, since=T0 + 600)
+
+    told = detect(Facts(streak=old), Facts(streak=new), SEEN)
+
+    assert [(n.event.value, n.id) for n in told] == [
+        ("recovered", f"recovered:0/1:{T0:.3f}"),
+        ("cycles_failing", f"cycles_failing:0/1:{T0 + 600:.3f}"),
+    ]
+
+
+def test_an_opening_no_run_of_this_cycle_caused_says_so() -> None:
+    notice = notify.breaker_opened(OPEN, replace(SEEN, failures=""))
+
+    assert notice.body.splitlines()[2] == "Why: failures counted by other runs"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from runner.notify import Streak
 from runner.record import RecordPlan, cycle_gauges, plan_notices, plan_record
 from runner.store.locks import LockResult, Owner
 from runner.store.state import RecordResult
+from tests.support.timezone import local_time_zone
 
 # Builders: the one place that knows how the record step is called -----------------------------
 
@@ -833,12 +834,12 @@ def test_the_notices_compare_the_state_the_cycle_began_with_to_the_state_it_reco
         adaptive={"pause_after_failures": 4},
         circuit_breaker={"llm_service": {"recovery_timeout_seconds": 90}},
     )
-    # 23:30 in New York is already the next day in UTC: the budget's day is the UTC one.
-    late = STARTED.replace(hour=23, minute=30, tzinfo=timezone(timedelta(hours=-5)))
+    # 04:30 UTC is still the day before in Honolulu: the budget's day is the UTC one.
+    early = datetime(2026, 3, 3, 4, 30, tzinfo=UTC)
     done = outcome(
         CycleStatus.FAILED, [failed("ETH/USD", "transient: 503 service unavailable", code=Code.TRANSIENT)]
     )
-    done = done.model_copy(update={"started_at": late})
+    done = done.model_copy(update={"started_at": early})
     began = replace(snapshot(), spend_usd=0.5, failing=Streak(1, since=T - 60, why="transient on ETH/USD"))
     opened = BreakerState(state="open", failure_count=3, opened_at=T, since=T)
     record = RecordResult(
@@ -851,7 +852,8 @@ def test_the_notices_compare_the_state_the_cycle_began_with_to_the_state_it_reco
         payload={}, lock_keys=[], now=T + 2, streak=Streak(2, since=T - 60, why="transient on ETH/USD")
     )
 
-    run, told = notices(cfg, done, began, record, made)
+    with local_time_zone("HST10"):
+        run, told = notices(cfg, done, began, record, made)
 
     assert [(n.event.value, n.id) for n in told] == [
         ("breaker_opened", f"breaker_opened:{T:.3f}"),
@@ -871,14 +873,23 @@ def test_the_notices_compare_the_state_the_cycle_began_with_to_the_state_it_reco
     assert failing[0] == "2 cycles of shard 1/3 failed in a row: no symbol produced a signal."
 
 
-def test_without_a_recorded_breaker_or_streak_the_notices_keep_those_the_cycle_began_with() -> None:
-    cfg = settings(notify={"failing_cycles": 2})
+def test_what_was_already_so_when_the_cycle_began_is_not_told_again() -> None:
+    cfg = settings(analyzer={"daily_budget_usd": 1.0}, notify={"failing_cycles": 2})
     done = outcome(CycleStatus.SKIPPED, [], skip_reason="breaker_open", skip_detail="d")
     opened = BreakerState(state="open", failure_count=3, opened_at=T, since=T)
-    began = replace(snapshot(), breaker=opened, failing=Streak(5, since=T - 600))
-
-    _, told = notices(
-        cfg, done, began, RecordResult(breaker=None), RecordPlan(payload={}, lock_keys=[], now=T)
+    paused = {"ETH/USD": json.dumps({"since": T - 60, "reason": "bad answers"})}
+    kill_switch = {"on": "1", "reason": "maintenance", "by": "ops", "at": f"{T - 60:.3f}"}
+    began = replace(
+        snapshot(),
+        breaker=opened,
+        paused=paused,
+        kill_switch=kill_switch,
+        spend_usd=1.5,
+        failing=Streak(5, since=T - 600),
     )
+    # The record step saw no breaker (None) and a skipped cycle leaves the streak (None) alone.
+    record = RecordResult(breaker=None, paused=dict(paused), kill_switch=dict(kill_switch), spend_usd=1.5)
+
+    _, told = notices(cfg, done, began, record, RecordPlan(payload={}, lock_keys=[], now=T))
 
     assert told == []
