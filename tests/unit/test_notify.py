@@ -337,82 +337,181 @@ def test_a_masked_notice_hides_what_the_mask_hides() -> None:
 
 # Every message word for word: what a person reads, with each fallback a stored value may need ------
 
+SEEN_BY = "Seen by: shard 0/1, instance pod-a, cycle c-1"
+PAUSED_RECORD = json.dumps(
+    {"since": T0, "reason": "confidence 7 is not in [0, 1]", "code": "invalid_output", "failures": 4}
+)
+STREAK = Streak(count=3, since=T0, why="permanent on ETH/USD (401 unauthorized)")
+RESET = Seen(now=T0 + 90, instance_id="ops", command="runner breaker reset")
 
-def test_the_breaker_messages_word_for_word() -> None:
-    opened = notify.breaker_opened(OPEN, SEEN)
-    closed = notify.breaker_closed(OPEN, SEEN)
-    reset = notify.breaker_closed(OPEN, Seen(now=T0 + 90, instance_id="ops", command="runner breaker reset"))
+#: What each builder says: its event, id, title and body, line by line.
+MESSAGES = {
+    "breaker_opened": (
+        lambda: notify.breaker_opened(OPEN, SEEN),
+        [
+            "breaker_opened",
+            f"breaker_opened:{T0 + 1:.3f}",
+            "autonomous-runner: circuit breaker opened",
+            "The analyzer's circuit breaker opened after 2 failures in a row: cycles skip, and probe the "
+            "analyzer again 60 s after it opened.",
+            "Since: 2026-11-23 14:05:08 UTC",
+            "Why: transient on ETH/USD (503 service unavailable)",
+            "To undo: `runner breaker reset` closes it by hand; it also closes by itself once probe calls "
+            "succeed",
+            SEEN_BY,
+            "Event: breaker_opened",
+        ],
+    ),
+    "breaker_closed": (
+        lambda: notify.breaker_closed(OPEN, SEEN),
+        [
+            "breaker_closed",
+            f"breaker_closed:{T0 + 1:.3f}",
+            "autonomous-runner: circuit breaker closed",
+            "The analyzer's circuit breaker closed: cycles run again.",
+            "Since: 2026-11-23 14:05:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)",
+            "Why: probe calls to the analyzer succeeded",
+            "To undo: nothing to undo; it opens again if the analyzer keeps failing",
+            SEEN_BY,
+            "Event: breaker_closed",
+        ],
+    ),
+    "breaker_reset": (
+        lambda: notify.breaker_closed(OPEN, RESET),
+        [
+            "breaker_closed",
+            f"breaker_closed:{T0 + 1:.3f}",
+            "autonomous-runner: circuit breaker closed",
+            "The analyzer's circuit breaker closed: cycles run again.",
+            "Since: 2026-11-23 14:06:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)",
+            "Why: closed by hand",
+            "To undo: nothing to undo; it opens again if the analyzer keeps failing",
+            "Seen by: `runner breaker reset` on ops",
+            "Event: breaker_closed",
+        ],
+    ),
+    "symbol_paused": (
+        lambda: notify.symbol_paused("ETH/USD", PAUSED_RECORD, replace(SEEN, pause_after=5)),
+        [
+            "symbol_paused",
+            f"symbol_paused:ETH/USD:{T0:.3f}",
+            "autonomous-runner: ETH/USD paused",
+            "ETH/USD is paused after 4 failures of its own in a row: cycles skip it.",
+            "Since: 2026-11-23 14:05:07 UTC",
+            "Why: invalid_output: confidence 7 is not in [0, 1]",
+            "To undo: `runner resume ETH/USD`",
+            SEEN_BY,
+            "Event: symbol_paused",
+        ],
+    ),
+    "symbol_resumed": (
+        lambda: notify.symbol_resumed("ETH/USD", PAUSED_RECORD, SEEN),
+        [
+            "symbol_resumed",
+            f"symbol_resumed:ETH/USD:{T0:.3f}",
+            "autonomous-runner: ETH/USD resumed",
+            "ETH/USD is no longer paused: cycles analyze it again.",
+            "Since: 2026-11-23 14:05:37 UTC (it had been paused since 2026-11-23 14:05:07 UTC)",
+            "Why: resumed by hand; it was paused for: confidence 7 is not in [0, 1]",
+            "To undo: nothing to undo; it is paused again after 3 failures of its own",
+            SEEN_BY,
+            "Event: symbol_resumed",
+        ],
+    ),
+    "kill_switch_on": (
+        lambda: notify.kill_switch_on(kill(), SEEN),
+        [
+            "kill_switch_on",
+            f"kill_switch_on:{T0:.3f}",
+            "autonomous-runner: kill switch ON",
+            "The kill switch is on: every cycle skips until it is turned off.",
+            "Since: 2026-11-23 14:05:07 UTC",
+            "Why: exchange maintenance (by alice)",
+            "To undo: `runner kill-switch off`",
+            SEEN_BY,
+            "Event: kill_switch_on",
+        ],
+    ),
+    "kill_switch_off": (
+        lambda: notify.kill_switch_off(kill(), SEEN),
+        [
+            "kill_switch_off",
+            f"kill_switch_off:{T0:.3f}",
+            "autonomous-runner: kill switch off",
+            "The kill switch is off: cycles run again.",
+            "Since: 2026-11-23 14:05:37 UTC (it had been on since 2026-11-23 14:05:07 UTC)",
+            "Why: turned off; it was on for: exchange maintenance (by alice)",
+            'To undo: `runner kill-switch on --reason "..."` halts every cycle again',
+            SEEN_BY,
+            "Event: kill_switch_off",
+        ],
+    ),
+    "budget_exhausted": (
+        lambda: notify.budget_exhausted(1.02, SEEN),
+        [
+            "budget_exhausted",
+            "budget_exhausted:2026-11-23",
+            "autonomous-runner: daily budget spent",
+            "The analyzer's daily budget is spent: $1.0200 of $1.00 on 2026-11-23 (UTC). Cycles skip until "
+            "00:00 UTC.",
+            "Since: 2026-11-23 14:05:37 UTC",
+            "Why: the cost of today's analyzer calls; last cycle: transient on ETH/USD (503 service "
+            "unavailable)",
+            "To undo: raise analyzer.daily_budget_usd (RUNNER_ANALYZER__DAILY_BUDGET_USD), or wait for "
+            "00:00 UTC",
+            SEEN_BY,
+            "Event: budget_exhausted",
+        ],
+    ),
+    "cycles_failing": (
+        lambda: notify.cycles_failing("0/1", STREAK, SEEN),
+        [
+            "cycles_failing",
+            f"cycles_failing:0/1:{T0:.3f}",
+            "autonomous-runner: cycles failing (shard 0/1)",
+            "3 cycles of shard 0/1 failed in a row: no symbol produced a signal.",
+            "Since: 2026-11-23 14:05:07 UTC",
+            "Why: permanent on ETH/USD (401 unauthorized)",
+            "To undo: see `runner status` for each symbol's last error; cycles recover by themselves once "
+            "the cause is gone (`runner breaker reset` if the breaker is open)",
+            SEEN_BY,
+            "Event: cycles_failing",
+        ],
+    ),
+    "recovered": (
+        lambda: notify.recovered("0/1", STREAK, SEEN),
+        [
+            "recovered",
+            f"recovered:0/1:{T0:.3f}",
+            "autonomous-runner: cycles recovered (shard 0/1)",
+            "Cycles of shard 0/1 succeed again after 3 failed cycles in a row.",
+            "Since: 2026-11-23 14:05:37 UTC (failing since 2026-11-23 14:05:07 UTC)",
+            "Why: cycle c-1 ran and did not fail",
+            "To undo: nothing to undo",
+            SEEN_BY,
+            "Event: recovered",
+        ],
+    ),
+    "test": (
+        lambda: notify.test_notice("pod-a", T0),
+        [
+            "test",
+            f"test:{T0:.3f}",
+            "autonomous-runner: test notification",
+            "A test message from `runner notify test` on pod-a at 2026-11-23 14:05:07 UTC: notifications "
+            "reach this address.",
+        ],
+    ),
+}
 
-    assert (opened.event, opened.id, opened.title) == (
-        notify.Event.BREAKER_OPENED,
-        f"breaker_opened:{T0 + 1:.3f}",
-        "autonomous-runner: circuit breaker opened",
-    )
-    assert opened.body == (
-        "The analyzer's circuit breaker opened after 2 failures in a row: cycles skip, and probe the "
-        "analyzer again 60 s after it opened.\n"
-        "Since: 2026-11-23 14:05:08 UTC\n"
-        "Why: transient on ETH/USD (503 service unavailable)\n"
-        "To undo: `runner breaker reset` closes it by hand; "
-        "it also closes by itself once probe calls succeed\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: breaker_opened"
-    )
-    assert (closed.event, closed.id, closed.title) == (
-        notify.Event.BREAKER_CLOSED,
-        f"breaker_closed:{T0 + 1:.3f}",
-        "autonomous-runner: circuit breaker closed",
-    )
-    assert closed.body == (
-        "The analyzer's circuit breaker closed: cycles run again.\n"
-        "Since: 2026-11-23 14:05:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)\n"
-        "Why: probe calls to the analyzer succeeded\n"
-        "To undo: nothing to undo; it opens again if the analyzer keeps failing\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: breaker_closed"
-    )
-    assert reset.body.splitlines()[1:5] == [
-        "Since: 2026-11-23 14:06:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)",
-        "Why: closed by hand",
-        "To undo: nothing to undo; it opens again if the analyzer keeps failing",
-        "Seen by: `runner breaker reset` on ops",
-    ]
 
+@pytest.mark.parametrize("name", list(MESSAGES))
+def test_every_message_word_for_word(name: str) -> None:
+    build, expected = MESSAGES[name]
 
-def test_the_paused_and_resumed_messages_word_for_word() -> None:
-    record = json.dumps(
-        {"since": T0, "reason": "confidence 7 is not in [0, 1]", "code": "invalid_output", "failures": 4}
-    )
+    notice = build()
 
-    paused = notify.symbol_paused("ETH/USD", record, replace(SEEN, pause_after=5))
-    resumed = notify.symbol_resumed("ETH/USD", record, SEEN)
-
-    assert (paused.event, paused.id, paused.title) == (
-        notify.Event.SYMBOL_PAUSED,
-        f"symbol_paused:ETH/USD:{T0:.3f}",
-        "autonomous-runner: ETH/USD paused",
-    )
-    assert paused.body == (
-        "ETH/USD is paused after 4 failures of its own in a row: cycles skip it.\n"
-        "Since: 2026-11-23 14:05:07 UTC\n"
-        "Why: invalid_output: confidence 7 is not in [0, 1]\n"
-        "To undo: `runner resume ETH/USD`\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: symbol_paused"
-    )
-    assert (resumed.event, resumed.id, resumed.title) == (
-        notify.Event.SYMBOL_RESUMED,
-        f"symbol_resumed:ETH/USD:{T0:.3f}",
-        "autonomous-runner: ETH/USD resumed",
-    )
-    assert resumed.body == (
-        "ETH/USD is no longer paused: cycles analyze it again.\n"
-        "Since: 2026-11-23 14:05:37 UTC (it had been paused since 2026-11-23 14:05:07 UTC)\n"
-        "Why: resumed by hand; it was paused for: confidence 7 is not in [0, 1]\n"
-        "To undo: nothing to undo; it is paused again after 3 failures of its own\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: symbol_resumed"
-    )
+    assert [notice.event.value, notice.id, notice.title, *notice.body.splitlines()] == expected
 
 
 def test_a_paused_record_without_its_details_falls_back_on_the_settings_and_the_cycle() -> None:
@@ -449,38 +548,6 @@ def test_a_paused_record_that_is_not_a_json_object_is_its_own_reason(raw: str, w
     assert resumed.body.splitlines()[2] == f"Why: resumed by hand; it was paused for: {why}"
 
 
-def test_the_kill_switch_messages_word_for_word() -> None:
-    on = notify.kill_switch_on(kill(), SEEN)
-    off = notify.kill_switch_off(kill(), SEEN)
-
-    assert (on.event, on.id, on.title) == (
-        notify.Event.KILL_SWITCH_ON,
-        f"kill_switch_on:{T0:.3f}",
-        "autonomous-runner: kill switch ON",
-    )
-    assert on.body == (
-        "The kill switch is on: every cycle skips until it is turned off.\n"
-        "Since: 2026-11-23 14:05:07 UTC\n"
-        "Why: exchange maintenance (by alice)\n"
-        "To undo: `runner kill-switch off`\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: kill_switch_on"
-    )
-    assert (off.event, off.id, off.title) == (
-        notify.Event.KILL_SWITCH_OFF,
-        f"kill_switch_off:{T0:.3f}",
-        "autonomous-runner: kill switch off",
-    )
-    assert off.body == (
-        "The kill switch is off: cycles run again.\n"
-        "Since: 2026-11-23 14:05:37 UTC (it had been on since 2026-11-23 14:05:07 UTC)\n"
-        "Why: turned off; it was on for: exchange maintenance (by alice)\n"
-        'To undo: `runner kill-switch on --reason "..."` halts every cycle again\n'
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: kill_switch_off"
-    )
-
-
 def test_a_kill_switch_set_by_hand_without_its_details_still_reads_well() -> None:
     bare = {"on": "1"}
 
@@ -496,62 +563,10 @@ def test_a_kill_switch_set_by_hand_without_its_details_still_reads_well() -> Non
     ]
 
 
-def test_the_budget_message_word_for_word() -> None:
-    notice = notify.budget_exhausted(1.02, SEEN)
-    quiet = notify.budget_exhausted(1.02, replace(SEEN, failures=""))
+def test_a_budget_spent_in_a_cycle_without_failures_gives_the_cost_alone_as_why() -> None:
+    notice = notify.budget_exhausted(1.02, replace(SEEN, failures=""))
 
-    assert (notice.event, notice.id, notice.title) == (
-        notify.Event.BUDGET_EXHAUSTED,
-        "budget_exhausted:2026-11-23",
-        "autonomous-runner: daily budget spent",
-    )
-    assert notice.body == (
-        "The analyzer's daily budget is spent: $1.0200 of $1.00 on 2026-11-23 (UTC). "
-        "Cycles skip until 00:00 UTC.\n"
-        "Since: 2026-11-23 14:05:37 UTC\n"
-        "Why: the cost of today's analyzer calls; "
-        "last cycle: transient on ETH/USD (503 service unavailable)\n"
-        "To undo: raise analyzer.daily_budget_usd (RUNNER_ANALYZER__DAILY_BUDGET_USD), "
-        "or wait for 00:00 UTC\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: budget_exhausted"
-    )
-    assert quiet.body.splitlines()[2] == "Why: the cost of today's analyzer calls"
-
-
-def test_the_streak_messages_word_for_word() -> None:
-    streak = Streak(count=3, since=T0, why="permanent on ETH/USD (401 unauthorized)")
-
-    failing = notify.cycles_failing("0/1", streak, SEEN)
-    recovered = notify.recovered("0/1", streak, SEEN)
-
-    assert (failing.event, failing.id, failing.title) == (
-        notify.Event.CYCLES_FAILING,
-        f"cycles_failing:0/1:{T0:.3f}",
-        "autonomous-runner: cycles failing (shard 0/1)",
-    )
-    assert failing.body == (
-        "3 cycles of shard 0/1 failed in a row: no symbol produced a signal.\n"
-        "Since: 2026-11-23 14:05:07 UTC\n"
-        "Why: permanent on ETH/USD (401 unauthorized)\n"
-        "To undo: see `runner status` for each symbol's last error; cycles recover by themselves once the "
-        "cause is gone (`runner breaker reset` if the breaker is open)\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: cycles_failing"
-    )
-    assert (recovered.event, recovered.id, recovered.title) == (
-        notify.Event.RECOVERED,
-        f"recovered:0/1:{T0:.3f}",
-        "autonomous-runner: cycles recovered (shard 0/1)",
-    )
-    assert recovered.body == (
-        "Cycles of shard 0/1 succeed again after 3 failed cycles in a row.\n"
-        "Since: 2026-11-23 14:05:37 UTC (failing since 2026-11-23 14:05:07 UTC)\n"
-        "Why: cycle c-1 ran and did not fail\n"
-        "To undo: nothing to undo\n"
-        "Seen by: shard 0/1, instance pod-a, cycle c-1\n"
-        "Event: recovered"
-    )
+    assert notice.body.splitlines()[2] == "Why: the cost of today's analyzer calls"
 
 
 def test_a_streak_without_its_reason_says_what_the_cycle_knows() -> None:
@@ -568,19 +583,6 @@ def test_a_streak_without_its_reason_says_what_the_cycle_knows() -> None:
     assert notify.recovered("0/1", bare, replace(SEEN, cycle_id=None)).body.splitlines()[2] == (
         "Why: cycle ? ran and did not fail"
     )
-
-
-def test_the_test_notification_word_for_word() -> None:
-    notice = notify.test_notice("pod-a", T0)
-
-    assert notice == notify.Notice(
-        event=notify.Event.TEST,
-        id=f"test:{T0:.3f}",
-        title="autonomous-runner: test notification",
-        body="A test message from `runner notify test` on pod-a at 2026-11-23 14:05:07 UTC: "
-        "notifications reach this address.",
-    )
-    assert notice.kind == "info"
 
 
 # The boundaries of each transition --------------------------------------------------------------
