@@ -301,3 +301,12 @@ def test_the_trouble_line_is_cut_at_1500_characters() -> None:
 
     assert len(line) == 1500
     assert line.startswith("Not through: S0/USD failed (yyy")
+
+
+def test_a_position_without_levels_or_a_score_shows_dashes_and_blanks() -> None:
+    sigs = signals(("ETH/USD", "SELL"))
+    advice = [advised("ETH/USD", "SELL", 3, (100.0, 105.0, None))]
+
+    got = report([result("ETH/USD")], sigs, [], advice)
+
+    assert got.splitlines()[-1] == "| ETH/USD | SELL | - | 3 | | | |"

@@ -633,3 +633,49 @@ def test_an_opening_no_run_of_this_cycle_caused_says_so() -> None:
     notice = notify.breaker_opened(OPEN, replace(SEEN, failures=""))
 
     assert notice.body.splitlines()[2] == "Why: failures counted by other runs"
+
+
+# The failure summary's limits and a stored time that is no time ------------------------------------
+
+
+def test_the_failure_summary_names_the_three_largest_classes_and_five_symbols_of_each() -> None:
+    results = [
+        *(failed(f"T{i}/USD") for i in range(7)),
+        *(failed(f"O{i}/USD", Code.TIMEOUT, "timeout: slow") for i in range(5)),
+        *(failed(f"A{i}/USD", Code.AUTH, "auth: 401 unauthorized") for i in range(2)),
+        failed("P/USD", Code.PERMANENT, "permanent: 404"),
+    ]
+
+    assert notify.failure_summary(outcome(CycleStatus.FAILED, results)) == (
+        "transient on T0/USD, T1/USD, T2/USD, T3/USD, T4/USD and 2 more (503 service unavailable); "
+        "timeout on O0/USD, O1/USD, O2/USD, O3/USD, O4/USD (slow); "
+        "auth on A0/USD, A1/USD (401 unauthorized)"
+    )
+
+
+def test_the_failure_summary_without_a_reason_names_the_class_alone_and_cuts_a_long_one() -> None:
+    bare = SymbolResult(symbol="ETH/USD", status=SymbolStatus.RATE_LIMITED, code=Code.RATE_LIMITED)
+    long = failed("BTC/USD", Code.ERROR, "error:" + "x" * 100 + "y" * 100)  # no space after the class
+
+    assert notify.failure_summary(outcome(CycleStatus.FAILED, [bare])) == "rate_limited on ETH/USD"
+    assert notify.failure_summary(outcome(CycleStatus.FAILED, [long])) == (
+        f"error on BTC/USD ({'x' * 100}{'y' * 60})"
+    )
+
+
+@pytest.mark.parametrize("epoch", [1e20, float("nan"), None])
+def test_a_time_that_is_no_time_reads_as_unknown(epoch: float | None) -> None:
+    assert notify.when(epoch) == "an unknown time"
+
+
+def test_a_masked_notice_masks_its_title_too() -> None:
+    notice = notify.symbol_paused("ETH/USD", paused_record(), SEEN)
+
+    masked = notice.masked(lambda text: text.replace("ETH/USD", "***"))
+
+    assert "ETH/USD" in notice.title
+    assert masked.title == notice.title.replace("ETH/USD", "***")
+
+
+def test_a_run_without_a_shard_is_named_by_its_instance_and_cycle() -> None:
+    assert Seen(now=T0, instance_id="pod-a", cycle_id="c-1").where() == "instance pod-a, cycle c-1"

@@ -579,3 +579,34 @@ def test_the_bounds_of_an_answer_are_accepted() -> None:
 
     assert len(eight.factors) == 8
     assert (shortest.horizon_minutes, longest.horizon_minutes) == (1, 10080)
+
+
+def test_a_zero_size_advice_takes_no_room_and_no_limit_is_named_on_it() -> None:
+    items = [("A/USD", 90, advice(size=5)), ("B/USD", 80, advice(size=0))]
+
+    got = risk.allocate(items, Risk(max_total_exposure_pct=50, max_positions=1))
+
+    assert (got["B/USD"].position_size_pct, got["B/USD"].limited_by) == (0, [])
+
+
+def test_exposure_exactly_at_the_total_is_not_cut_and_half_a_point_beyond_it_is() -> None:
+    cfg = Risk(max_position_size_pct=10, max_total_exposure_pct=10, max_positions=5)
+    exact = risk.allocate([("A/USD", 90, advice(size=6)), ("B/USD", 80, advice(size=4))], cfg)
+    beyond = risk.allocate([("A/USD", 90, advice(size=6)), ("B/USD", 80, advice(size=4.5))], cfg)
+
+    assert (exact["B/USD"].position_size_pct, exact["B/USD"].limited_by) == (4, [])
+    assert (beyond["B/USD"].position_size_pct, beyond["B/USD"].limited_by) == (4, ["max_total_exposure_pct"])
+
+
+def test_an_advice_cut_to_nothing_does_not_count_as_a_position() -> None:
+    items = [("A/USD", 90, advice(size=10)), ("B/USD", 80, advice(size=5)), ("C/USD", 70, advice(size=5))]
+
+    got = risk.allocate(items, Risk(max_position_size_pct=10, max_total_exposure_pct=10, max_positions=2))
+
+    # B is cut to zero by the exposure and takes no position: C is cut by the exposure too, not
+    # by the number of positions.
+    assert [(s, a.position_size_pct, a.limited_by) for s, a in sorted(got.items())] == [
+        ("A/USD", 10, []),
+        ("B/USD", 0, ["max_total_exposure_pct"]),
+        ("C/USD", 0, ["max_total_exposure_pct"]),
+    ]
