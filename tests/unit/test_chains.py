@@ -209,3 +209,16 @@ async def test_the_duration_runs_to_now_while_the_chain_is_unfinished_and_never_
     assert unstarted.settle(now=19.0).duration_ms == 1000
     assert backwards.settle(now=40.0).duration_ms == 0
     assert unstarted.settle(now=19.0).attempts == 0
+
+
+async def test_a_duplicate_after_a_published_stage_keeps_what_this_run_published() -> None:
+    c = chain(signal=ok(), score=ok(published=PublishResult.DUPLICATE))
+
+    got = c.settle(now=500.0)
+
+    assert (got.status, got.code, got.reason) == (OK, Code.DUPLICATE, "already published this minute")
+    assert (got.signal, got.score, got.advice) == (c.signal, None, None)
+    assert got.stage_reasons == {
+        "score": "already published this minute",
+        "advise": "upstream score duplicate",
+    }

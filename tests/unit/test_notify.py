@@ -640,14 +640,14 @@ def test_an_opening_no_run_of_this_cycle_caused_says_so() -> None:
 
 def test_the_failure_summary_names_the_three_largest_classes_and_five_symbols_of_each() -> None:
     results = [
-        *(failed(f"T{i}/USD") for i in range(7)),
+        *(failed(f"T{i}/USD") for i in range(6)),
         *(failed(f"O{i}/USD", Code.TIMEOUT, "timeout: slow") for i in range(5)),
         *(failed(f"A{i}/USD", Code.AUTH, "auth: 401 unauthorized") for i in range(2)),
         failed("P/USD", Code.PERMANENT, "permanent: 404"),
     ]
 
     assert notify.failure_summary(outcome(CycleStatus.FAILED, results)) == (
-        "transient on T0/USD, T1/USD, T2/USD, T3/USD, T4/USD and 2 more (503 service unavailable); "
+        "transient on T0/USD, T1/USD, T2/USD, T3/USD, T4/USD and 1 more (503 service unavailable); "
         "timeout on O0/USD, O1/USD, O2/USD, O3/USD, O4/USD (slow); "
         "auth on A0/USD, A1/USD (401 unauthorized)"
     )
@@ -679,3 +679,12 @@ def test_a_masked_notice_masks_its_title_too() -> None:
 
 def test_a_run_without_a_shard_is_named_by_its_instance_and_cycle() -> None:
     assert Seen(now=T0, instance_id="pod-a", cycle_id="c-1").where() == "instance pod-a, cycle c-1"
+
+
+def test_a_streak_stored_with_a_start_but_no_count_starts_afresh() -> None:
+    stale = Streak(count=0, since=T0 - 600)
+
+    after = notify.next_streak(stale, outcome(CycleStatus.FAILED, [failed("ETH/USD")]))
+
+    assert after is not None
+    assert (after.count, after.since) == (1, T0)
