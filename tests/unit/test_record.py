@@ -23,7 +23,7 @@ from runner.errors import Code
 from runner.guards import Decision, Snapshot
 from runner.models import CycleStatus, Outcome, Signal, SymbolResult, SymbolStatus
 from runner.notify import Streak
-from runner.record import RecordPlan, cycle_gauges, plan_notices, plan_record
+from runner.record import RecordPlan, cycle_gauges, plan_notices, plan_outcomes, plan_record
 from runner.store.locks import LockResult, Owner
 from runner.store.state import RecordResult
 from tests.support.timezone import local_time_zone
@@ -893,3 +893,58 @@ def test_what_was_already_so_when_the_cycle_began_is_not_told_again() -> None:
     _, told = notices(cfg, done, began, record, RecordPlan(payload={}, lock_keys=[], now=T))
 
     assert told == []
+
+
+def test_the_outcomes_plan_word_for_word() -> None:
+    cfg = settings(outcomes={"fee_bps": 25, "horizons_minutes": [60, 5, 15]})
+    minute = datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()
+    tally = Tally(
+        breaker_base=BreakerState(),
+        breaker=BreakerState(),
+        closes={
+            "AAA/USD": (minute, []),  # fetched, but no close at the signal's minute
+            "BBB/USD": (minute - 60, [2999.5, 3001.25]),
+            "CCC/USD": (minute, [10.0]),
+        },
+    )
+    cheap = signal("BBB/USD", "SELL").model_copy(update={"model": "org|model", "cost_usd": None})
+    paid = signal("CCC/USD").model_copy(update={"cost_usd": 0.002})
+    signals = [signal("ZZZ/USD"), signal("AAA/USD"), cheap, paid]  # the first two are not scored
+
+    symbols, pending = plan_outcomes(cfg, outcome(CycleStatus.COMPLETED, [], signals=signals), tally)
+
+    assert symbols == ["AAA/USD", "BBB/USD", "CCC/USD"]
+    assert pending == {
+        "fee": 0.0025,
+        "horizons": [5, 15, 60],
+        "keep": 24 * 3600 + 60 * 60,  # a day beyond the longest horizon
+        "day_ttl": 92 * 86_400,
+        "maxlen": cfg.publish.stream_maxlen,
+        "prices": [
+            {"symbol": "AAA/USD", "first": minute, "closes": []},
+            {"symbol": "BBB/USD", "first": minute - 60, "closes": [2999.5, 3001.25]},
+            {"symbol": "CCC/USD", "first": minute, "closes": [10.0]},
+        ],
+        "new": [
+            {
+                "i": 2,
+                "minute": minute,
+                "id": "BBB/USD:2026-03-02T12:00",
+                "model": "org/model",
+                "action": "SELL",
+                "confidence": 0.7,
+                "entry": 3001.25,
+                "cost": 0.0,
+            },
+            {
+                "i": 3,
+                "minute": minute,
+                "id": "CCC/USD:2026-03-02T12:00",
+                "model": "m",
+                "action": "BUY",
+                "confidence": 0.7,
+                "entry": 10.0,
+                "cost": 0.002,
+            },
+        ],
+    }
