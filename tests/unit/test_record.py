@@ -948,3 +948,44 @@ def test_the_outcomes_plan_word_for_word() -> None:
             },
         ],
     }
+
+
+def stage_metrics(payload: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in counters(payload).items() if k.startswith("pipeline_stage_")}
+
+
+def test_each_stage_of_each_chain_and_the_report_are_counted_and_timed_in_seconds() -> None:
+    cfg = settings()
+    chain = SymbolResult(
+        symbol="ETH/USD",
+        status=SymbolStatus.FAILED,
+        code=Code.TIMEOUT,
+        reason="score: timeout",
+        attempts=1,
+        duration_ms=2500,
+        stages={"signal": SymbolStatus.OK, "score": SymbolStatus.TIMEOUT, "advise": SymbolStatus.SKIPPED},
+        timings={"signal": 500, "score": 2000},
+    )
+    done = outcome(CycleStatus.FAILED, [chain], exit_code=3, report_status=SymbolStatus.OK, report_ms=250)
+
+    got = stage_metrics(plan(cfg, done, run_state(cfg), LEASE).payload)
+
+    assert got == {
+        'pipeline_stage_total{stage="signal",status="ok"}': 1.0,
+        'pipeline_stage_total{stage="score",status="timeout"}': 1.0,
+        'pipeline_stage_total{stage="advise",status="skipped"}': 1.0,
+        'pipeline_stage_total{stage="report",status="ok"}': 1.0,
+        'pipeline_stage_duration_seconds_sum{stage="signal"}': 0.5,
+        'pipeline_stage_duration_seconds_count{stage="signal"}': 1.0,
+        'pipeline_stage_duration_seconds_sum{stage="score"}': 2.0,
+        'pipeline_stage_duration_seconds_count{stage="score"}': 1.0,
+        'pipeline_stage_duration_seconds_sum{stage="report"}': 0.25,
+        'pipeline_stage_duration_seconds_count{stage="report"}': 1.0,
+    }
+
+
+def test_a_report_turned_off_is_not_counted() -> None:
+    cfg = settings()
+    off = outcome(CycleStatus.COMPLETED, [], report_status=SymbolStatus.SKIPPED, report_reason="off")
+
+    assert stage_metrics(plan(cfg, off, run_state(cfg), LEASE).payload) == {}
