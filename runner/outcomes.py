@@ -48,9 +48,10 @@ def merge(days: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     for day in days:
         for field, raw in day.items():
             try:
-                out[str(field)] += float(raw)
+                value = float(raw)
             except (TypeError, ValueError):
                 continue
+            out[str(field)] += value
     return dict(out)
 
 

@@ -34,6 +34,19 @@ settings.register_profile("suite", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("suite")
 
 
+def _forget_apprise_thread_pools() -> None:
+    """A process forked after Apprise sent something (mutmut forks its workers from the process that
+    ran the suite once) inherits Apprise's per-process thread pools without their threads: what it
+    hands them never runs, and the test waits until it is killed. The child makes its own."""
+    module = sys.modules.get("apprise.apprise")
+    for name in ("_shared_executor", "_coordinator_executor"):
+        if module is not None and hasattr(module, name):
+            setattr(module, name, None)
+
+
+os.register_at_fork(after_in_child=_forget_apprise_thread_pools)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,14 +1,16 @@
 """``make mutation``: run mutmut over the pure core with the unit tests, then regenerate the
 ``## Mutation score`` section of docs/TESTING.md.
 
-    python -m tests.mutation [--jobs N] [--report-only]
+    python -m tests.mutation [--jobs N] [--resume | --report-only]
 
 The modules are pyproject's ``[tool.mutmut] only_mutate`` (mutmut's settings live there too: the
 unit tests, without their real-server parametrisations). In a module that mixes the pure part
 with I/O only the pure functions count (``ONLY_FUNCTIONS``). Every run starts from scratch
 (``mutants/`` is removed), so the score is that of the code and the tests as they are.
-``--report-only`` rewrites the section from the last run's results, e.g. after adding an
-explanation to ``survivors.toml``.
+``--resume`` goes on with a run that was stopped: mutmut keeps the mutants it killed and tests
+the ones left, and those that survived, with the tests as they are now; the time reported is
+that of both parts. ``--report-only`` rewrites the section from the last run's results, e.g. after
+adding an explanation to ``survivors.toml``.
 
 Exit status 0 when every module reaches the threshold and every survivor is explained, else 1.
 """
@@ -16,6 +18,7 @@ Exit status 0 when every module reaches the threshold and every survivor is expl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -52,6 +55,7 @@ ONLY_FUNCTIONS: dict[str, tuple[str, ...]] = {
         "cycle_gauges",
         "model_broken",
         "skipped_label",
+        "plan_notices",
         "_fields",
     ),
 }
@@ -79,13 +83,16 @@ def patterns(mods: list[str]) -> list[str]:
     return out
 
 
-def run_mutmut(mods: list[str], jobs: int, log: Path) -> float:
-    """Run mutmut from scratch; returns the seconds it took."""
-    shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-    (ROOT / "mutants").mkdir()
+def run_mutmut(mods: list[str], jobs: int, log: Path, resume: bool = False) -> float:
+    """Run mutmut (from scratch unless ``resume``); returns the seconds it took."""
+    if resume:
+        forget_survivors(ROOT / "mutants")
+    else:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    (ROOT / "mutants").mkdir(exist_ok=True)
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.monotonic()
-    with log.open("w") as out:
+    with log.open("a" if resume else "w") as out:
         done = subprocess.run(
             [str(mutmut), "run", "--max-children", str(jobs), *patterns(mods)],
             cwd=ROOT,
@@ -98,6 +105,16 @@ def run_mutmut(mods: list[str], jobs: int, log: Path) -> float:
         print("\n".join(tail), file=sys.stderr)
         raise SystemExit(f"mutmut failed (exit {done.returncode}); its output is in {log.relative_to(ROOT)}")
     return time.monotonic() - started
+
+
+def forget_survivors(mutants: Path) -> None:
+    """Drop the survived verdicts of a stopped run, so that mutmut tests those mutants again
+    (a test added since may kill them); a kill stands whatever tests are added."""
+    for meta in mutants.rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        data["exit_code_by_key"] = {k: (None if v == 0 else v) for k, v in codes.items()}
+        meta.write_text(json.dumps(data, indent=4))
 
 
 def collect(mods: list[str]) -> list[Mutant]:
@@ -143,7 +160,9 @@ def describe_run(seconds: float | None, jobs: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "1")))
-    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="go on with a run that was stopped")
+    mode.add_argument("--report-only", action="store_true", help="rewrite the report from the last run")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -157,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         log = ROOT / "mutants" / "mutmut.log"
         print(f"mutmut over {len(mods)} modules with {args.jobs} worker(s); output in mutants/mutmut.log")
-        seconds = run_mutmut(mods, args.jobs, log)
+        spent = ROOT / "mutants" / "seconds.txt"
+        before = float(spent.read_text()) if args.resume and spent.exists() else 0.0
+        seconds = before + run_mutmut(mods, args.jobs, log, resume=args.resume)
+        spent.write_text(f"{seconds:.1f}")
         meta = ROOT / "mutants" / "run.txt"
         meta.write_text(describe_run(seconds, args.jobs))
     else:

@@ -79,6 +79,9 @@ def load_explanations(text: str, source: str = "survivors.toml") -> list[Explana
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{source}: not valid TOML ({exc})") from None
+    stray = sorted(set(data) - {"survivor"})
+    if stray:  # keys above the first [[survivor]] header: an entry that lost its header
+        raise ValueError(f"{source}: {', '.join(stray)} outside a [[survivor]] entry")
     fields = ("module", "function", "line", "mutant", "why")
     out = []
     for i, entry in enumerate(data.get("survivor", []), 1):

@@ -249,6 +249,14 @@ def test_a_failure_in_half_open_reopens_counting_and_stamping_it() -> None:
     )
 
 
+def test_a_second_failed_probe_keeps_the_start_of_the_outage_not_the_last_opening() -> None:
+    reopened = replace(PROBING, since=T0 - 120)  # first opened at T0 - 120, reopened at T0
+
+    after = transition(reopened, Event.FAILURE, T0 + 70, CFG)
+
+    assert (after.opened_at, after.since, after.outage_since) == (T0 + 70, T0 - 120, T0 - 120)
+
+
 def test_any_failure_in_half_open_reopens() -> None:
     s = transition(half_open(), Event.SUCCESS, T0 + 61, CFG)
 

@@ -8,8 +8,6 @@ in UTC whatever the local zone.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,6 +20,7 @@ from runner.breaker import BreakerState, Gate
 from runner.config import Settings, load_settings
 from runner.guards import Snapshot, decide, in_maintenance, parse_window
 from runner.store.locks import LockResult
+from tests.support.timezone import local_time_zone as local_zone
 
 NOW = datetime(2026, 11, 23, 14, 5, 41, tzinfo=UTC)
 TS = NOW.timestamp()
@@ -29,15 +28,8 @@ TS = NOW.timestamp()
 
 @pytest.fixture(autouse=True, params=["UTC0", "NPT-5:45", "HST10"], ids=["TZ=UTC", "TZ=+0545", "TZ=-1000"])
 def local_time_zone(request: pytest.FixtureRequest) -> Iterator[str]:
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
-    time.tzset()
-    yield request.param
-    if before is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
+    with local_zone(request.param) as tz:
+        yield tz
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -10,6 +10,7 @@ import pytest
 
 from runner.errors import Code, ExitCode
 from runner.models import CycleStatus, Outcome, Signal, SymbolResult, SymbolStatus, decide_status
+from tests.unit.test_builtin_stages import scored
 
 OK, FAILED, TIMEOUT, LOCKED, PAUSED = (
     SymbolStatus.OK,
@@ -237,3 +238,9 @@ def test_a_skipped_cycle_summary_has_its_reason_and_no_counts() -> None:
         "kill switch on",
     )
     assert (summary["signals"], summary["counts"], summary["results"]) == (0, {}, [])
+
+
+def test_a_published_document_keeps_its_empty_fields() -> None:
+    doc = json.loads(scored("ETH/USD", 70).to_json())
+
+    assert (doc["tokens_in"], doc["cost_usd"], doc["requested_model"], doc["prompt_hash"]) == (None,) * 4

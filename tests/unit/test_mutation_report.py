@@ -86,6 +86,13 @@ def test_an_incomplete_explanation_is_refused_with_its_number(entry: str) -> Non
         load_explanations(f"[[survivor]]\n{entry}\n")
 
 
+def test_an_explanation_that_lost_its_header_is_refused_not_dropped() -> None:
+    headless = 'module = "m"\nfunction = "f"\nline = "l"\nmutant = "x"\nwhy = "w"\n'
+
+    with pytest.raises(ValueError, match=r"^survivors.toml: function, line, module, mutant, why outside a"):
+        load_explanations(f"# explanations\n{headless}\n[[survivor]]\n{headless}")
+
+
 def test_scores_count_timeouts_as_kills_and_survivors_and_untested_as_not() -> None:
     mutants = [
         Mutant("a1", "a.py", "f", "killed"),

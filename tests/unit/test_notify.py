@@ -333,3 +333,358 @@ def test_a_masked_notice_hides_what_the_mask_hides() -> None:
     assert "sk-or-12345678" not in masked.body
     assert "key *** leaked" in masked.body
     assert masked.id == notice.id
+
+
+# Every message word for word: what a person reads, with each fallback a stored value may need ------
+
+SEEN_BY = "Seen by: shard 0/1, instance pod-a, cycle c-1"
+PAUSED_RECORD = json.dumps(
+    {"since": T0, "reason": "confidence 7 is not in [0, 1]", "code": "invalid_output", "failures": 4}
+)
+STREAK = Streak(count=3, since=T0, why="permanent on ETH/USD (401 unauthorized)")
+RESET = Seen(now=T0 + 90, instance_id="ops", command="runner breaker reset")
+
+#: What each builder says: its event, id, title and body, line by line.
+MESSAGES = {
+    "breaker_opened": (
+        lambda: notify.breaker_opened(OPEN, SEEN),
+        [
+            "breaker_opened",
+            f"breaker_opened:{T0 + 1:.3f}",
+            "autonomous-runner: circuit breaker opened",
+            "The analyzer's circuit breaker opened after 2 failures in a row: cycles skip, and probe the "
+            "analyzer again 60 s after it opened.",
+            "Since: 2026-11-23 14:05:08 UTC",
+            "Why: transient on ETH/USD (503 service unavailable)",
+            "To undo: `runner breaker reset` closes it by hand; it also closes by itself once probe calls "
+            "succeed",
+            SEEN_BY,
+            "Event: breaker_opened",
+        ],
+    ),
+    "breaker_closed": (
+        lambda: notify.breaker_closed(OPEN, SEEN),
+        [
+            "breaker_closed",
+            f"breaker_closed:{T0 + 1:.3f}",
+            "autonomous-runner: circuit breaker closed",
+            "The analyzer's circuit breaker closed: cycles run again.",
+            "Since: 2026-11-23 14:05:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)",
+            "Why: probe calls to the analyzer succeeded",
+            "To undo: nothing to undo; it opens again if the analyzer keeps failing",
+            SEEN_BY,
+            "Event: breaker_closed",
+        ],
+    ),
+    "breaker_reset": (
+        lambda: notify.breaker_closed(OPEN, RESET),
+        [
+            "breaker_closed",
+            f"breaker_closed:{T0 + 1:.3f}",
+            "autonomous-runner: circuit breaker closed",
+            "The analyzer's circuit breaker closed: cycles run again.",
+            "Since: 2026-11-23 14:06:37 UTC (it had been open since 2026-11-23 14:05:08 UTC)",
+            "Why: closed by hand",
+            "To undo: nothing to undo; it opens again if the analyzer keeps failing",
+            "Seen by: `runner breaker reset` on ops",
+            "Event: breaker_closed",
+        ],
+    ),
+    "symbol_paused": (
+        lambda: notify.symbol_paused("ETH/USD", PAUSED_RECORD, replace(SEEN, pause_after=5)),
+        [
+            "symbol_paused",
+            f"symbol_paused:ETH/USD:{T0:.3f}",
+            "autonomous-runner: ETH/USD paused",
+            "ETH/USD is paused after 4 failures of its own in a row: cycles skip it.",
+            "Since: 2026-11-23 14:05:07 UTC",
+            "Why: invalid_output: confidence 7 is not in [0, 1]",
+            "To undo: `runner resume ETH/USD`",
+            SEEN_BY,
+            "Event: symbol_paused",
+        ],
+    ),
+    "symbol_resumed": (
+        lambda: notify.symbol_resumed("ETH/USD", PAUSED_RECORD, SEEN),
+        [
+            "symbol_resumed",
+            f"symbol_resumed:ETH/USD:{T0:.3f}",
+            "autonomous-runner: ETH/USD resumed",
+            "ETH/USD is no longer paused: cycles analyze it again.",
+            "Since: 2026-11-23 14:05:37 UTC (it had been paused since 2026-11-23 14:05:07 UTC)",
+            "Why: resumed by hand; it was paused for: confidence 7 is not in [0, 1]",
+            "To undo: nothing to undo; it is paused again after 3 failures of its own",
+            SEEN_BY,
+            "Event: symbol_resumed",
+        ],
+    ),
+    "kill_switch_on": (
+        lambda: notify.kill_switch_on(kill(), SEEN),
+        [
+            "kill_switch_on",
+            f"kill_switch_on:{T0:.3f}",
+            "autonomous-runner: kill switch ON",
+            "The kill switch is on: every cycle skips until it is turned off.",
+            "Since: 2026-11-23 14:05:07 UTC",
+            "Why: exchange maintenance (by alice)",
+            "To undo: `runner kill-switch off`",
+            SEEN_BY,
+            "Event: kill_switch_on",
+        ],
+    ),
+    "kill_switch_off": (
+        lambda: notify.kill_switch_off(kill(), SEEN),
+        [
+            "kill_switch_off",
+            f"kill_switch_off:{T0:.3f}",
+            "autonomous-runner: kill switch off",
+            "The kill switch is off: cycles run again.",
+            "Since: 2026-11-23 14:05:37 UTC (it had been on since 2026-11-23 14:05:07 UTC)",
+            "Why: turned off; it was on for: exchange maintenance (by alice)",
+            'To undo: `runner kill-switch on --reason "..."` halts every cycle again',
+            SEEN_BY,
+            "Event: kill_switch_off",
+        ],
+    ),
+    "budget_exhausted": (
+        lambda: notify.budget_exhausted(1.02, SEEN),
+        [
+            "budget_exhausted",
+            "budget_exhausted:2026-11-23",
+            "autonomous-runner: daily budget spent",
+            "The analyzer's daily budget is spent: $1.0200 of $1.00 on 2026-11-23 (UTC). Cycles skip until "
+            "00:00 UTC.",
+            "Since: 2026-11-23 14:05:37 UTC",
+            "Why: the cost of today's analyzer calls; last cycle: transient on ETH/USD (503 service "
+            "unavailable)",
+            "To undo: raise analyzer.daily_budget_usd (RUNNER_ANALYZER__DAILY_BUDGET_USD), or wait for "
+            "00:00 UTC",
+            SEEN_BY,
+            "Event: budget_exhausted",
+        ],
+    ),
+    "cycles_failing": (
+        lambda: notify.cycles_failing("0/1", STREAK, SEEN),
+        [
+            "cycles_failing",
+            f"cycles_failing:0/1:{T0:.3f}",
+            "autonomous-runner: cycles failing (shard 0/1)",
+            "3 cycles of shard 0/1 failed in a row: no symbol produced a signal.",
+            "Since: 2026-11-23 14:05:07 UTC",
+            "Why: permanent on ETH/USD (401 unauthorized)",
+            "To undo: see `runner status` for each symbol's last error; cycles recover by themselves once "
+            "the cause is gone (`runner breaker reset` if the breaker is open)",
+            SEEN_BY,
+            "Event: cycles_failing",
+        ],
+    ),
+    "recovered": (
+        lambda: notify.recovered("0/1", STREAK, SEEN),
+        [
+            "recovered",
+            f"recovered:0/1:{T0:.3f}",
+            "autonomous-runner: cycles recovered (shard 0/1)",
+            "Cycles of shard 0/1 succeed again after 3 failed cycles in a row.",
+            "Since: 2026-11-23 14:05:37 UTC (failing since 2026-11-23 14:05:07 UTC)",
+            "Why: cycle c-1 ran and did not fail",
+            "To undo: nothing to undo",
+            SEEN_BY,
+            "Event: recovered",
+        ],
+    ),
+    "test": (
+        lambda: notify.test_notice("pod-a", T0),
+        [
+            "test",
+            f"test:{T0:.3f}",
+            "autonomous-runner: test notification",
+            "A test message from `runner notify test` on pod-a at 2026-11-23 14:05:07 UTC: notifications "
+            "reach this address.",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MESSAGES))
+def test_every_message_word_for_word(name: str) -> None:
+    build, expected = MESSAGES[name]
+
+    notice = build()
+
+    assert [notice.event.value, notice.id, notice.title, *notice.body.splitlines()] == expected
+
+
+def test_a_paused_record_without_its_details_falls_back_on_the_settings_and_the_cycle() -> None:
+    record = json.dumps({"cycle_id": "c-0"})
+    seen = replace(SEEN, pause_after=5)
+
+    paused = notify.symbol_paused("ETH/USD", record, seen)
+    resumed = notify.symbol_resumed("ETH/USD", record, seen)
+
+    assert paused.id == "symbol_paused:ETH/USD:c-0"
+    assert paused.body.splitlines()[:3] == [
+        "ETH/USD is paused after 5 failures of its own in a row: cycles skip it.",
+        "Since: an unknown time",
+        "Why: no reason recorded",
+    ]
+    assert resumed.id == "symbol_resumed:ETH/USD:c-0"
+    assert resumed.body.splitlines()[1:4] == [
+        "Since: 2026-11-23 14:05:37 UTC (it had been paused since an unknown time)",
+        "Why: resumed by hand",
+        "To undo: nothing to undo; it is paused again after 5 failures of its own",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"), [("bad data feed", "bad data feed"), ("42", "42"), ("[1, 2]", "[1, 2]")]
+)
+def test_a_paused_record_that_is_not_a_json_object_is_its_own_reason(raw: str, why: str) -> None:
+    paused = notify.symbol_paused("ETH/USD", raw, SEEN)
+    resumed = notify.symbol_resumed("ETH/USD", raw, SEEN)
+
+    assert paused.id == "symbol_paused:ETH/USD:?"
+    assert paused.body.splitlines()[2] == f"Why: {why}"
+    assert resumed.id == "symbol_resumed:ETH/USD:?"
+    assert resumed.body.splitlines()[2] == f"Why: resumed by hand; it was paused for: {why}"
+
+
+def test_a_kill_switch_set_by_hand_without_its_details_still_reads_well() -> None:
+    bare = {"on": "1"}
+
+    on = notify.kill_switch_on(bare, SEEN)
+    off = notify.kill_switch_off(bare, SEEN)
+
+    assert on.id == "kill_switch_on:?"
+    assert on.body.splitlines()[1:3] == ["Since: an unknown time", "Why: no reason given (by ?)"]
+    assert off.id == "kill_switch_off:?"
+    assert off.body.splitlines()[1:3] == [
+        "Since: 2026-11-23 14:05:37 UTC (it had been on since an unknown time)",
+        "Why: turned off; it was on for: no reason given (by ?)",
+    ]
+
+
+def test_a_budget_spent_in_a_cycle_without_failures_gives_the_cost_alone_as_why() -> None:
+    notice = notify.budget_exhausted(1.02, replace(SEEN, failures=""))
+
+    assert notice.body.splitlines()[2] == "Why: the cost of today's analyzer calls"
+
+
+def test_a_streak_without_its_reason_says_what_the_cycle_knows() -> None:
+    bare = Streak(count=3, since=None)
+
+    assert notify.cycles_failing("0/1", bare, SEEN).body.splitlines()[1:3] == [
+        "Since: an unknown time",
+        "Why: transient on ETH/USD (503 service unavailable)",
+    ]
+    assert notify.cycles_failing("0/1", bare, replace(SEEN, failures="")).body.splitlines()[2] == (
+        "Why: every symbol failed"
+    )
+    assert notify.cycles_failing("0/1", bare, SEEN).id == "cycles_failing:0/1:?"
+    assert notify.recovered("0/1", bare, replace(SEEN, cycle_id=None)).body.splitlines()[2] == (
+        "Why: cycle ? ran and did not fail"
+    )
+
+
+# The boundaries of each transition --------------------------------------------------------------
+
+
+def test_spending_exactly_the_budget_is_told_and_starting_at_it_is_not() -> None:
+    assert events(detect(Facts(spend_usd=0.9), Facts(spend_usd=1.0), SEEN)) == ["budget_exhausted"]
+    assert detect(Facts(spend_usd=1.0), Facts(spend_usd=1.2), SEEN) == []
+
+
+def test_a_kill_switch_turned_off_and_on_again_within_one_cycle_tells_both() -> None:
+    again = kill(at=f"{T0 + 20:.3f}", reason="second maintenance")
+
+    told = detect(Facts(kill_switch=kill()), Facts(kill_switch=again), SEEN)
+
+    assert [(n.event.value, n.id) for n in told] == [
+        ("kill_switch_off", f"kill_switch_off:{T0:.3f}"),
+        ("kill_switch_on", f"kill_switch_on:{T0 + 20:.3f}"),
+    ]
+
+
+def test_a_kill_switch_whose_flag_alone_changes_is_told() -> None:
+    on, off = kill(), {**kill(), "on": "0"}
+
+    assert events(detect(Facts(kill_switch=on), Facts(kill_switch=off), SEEN)) == ["kill_switch_off"]
+    assert events(detect(Facts(kill_switch=off), Facts(kill_switch=on), SEEN)) == ["kill_switch_on"]
+
+
+def test_a_streak_of_exactly_the_threshold_recovers_and_a_skipped_cycle_tells_nothing() -> None:
+    three = Streak(count=3, since=T0)
+
+    assert events(detect(Facts(streak=three), Facts(streak=Streak()), SEEN)) == ["recovered"]
+    assert detect(Facts(streak=three), Facts(streak=three), SEEN) == []
+
+
+def test_a_new_streak_right_after_a_told_one_tells_the_recovery_and_the_new_failures() -> None:
+    old, new = Streak(count=4, since=T0), Streak(count=3, since=T0 + 600)
+
+    told = detect(Facts(streak=old), Facts(streak=new), SEEN)
+
+    assert [(n.event.value, n.id) for n in told] == [
+        ("recovered", f"recovered:0/1:{T0:.3f}"),
+        ("cycles_failing", f"cycles_failing:0/1:{T0 + 600:.3f}"),
+    ]
+
+
+def test_an_opening_no_run_of_this_cycle_caused_says_so() -> None:
+    notice = notify.breaker_opened(OPEN, replace(SEEN, failures=""))
+
+    assert notice.body.splitlines()[2] == "Why: failures counted by other runs"
+
+
+# The failure summary's limits and a stored time that is no time ------------------------------------
+
+
+def test_the_failure_summary_names_the_three_largest_classes_and_five_symbols_of_each() -> None:
+    results = [
+        *(failed(f"T{i}/USD") for i in range(6)),
+        *(failed(f"O{i}/USD", Code.TIMEOUT, "timeout: slow") for i in range(5)),
+        *(failed(f"A{i}/USD", Code.AUTH, "auth: 401 unauthorized") for i in range(2)),
+        failed("P/USD", Code.PERMANENT, "permanent: 404"),
+    ]
+
+    assert notify.failure_summary(outcome(CycleStatus.FAILED, results)) == (
+        "transient on T0/USD, T1/USD, T2/USD, T3/USD, T4/USD and 1 more (503 service unavailable); "
+        "timeout on O0/USD, O1/USD, O2/USD, O3/USD, O4/USD (slow); "
+        "auth on A0/USD, A1/USD (401 unauthorized)"
+    )
+
+
+def test_the_failure_summary_without_a_reason_names_the_class_alone_and_cuts_a_long_one() -> None:
+    bare = SymbolResult(symbol="ETH/USD", status=SymbolStatus.RATE_LIMITED, code=Code.RATE_LIMITED)
+    long = failed("BTC/USD", Code.ERROR, "error:" + "x" * 100 + "y" * 100)  # no space after the class
+
+    assert notify.failure_summary(outcome(CycleStatus.FAILED, [bare])) == "rate_limited on ETH/USD"
+    assert notify.failure_summary(outcome(CycleStatus.FAILED, [long])) == (
+        f"error on BTC/USD ({'x' * 100}{'y' * 60})"
+    )
+
+
+@pytest.mark.parametrize("epoch", [1e20, float("nan"), None])
+def test_a_time_that_is_no_time_reads_as_unknown(epoch: float | None) -> None:
+    assert notify.when(epoch) == "an unknown time"
+
+
+def test_a_masked_notice_masks_its_title_too() -> None:
+    notice = notify.symbol_paused("ETH/USD", paused_record(), SEEN)
+
+    masked = notice.masked(lambda text: text.replace("ETH/USD", "***"))
+
+    assert "ETH/USD" in notice.title
+    assert masked.title == notice.title.replace("ETH/USD", "***")
+
+
+def test_a_run_without_a_shard_is_named_by_its_instance_and_cycle() -> None:
+    assert Seen(now=T0, instance_id="pod-a", cycle_id="c-1").where() == "instance pod-a, cycle c-1"
+
+
+def test_a_streak_stored_with_a_start_but_no_count_starts_afresh() -> None:
+    stale = Streak(count=0, since=T0 - 600)
+
+    after = notify.next_streak(stale, outcome(CycleStatus.FAILED, [failed("ETH/USD")]))
+
+    assert after is not None
+    assert (after.count, after.since) == (1, T0)

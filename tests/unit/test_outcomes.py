@@ -270,3 +270,143 @@ async def test_the_hit_ratio_per_symbol_and_horizon_is_exported(any_redis: Any) 
         ratio = sum(d["hit"] for d in mine) / len(mine)
         assert f'signal_outcome_hit_ratio{{horizon="1",symbol="{symbol}"}} {ratio}' in text
     assert "signal_outcomes_total{" in text
+
+
+def test_every_figure_of_a_row_and_a_summary_is_the_one_its_fields_give() -> None:
+    totals = {
+        "ETH/USD|m|BUY|5|count": 4.0,
+        "ETH/USD|m|BUY|5|hits": 2.0,
+        "ETH/USD|m|BUY|5|return": 0.04,
+        "ETH/USD|m|BUY|5|hold_return": 0.04,
+        "ETH/USD|m|BUY|5|brier": 1.0,
+        "ETH/USD|m|BUY|5|cost": 0.5,
+    }
+
+    (row,) = rows(totals)
+    (summary,) = summaries(totals, {("ETH/USD", "m"): 2})
+
+    assert row.as_dict() == {
+        "symbol": "ETH/USD",
+        "model": "m",
+        "action": "BUY",
+        "horizon_minutes": 5,
+        "count": 4,
+        "hits": 2,
+        "hit_rate": 0.5,
+        "mean_return": 0.01,
+        "buy_and_hold_return": 0.01,
+        "brier": 0.25,
+        "unscored": 0,
+        "cost_usd": 0.5,
+        "cost_per_hit": 0.25,
+    }
+    # Following the signals returned exactly what holding did: that does not beat it.
+    assert summary.as_dict() == {
+        "symbol": "ETH/USD",
+        "model": "m",
+        "horizon_minutes": 5,
+        "count": 4,
+        "hit_rate": 0.5,
+        "mean_return": 0.01,
+        "buy_and_hold_return": 0.01,
+        "beats_buy_and_hold": False,
+        "brier": 0.25,
+        "signals_per_day": 2.0,
+        "cost_per_hit": 0.25,
+    }
+
+
+def test_a_summary_beats_buy_and_hold_only_by_returning_more() -> None:
+    more = {"A/USD|m|BUY|5|count": 2.0, "A/USD|m|BUY|5|return": 0.03, "A/USD|m|BUY|5|hold_return": 0.01}
+
+    (summary,) = summaries(more, {})
+
+    assert summary.beats_buy_and_hold is True
+    assert summary.signals_per_day is None, "no day with data: no rate per day"
+
+
+def test_free_signals_have_no_cost_per_hit_and_unscored_ones_no_rates() -> None:
+    totals = {
+        "A/USD|m|BUY|5|count": 2.0,
+        "A/USD|m|BUY|5|hits": 1.0,
+        "B/USD|m|SELL|5|unscored": 3.0,
+    }
+
+    free_row, unscored_row = rows(totals)
+    free, unscored = summaries(totals, {("B/USD", "m"): 3})
+
+    assert (free_row.cost_usd, free_row.cost_per_hit) == (0.0, None)
+    assert free.cost_per_hit is None
+    assert (unscored_row.count, unscored_row.unscored, unscored_row.hit_rate, unscored_row.brier) == (
+        0,
+        3,
+        None,
+        None,
+    )
+    assert (unscored.count, unscored.hit_rate, unscored.mean_return, unscored.beats_buy_and_hold) == (
+        0,
+        None,
+        None,
+        None,
+    )
+    assert unscored.signals_per_day == 1.0, "3 unscored signals over 3 days"
+
+
+def test_fields_of_another_shape_are_left_out_of_rows_and_summaries() -> None:
+    totals = {
+        "A/USD|m|BUY|soon|count": 9.0,  # a horizon that is not a number
+        "A/USD|m|BUY|count": 9.0,  # too few parts
+        "A/USD|m|BUY|5|count|x": 9.0,  # too many
+        "A/USD|m|BUY|5|bogus": 9.0,  # not a stat
+        "cal|A/USD|m|5|count": 9.0,  # the calibration table's and every model's tallies are no rows
+        "all|A/USD|m|5|count": 9.0,
+        "A/USD|m|BUY|5|count": 2.0,
+    }
+
+    assert [(r.symbol, r.model, r.action, r.horizon_minutes, r.count) for r in rows(totals)] == [
+        ("A/USD", "m", "BUY", 5, 2)
+    ]
+    assert [(s.symbol, s.count) for s in summaries(totals, {})] == [("A/USD", 2)]
+
+
+def test_calibration_counts_deciles_0_to_9_across_symbols_and_leaves_out_the_rest() -> None:
+    totals = {
+        "cal|A/USD|m|5|x|count": 9.0,  # a decile that is not a number
+        "bad|A/USD|m|5|3|count": 9.0,  # not the calibration table
+        "cal|A/USD|m|5|3|brier": 9.0,  # not a calibration stat
+        "cal|A/USD|m|5|3|count|x": 9.0,
+        "cal|A/USD|m|5|10|count": 9.0,  # no decile 10
+        "cal|A/USD|m|5|-1|count": 9.0,
+        "cal|A/USD|m|5|0|count": 2.0,
+        "cal|A/USD|m|5|0|hits": 1.0,
+        "cal|A/USD|m|5|9|count": 5.0,
+        "cal|A/USD|m|5|9|hits": 4.0,
+        "cal|B/USD|m|5|9|count": 3.0,
+        "cal|B/USD|m|5|9|hits": 2.0,
+    }
+
+    got = calibration(totals)
+
+    assert [c.as_dict() for c in got] == [
+        {"decile": 0, "confidence_from": 0.0, "confidence_to": 0.1, "count": 2, "hits": 1, "hit_rate": 0.5},
+        {"decile": 9, "confidence_from": 0.9, "confidence_to": 1.0, "count": 8, "hits": 6, "hit_rate": 0.75},
+    ]
+
+
+def test_calibration_filters_by_model_and_horizon() -> None:
+    totals = {"cal|A/USD|m1|5|7|count": 1.0, "cal|A/USD|m2|5|8|count": 1.0, "cal|A/USD|m1|15|6|count": 1.0}
+
+    assert [c.decile for c in calibration(totals, Filters(model="m2"))] == [8]
+    assert [c.decile for c in calibration(totals, Filters(horizon=15))] == [6]
+
+
+def test_unreadable_values_are_left_out_wherever_they_come() -> None:
+    assert merge([{"bad": "x", "a": "1.5", "none": None}, {"a": "2"}]) == {"a": 3.5}
+    # A field whose every value is unreadable is no row of zeros.
+    assert rows(merge([{"A/USD|m|BUY|5|count": "x"}])) == []
+
+
+def test_a_day_with_several_actions_of_one_model_is_one_day_of_it() -> None:
+    day = {"A/USD|m|BUY|5|count": "2", "A/USD|m|SELL|5|count": "1", "A/USD|m|BUY|15|count": "2"}
+
+    assert days_with_data([day, day]) == {("A/USD", "m"): 2}

@@ -8,8 +8,17 @@ from typing import Any
 
 import pytest
 
-from runner.analyzers.base import AnalysisRequest
-from runner.analyzers.prompt import PROMPT_CANDLES, extract_json, parse_answer, user_prompt, validate_answer
+from runner.analyzers.base import AnalysisRequest, Ask, Reply
+from runner.analyzers.prompt import (
+    PROMPT_CANDLES,
+    SIGNAL_SCHEMA,
+    SYSTEM_PROMPT,
+    AskingAnalyzer,
+    extract_json,
+    parse_answer,
+    user_prompt,
+    validate_answer,
+)
 from runner.errors import InvalidOutput
 from runner.market.base import Candle
 from runner.models import MAX_REASONING_CHARS, Analysis
@@ -214,3 +223,62 @@ def test_parse_answer_decodes_then_validates() -> None:
     )
     with pytest.raises(InvalidOutput, match=r"^answer is about 'BTC/USD', asked for 'ETH/USD'$"):
         parse_answer(text.replace("ETH/USD", "BTC/USD"), request())
+
+
+# The signal stage through an LLM client ---------------------------------------------------------------
+
+
+class Recording:
+    """An LLM client that answers every question with ``data`` and keeps what it was asked."""
+
+    name = "recording"
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.asked: list[Ask] = []
+        self.closed = False
+
+    async def ask(self, ask: Ask) -> Reply:
+        self.asked.append(ask)
+        return Reply(self.data, {"analyzer": self.name, "model": "m-1", "cost_usd": 0.002})
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+ANSWER = {"symbol": "ETH/USD", "action": "BUY", "confidence": 0.8, "reasoning": "up", "price": 3002.0}
+
+
+async def test_the_signal_stage_asks_the_signal_question_and_validates_the_answer() -> None:
+    client = Recording(ANSWER)
+    analyzer = AskingAnalyzer(client)
+    asked = request([candle(1, 3002.0)])
+
+    got = await analyzer.analyze(asked)
+    await analyzer.aclose()
+
+    assert analyzer.name == "recording"
+    assert client.asked == [
+        Ask(SYSTEM_PROMPT, user_prompt(asked), SIGNAL_SCHEMA, "trading_signal", 5, title="")
+    ]
+    assert (got.symbol, got.action, got.confidence, got.model, got.cost_usd) == (
+        "ETH/USD",
+        "BUY",
+        0.8,
+        "m-1",
+        0.002,
+    )
+    assert client.closed
+
+
+async def test_the_signal_stage_names_the_conversation_when_told_how() -> None:
+    client = Recording(ANSWER)
+
+    await AskingAnalyzer(client, title=lambda r: f"signal {r.symbol}").analyze(request([candle(1, 3002.0)]))
+
+    assert [a.title for a in client.asked] == ["signal ETH/USD"]
+
+
+async def test_the_signal_stage_turns_a_bad_answer_into_invalid_output() -> None:
+    with pytest.raises(InvalidOutput, match="answer is about 'BTC/USD', asked for 'ETH/USD'"):
+        await AskingAnalyzer(Recording({**ANSWER, "symbol": "BTC/USD"})).analyze(request([candle(1, 3002.0)]))

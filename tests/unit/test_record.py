@@ -22,9 +22,11 @@ from runner.config import Settings, load_settings
 from runner.errors import Code
 from runner.guards import Decision, Snapshot
 from runner.models import CycleStatus, Outcome, Signal, SymbolResult, SymbolStatus
-from runner.record import RecordPlan, cycle_gauges, plan_record
+from runner.notify import Streak
+from runner.record import RecordPlan, cycle_gauges, plan_notices, plan_outcomes, plan_record
 from runner.store.locks import LockResult, Owner
 from runner.store.state import RecordResult
+from tests.support.timezone import local_time_zone
 
 # Builders: the one place that knows how the record step is called -----------------------------
 
@@ -787,3 +789,203 @@ def test_the_breaker_gauge_names_the_state_the_record_step_saw(state: str, value
     assert {k: v for k, v in found.items() if k.startswith("circuit_breaker_state")} == {
         f'circuit_breaker_state{{breaker="llm_service",state="{state}"}}': value
     }
+
+
+def test_the_hit_ratio_gauges_are_per_symbol_and_horizon_and_only_where_something_was_scored() -> None:
+    done = outcome(CycleStatus.COMPLETED, [ok("ETH/USD")])
+    record = RecordResult(
+        hit_ratios=[("ETH/USD", 5, 4.0, 3.0), ("ETH/USD", 15, 1.0, 1.0), ("BTC/USD", 5, 0.0, 0.0)]
+    )
+
+    found = gauges(done, None, record)
+
+    assert {k: v for k, v in found.items() if k.startswith("signal_outcome_hit_ratio")} == {
+        'signal_outcome_hit_ratio{horizon="5",symbol="ETH/USD"}': 0.75,
+        'signal_outcome_hit_ratio{horizon="15",symbol="ETH/USD"}': 1.0,
+    }
+
+
+# The notifications' facts --------------------------------------------------------------------------
+
+
+def notices(cfg: Settings, done: Outcome, began: Snapshot, record: RecordResult, made: RecordPlan) -> Any:
+    """``plan_notices`` for a run of shard 1/3 of ``cfg`` (the run only names who saw what)."""
+    import fakeredis
+
+    from runner.analyzers.fake import FakeAnalyzer
+    from runner.clock import FrozenClock
+    from runner.cycle import start
+    from runner.market.synthetic import SyntheticSource
+    from runner.run import Deps, Exports
+    from runner.shards import Shard
+
+    deps = Deps(
+        fakeredis.FakeAsyncRedis(), FakeAnalyzer(lambda r: None), SyntheticSource(), FrozenClock(STARTED)
+    )
+    run = start(cfg, deps, Shard(1, 3), False, Exports())
+    return run, plan_notices(run, done, began, record, made)
+
+
+def test_the_notices_compare_the_state_the_cycle_began_with_to_the_state_it_recorded() -> None:
+    cfg = settings(
+        instance_id="unit-runner",
+        analyzer={"daily_budget_usd": 1.0},
+        notify={"failing_cycles": 2},
+        adaptive={"pause_after_failures": 4},
+        circuit_breaker={"llm_service": {"recovery_timeout_seconds": 90}},
+    )
+    # 04:30 UTC is still the day before in Honolulu: the budget's day is the UTC one.
+    early = datetime(2026, 3, 3, 4, 30, tzinfo=UTC)
+    done = outcome(
+        CycleStatus.FAILED, [failed("ETH/USD", "transient: 503 service unavailable", code=Code.TRANSIENT)]
+    )
+    done = done.model_copy(update={"started_at": early})
+    began = replace(snapshot(), spend_usd=0.5, failing=Streak(1, since=T - 60, why="transient on ETH/USD"))
+    opened = BreakerState(state="open", failure_count=3, opened_at=T, since=T)
+    record = RecordResult(
+        breaker=opened,
+        paused={"ETH/USD": json.dumps({"since": T, "reason": "bad answers"})},
+        kill_switch={"on": "1", "reason": "maintenance", "by": "ops", "at": f"{T:.3f}"},
+        spend_usd=1.25,
+    )
+    made = RecordPlan(
+        payload={}, lock_keys=[], now=T + 2, streak=Streak(2, since=T - 60, why="transient on ETH/USD")
+    )
+
+    with local_time_zone("HST10"):
+        run, told = notices(cfg, done, began, record, made)
+
+    assert [(n.event.value, n.id) for n in told] == [
+        ("breaker_opened", f"breaker_opened:{T:.3f}"),
+        ("symbol_paused", f"symbol_paused:ETH/USD:{T:.3f}"),
+        ("kill_switch_on", f"kill_switch_on:{T:.3f}"),
+        ("budget_exhausted", "budget_exhausted:2026-03-03"),
+        ("cycles_failing", f"cycles_failing:1/3:{T - 60:.3f}"),
+    ]
+    breaker_opened, paused, _, budget, failing = (n.body.splitlines() for n in told)
+    seen_by = f"Seen by: shard 1/3, instance unit-runner, cycle {run.owner.cycle_id}"
+    assert all(n.body.splitlines()[-2] == seen_by for n in told)
+    assert "probe the analyzer again 90 s after it opened" in breaker_opened[0]
+    assert breaker_opened[2] == "Why: transient on ETH/USD (503 service unavailable)"
+    assert paused[0] == "ETH/USD is paused after 4 failures of its own in a row: cycles skip it."
+    assert budget[0].startswith("The analyzer's daily budget is spent: $1.2500 of $1.00 on 2026-03-03 (UTC).")
+    assert budget[1] == "Since: 2026-03-02 12:00:03 UTC"
+    assert failing[0] == "2 cycles of shard 1/3 failed in a row: no symbol produced a signal."
+
+
+def test_what_was_already_so_when_the_cycle_began_is_not_told_again() -> None:
+    cfg = settings(analyzer={"daily_budget_usd": 1.0}, notify={"failing_cycles": 2})
+    done = outcome(CycleStatus.SKIPPED, [], skip_reason="breaker_open", skip_detail="d")
+    opened = BreakerState(state="open", failure_count=3, opened_at=T, since=T)
+    paused = {"ETH/USD": json.dumps({"since": T - 60, "reason": "bad answers"})}
+    kill_switch = {"on": "1", "reason": "maintenance", "by": "ops", "at": f"{T - 60:.3f}"}
+    began = replace(
+        snapshot(),
+        breaker=opened,
+        paused=paused,
+        kill_switch=kill_switch,
+        spend_usd=1.5,
+        failing=Streak(5, since=T - 600),
+    )
+    # The record step saw no breaker (None) and a skipped cycle leaves the streak (None) alone.
+    record = RecordResult(breaker=None, paused=dict(paused), kill_switch=dict(kill_switch), spend_usd=1.5)
+
+    _, told = notices(cfg, done, began, record, RecordPlan(payload={}, lock_keys=[], now=T))
+
+    assert told == []
+
+
+def test_the_outcomes_plan_word_for_word() -> None:
+    cfg = settings(outcomes={"fee_bps": 25, "horizons_minutes": [60, 5, 15]})
+    minute = datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()
+    tally = Tally(
+        breaker_base=BreakerState(),
+        breaker=BreakerState(),
+        closes={
+            "AAA/USD": (minute, []),  # fetched, but no close at the signal's minute
+            "BBB/USD": (minute - 60, [2999.5, 3001.25]),
+            "CCC/USD": (minute, [10.0]),
+        },
+    )
+    cheap = signal("BBB/USD", "SELL").model_copy(update={"model": "org|model", "cost_usd": None})
+    paid = signal("CCC/USD").model_copy(update={"cost_usd": 0.002})
+    signals = [signal("ZZZ/USD"), signal("AAA/USD"), cheap, paid]  # the first two are not scored
+
+    symbols, pending = plan_outcomes(cfg, outcome(CycleStatus.COMPLETED, [], signals=signals), tally)
+
+    assert symbols == ["AAA/USD", "BBB/USD", "CCC/USD"]
+    assert pending == {
+        "fee": 0.0025,
+        "horizons": [5, 15, 60],
+        "keep": 24 * 3600 + 60 * 60,  # a day beyond the longest horizon
+        "day_ttl": 92 * 86_400,
+        "maxlen": cfg.publish.stream_maxlen,
+        "prices": [
+            {"symbol": "AAA/USD", "first": minute, "closes": []},
+            {"symbol": "BBB/USD", "first": minute - 60, "closes": [2999.5, 3001.25]},
+            {"symbol": "CCC/USD", "first": minute, "closes": [10.0]},
+        ],
+        "new": [
+            {
+                "i": 2,
+                "minute": minute,
+                "id": "BBB/USD:2026-03-02T12:00",
+                "model": "org/model",
+                "action": "SELL",
+                "confidence": 0.7,
+                "entry": 3001.25,
+                "cost": 0.0,
+            },
+            {
+                "i": 3,
+                "minute": minute,
+                "id": "CCC/USD:2026-03-02T12:00",
+                "model": "m",
+                "action": "BUY",
+                "confidence": 0.7,
+                "entry": 10.0,
+                "cost": 0.002,
+            },
+        ],
+    }
+
+
+def stage_metrics(payload: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in counters(payload).items() if k.startswith("pipeline_stage_")}
+
+
+def test_each_stage_of_each_chain_and_the_report_are_counted_and_timed_in_seconds() -> None:
+    cfg = settings()
+    chain = SymbolResult(
+        symbol="ETH/USD",
+        status=SymbolStatus.FAILED,
+        code=Code.TIMEOUT,
+        reason="score: timeout",
+        attempts=1,
+        duration_ms=2500,
+        stages={"signal": SymbolStatus.OK, "score": SymbolStatus.TIMEOUT, "advise": SymbolStatus.SKIPPED},
+        timings={"signal": 500, "score": 2000},
+    )
+    done = outcome(CycleStatus.FAILED, [chain], exit_code=3, report_status=SymbolStatus.OK, report_ms=250)
+
+    got = stage_metrics(plan(cfg, done, run_state(cfg), LEASE).payload)
+
+    assert got == {
+        'pipeline_stage_total{stage="signal",status="ok"}': 1.0,
+        'pipeline_stage_total{stage="score",status="timeout"}': 1.0,
+        'pipeline_stage_total{stage="advise",status="skipped"}': 1.0,
+        'pipeline_stage_total{stage="report",status="ok"}': 1.0,
+        'pipeline_stage_duration_seconds_sum{stage="signal"}': 0.5,
+        'pipeline_stage_duration_seconds_count{stage="signal"}': 1.0,
+        'pipeline_stage_duration_seconds_sum{stage="score"}': 2.0,
+        'pipeline_stage_duration_seconds_count{stage="score"}': 1.0,
+        'pipeline_stage_duration_seconds_sum{stage="report"}': 0.25,
+        'pipeline_stage_duration_seconds_count{stage="report"}': 1.0,
+    }
+
+
+def test_a_report_turned_off_is_not_counted() -> None:
+    cfg = settings()
+    off = outcome(CycleStatus.COMPLETED, [], report_status=SymbolStatus.SKIPPED, report_reason="off")
+
+    assert stage_metrics(plan(cfg, off, run_state(cfg), LEASE).payload) == {}
