@@ -10,7 +10,7 @@ import pytest
 from runner.chains import Chain, StageRecord, not_started
 from runner.errors import Code
 from runner.models import SymbolStatus
-from runner.store.publish import PublishResult
+from runner.store.publish import Pending, Publication, PublishResult, Target
 from tests.unit.test_builtin_stages import advised, scored
 from tests.unit.test_pipeline_stages import signal
 
@@ -18,12 +18,22 @@ STAGES = ("signal", "score", "advise")
 OK, FAILED, SKIPPED = SymbolStatus.OK, SymbolStatus.FAILED, SymbolStatus.SKIPPED
 
 
-def fate(result: PublishResult | None) -> asyncio.Future[PublishResult]:
+PENDING = Pending(
+    doc_id="ETH/USD:2026-01-01T00:00:00Z",
+    symbol="ETH/USD",
+    doc="{}",
+    lock_key="runner:lock:ETH/USD",
+    lock_value="owner",
+    target=Target(stream="signals:raw", latest="signals:latest", channel="signals", maxlen=100),
+)
+
+
+def fate(result: PublishResult | None) -> Publication:
     """A finished publish (``None``: one still under way)."""
     future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
     if result is not None:
         future.set_result(result)
-    return future
+    return Publication(PENDING, future)
 
 
 def ok(
@@ -67,7 +77,7 @@ async def test_a_stage_takes_the_fate_of_its_document(
 
 async def test_a_cancelled_publish_is_not_published() -> None:
     publishing = fate(None)
-    publishing.cancel()
+    publishing.written.cancel()
 
     got = StageRecord(OK, Code.OK, publishing=publishing).settled()
 
@@ -222,3 +232,27 @@ async def test_a_duplicate_after_a_published_stage_keeps_what_this_run_published
         "score": "already published this minute",
         "advise": "upstream score duplicate",
     }
+
+
+async def test_a_document_no_replica_confirmed_is_unconfirmed_with_its_note() -> None:
+    publishing = fate(PublishResult.PUBLISHED)
+    publishing.confirmed, publishing.note = False, "no replica acknowledged within 0.5 s"
+
+    got = StageRecord(OK, Code.OK, publishing=publishing).settled()
+
+    assert (got.status, got.code) == (SymbolStatus.UNCONFIRMED, Code.UNCONFIRMED)
+    assert got.reason == "unconfirmed: no replica acknowledged within 0.5 s"
+
+
+async def test_a_lost_reply_whose_marker_was_read_back_is_published() -> None:
+    landed = fate(PublishResult.ERROR)
+    landed.landed = True
+    unknown = fate(PublishResult.ERROR)
+    unknown.note = "its publish got no answer and could not be read back (timeout)"
+
+    assert StageRecord(OK, Code.OK, publishing=landed).settled().status is OK
+    got = StageRecord(OK, Code.OK, publishing=unknown).settled()
+    assert (got.status, got.code) == (FAILED, Code.PUBLISH_FAILED)
+    assert (
+        got.reason == "not published (error): its publish got no answer and could not be read back (timeout)"
+    )
