@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from tests.integration.helpers import (
     stream_signals,
     wait_until,
 )
+from tests.support.terminal import on_a_terminal
 
 SIGNAL_FIELDS = {
     "id", "symbol", "action", "confidence", "reasoning", "price", "generated_at", "cycle_id",
@@ -565,44 +565,10 @@ def test_watch_can_follow_one_stage(real_redis, redis_server, tmp_path):
     assert {first["symbol"], second["symbol"]} == {"ETH/USD", "BTC/USD"}
 
 
-def _run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
-    import os
-    import pty
-    import select
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        env=env,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    code = proc.wait(timeout=10)
-    return code, b"".join(chunks).decode(errors="replace")
-
-
 def test_on_a_terminal_the_cycle_ends_with_a_table(real_redis, redis_server, tmp_path):
     env = env_for(redis_server.url, tmp_path, SCRIPTED_FAIL="BTC/USD")
 
-    code, out = _run_on_a_terminal(["cycle", "--symbols", "ETH/USD,BTC/USD"], env)
+    code, out = on_a_terminal(["cycle", "--symbols", "ETH/USD,BTC/USD"], env)
 
     assert code == 1, out
     assert "Traceback" not in out
@@ -610,7 +576,7 @@ def test_on_a_terminal_the_cycle_ends_with_a_table(real_redis, redis_server, tmp
     assert "BTC/USD" in out
     assert "PARTIAL" in out.upper()
     assert '"cycle_id"' not in out, "nothing machine-readable on a terminal"
-    status_code, status_out = _run_on_a_terminal(["status"], env)
+    status_code, status_out = on_a_terminal(["status"], env)
     assert status_code == 0, status_out
     assert "Traceback" not in status_out
 

@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import pty
-import select
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +16,7 @@ from typing import Any
 
 import redis
 
-from tests.conftest import ROOT, RedisServer, free_port, require_binary, start_redis, wait_for_port
+from tests.conftest import RedisServer, free_port, require_binary, start_redis, wait_for_port
 from tests.reliability.support import stop_server
 
 #: The streams a cycle publishes to, the entry field holding the document, and the prefix of the
@@ -267,39 +262,6 @@ def tls_client(server: TlsRedis, certs: Certificates) -> redis.Redis:
 
 
 # --- a terminal -----------------------------------------------------------------------------------
-
-
-def on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
-    """Run ``python -m runner ARGS`` with a pseudo-terminal as stdin, stdout and stderr (what a
-    person at a shell sees); returns the exit code and everything it wrote."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        env={**env, "COLUMNS": "200"},
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
-        cwd=ROOT,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    code = proc.wait(timeout=10)
-    return code, b"".join(chunks).decode(errors="replace")
 
 
 def cleanup(directory: Path) -> None:

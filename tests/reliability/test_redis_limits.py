@@ -21,12 +21,12 @@ from tests.reliability.redis_limits import (
     fill,
     held,
     make_ca,
-    on_a_terminal,
     redis_with,
     tls_client,
     tls_redis,
 )
 from tests.reliability.support import bad_lines, run, runner_env, spawn
+from tests.support.terminal import on_a_terminal
 
 SYMBOLS = ["--symbols", "ETH/USD,BTC/USD,SOL/USD", "--json"]
 PASSWORD = "acl-pa55-7d1e9c"
