@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from runner.errors import Code, ExitCode
-from runner.models import CycleStatus, Outcome, Signal, SymbolResult, SymbolStatus, decide_status
+from runner.models import CycleStatus, Outcome, Report, Signal, SymbolResult, SymbolStatus, decide_status
 from tests.unit.test_builtin_stages import scored
 
 OK, FAILED, TIMEOUT, LOCKED, PAUSED = (
@@ -244,3 +244,23 @@ def test_a_published_document_keeps_its_empty_fields() -> None:
     doc = json.loads(scored("ETH/USD", 70).to_json())
 
     assert (doc["tokens_in"], doc["cost_usd"], doc["requested_model"], doc["prompt_hash"]) == (None,) * 4
+
+
+def test_the_history_summary_names_the_cycles_report() -> None:
+    report = Report(
+        id="report:2026-03-02T12:00:1/3",
+        cycle_id="cycle-1",
+        instance_id="pod-a",
+        fencing_token=7,
+        generated_at="2026-03-02T12:00:02.000Z",
+        analyzer="builtin",
+        model="report-v1",
+        latency_ms=3,
+        shard="1/3",
+        minute="2026-03-02T12:00",
+        summary="one buy",
+        counts={"BUY": 1},
+        top=[],
+    )
+
+    assert outcome(report=report).summary()["report"] == "report:2026-03-02T12:00:1/3"
