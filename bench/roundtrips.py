@@ -349,6 +349,10 @@ STEPS = {
     "COMMAND": "the cluster client reads the server's command table (once per process)",
     "HELLO": "a new connection: its RESP3 handshake",
     "BEGIN": "heartbeat, cycle lease and every guard's state",
+    "CONFIG+BEGIN": (
+        "the eviction policy (CONFIG GET maxmemory*) beside the start: heartbeat, cycle lease and "
+        "every guard's state, one send"
+    ),
     "ACQUIRE": "the symbols' locks and fencing tokens",
     "PUBLISH": "signals, scores and advice in coalesced batches as the chains end, then the report",
     "ROLE": "how many replicas the master has",
@@ -362,7 +366,7 @@ STEPS = {
 }
 
 #: The round trips a cycle needs whatever is configured (the rest come with a feature).
-CORE = ("CLUSTER SLOTS", "COMMAND", "HELLO", "BEGIN", "ACQUIRE", "PUBLISH", "RECORD")
+CORE = ("CLUSTER SLOTS", "COMMAND", "HELLO", "BEGIN", "CONFIG+BEGIN", "ACQUIRE", "PUBLISH", "RECORD")
 
 CONFIGS = {
     "one shard": "every feature on, one server and a replica",
@@ -432,7 +436,7 @@ def section(rt: dict[str, Any]) -> list[str]:
     text = (
         flatness + f"With every feature on, a cycle on one "
         f"server with a replica takes {single[n]['count']} round trips at {n:,} symbols: {core} for the "
-        f"cycle itself (a connection, begin, locks, the publish batches: signals and scores as the "
+        f"cycle itself (a connection, the start, locks, the publish batches: signals and scores as the "
         f"chains end, the advice after the risk allocation, the report; record) and {extra} for the "
         f"features, each one step that needs the answer of the one before it: confirming with a replica "
         f"(the replica count, then CONFIRM with WAIT on one connection: WAIT must follow the writes, and "
