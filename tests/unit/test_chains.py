@@ -256,3 +256,15 @@ async def test_a_lost_reply_whose_marker_was_read_back_is_published() -> None:
     assert (
         got.reason == "not published (error): its publish got no answer and could not be read back (timeout)"
     )
+
+
+async def test_an_unconfirmed_stage_names_its_reason_and_the_next_stages_go_on() -> None:
+    score = ok()
+    assert score.publishing is not None
+    score.publishing.confirmed = False  # no note: the default reason
+    c = chain(signal=ok(), score=score, advise=ok())
+
+    got = c.settle(now=500.0)
+
+    assert got.stages == {"signal": OK, "score": SymbolStatus.UNCONFIRMED, "advise": OK}
+    assert got.stage_reasons == {"score": "unconfirmed: no replica confirmed it"}
